@@ -1,0 +1,162 @@
+import math
+
+import pytest
+import torch
+
+import model
+from model import GPT, GPTConfig, KVCache, next_token_logprobs
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(block_size=48, vocab_size=61, n_layer=2, n_head=2, n_embd=32)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+def left_pad(rows, pad=0):
+    T = max(len(r) for r in rows)
+    idx = torch.full((len(rows), T), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        idx[i, T - len(r):] = torch.tensor(r)
+        mask[i, T - len(r):] = 1
+    return idx, mask
+
+
+def test_matches_transformers_gpt2(tmp_path):
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(0)
+    hf_cfg = transformers.GPT2Config(n_positions=40, n_embd=48, n_layer=3, n_head=4, vocab_size=97,
+                                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    # move LayerNorm/bias parameters off their init so the test sees every tensor's mapping
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    idx = torch.randint(0, 97, (2, 17))
+    ref = hf(idx).logits
+    for safe in (True, False):  # model.safetensors and pytorch_model.bin
+        d = tmp_path / f'safe{safe}'
+        hf.save_pretrained(d, safe_serialization=safe)
+        ours = GPT.from_pretrained(str(d)).eval()
+        with torch.no_grad():
+            diff = (ours(idx) - ref).abs().max().item()
+        assert diff < 1e-4, diff
+
+
+def test_from_pretrained_bad_name():
+    with pytest.raises(ValueError, match='neither a directory'):
+        GPT.from_pretrained('/no/such/dir')
+
+
+def greedy_reference(m, prompt, n, eos_id=None):
+    """No cache, no padding: recompute the whole prefix for every new token."""
+    seq = list(prompt)
+    for _ in range(n):
+        with torch.no_grad():
+            logits = m(torch.tensor([seq]))[0, -1]
+        seq.append(int(logits.argmax()))
+        if eos_id is not None and seq[-1] == eos_id:
+            break
+    return seq[len(prompt):]
+
+
+def test_kv_cache_greedy_equals_recompute_with_left_padding():
+    m = tiny()
+    prompts = [[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40], [7, 7, 7, 7, 7]]
+    idx, mask = left_pad(prompts)
+    out = m.generate(idx, 12, temperature=0, attention_mask=mask)
+    for i, p in enumerate(prompts):
+        assert out[i, idx.shape[1]:].tolist() == greedy_reference(m, p, 12)
+
+
+def test_padded_forward_equals_unpadded_rows():
+    m = tiny(1)
+    prompts = [[3, 1, 4, 1, 5, 9, 2], [2, 7]]
+    idx, mask = left_pad(prompts)
+    with torch.no_grad():
+        batched = m(idx, attention_mask=mask)
+        for i, p in enumerate(prompts):
+            single = m(torch.tensor([p]))[0]
+            assert torch.allclose(batched[i, idx.shape[1] - len(p):], single, atol=1e-5)
+
+
+def test_chunked_prefill_with_cache_equals_full_forward():
+    m = tiny(2)
+    x = torch.randint(0, 61, (2, 20))
+    cache = KVCache(m.config, 2, 20, 'cpu', torch.float32)
+    with torch.no_grad():
+        full = m(x)
+        a = m(x[:, :8], cache=cache)
+        b = m(x[:, 8:15], cache=cache)
+        c = m(x[:, 15:], cache=cache)
+    assert torch.allclose(torch.cat([a, b, c], 1), full, atol=1e-5)
+
+
+def test_eos_stops_rows_and_pads_with_eos():
+    m = tiny(3)
+    idx, mask = left_pad([[1, 2, 3], [4, 5]])
+    free = m.generate(idx, 10, temperature=0, attention_mask=mask)
+    eos = int(free[0, 3])  # row 0's first generated token: row 0 stops at once
+    out = m.generate(idx, 10, temperature=0, attention_mask=mask, eos_id=eos)
+    assert out[0, 3:].eq(eos).all()
+    ref1 = greedy_reference(m, [4, 5], 10, eos_id=eos)
+    got1 = out[1, 3:].tolist()
+    assert got1[:len(ref1)] == ref1 and all(t == eos for t in got1[len(ref1):])
+
+
+def test_sampling_is_reproducible_by_generator():
+    m = tiny(4)
+    idx = torch.randint(0, 61, (3, 4))
+    a = m.generate(idx, 8, generator=torch.Generator().manual_seed(7))
+    b = m.generate(idx, 8, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_prompt_longer_than_block_size_is_an_error():
+    m = tiny(block_size=8)
+    with pytest.raises(ValueError, match='block_size'):
+        m.generate(torch.zeros(1, 8, dtype=torch.long), 4)
+    with pytest.raises(ValueError, match='block_size'):
+        m(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_top_k_top_p_and_mixture_logprobs_closed_form():
+    z = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    p = next_token_logprobs(z, top_k=2).exp()
+    assert torch.allclose(p, torch.tensor([[0.625, 0.375, 0, 0]]))
+    # nucleus 0.75: the smallest prefix with mass >= 0.75 is {0.5, 0.3}
+    p = next_token_logprobs(z, top_p=0.75).exp()
+    assert torch.allclose(p, torch.tensor([[0.625, 0.375, 0, 0]]))
+    p = next_token_logprobs(z, top_p=0.81).exp()
+    assert torch.allclose(p, torch.tensor([[0.5, 0.3, 0.15, 0]]) / 0.95)
+    # temperature 2 on logits log(p): p^(1/2) renormalised
+    p = next_token_logprobs(z, temperature=2.0).exp()
+    q = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).sqrt()
+    assert torch.allclose(p, q / q.sum())
+    # teacher-mixed: 0.2 * teacher + 0.8 * student
+    zt = torch.log(torch.tensor([[0.1, 0.1, 0.1, 0.7]]))
+    p = next_token_logprobs([z, zt], mix_alpha=0.2).exp()
+    assert torch.allclose(p, 0.8 * z.exp() + 0.2 * zt.exp())
+
+
+def test_mixed_generation_matches_mixture_frequencies():
+    # one step from a fixed prompt: empirical frequencies of teacher-mixed draws vs the exact mixture
+    student, teacher = tiny(5, vocab_size=7), tiny(6, vocab_size=7)
+    idx = torch.full((20000, 3), 2, dtype=torch.long)
+    out = student.generate(idx, 1, mix_model=teacher, mix_alpha=0.3, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(out[:, -1], minlength=7).double() / 20000
+    with torch.no_grad():
+        exact = next_token_logprobs([student(idx[:1])[:, -1], teacher(idx[:1])[:, -1]], mix_alpha=0.3).exp()[0]
+    assert (freq - exact.double()).abs().max() < 0.015
+
+
+def test_param_count_and_flops_of_gpt2_preset():
+    with torch.device('meta'):
+        m = GPT(model.preset_config('gpt2'))
+    # GPT-2 small: 124,439,808 parameters with tied embeddings; minus 1024*768 positions
+    assert m.num_params(non_embedding=False) == 124_439_808
+    assert m.num_params() == 124_439_808 - 1024 * 768
+    assert model.flops_per_token(m.config, 10) == 60 + 12 * 12 * 768 * 1024
+    assert math.isclose(model.flops_per_token(m.config, m.num_params()) / 1e9, 0.85, rel_tol=0.05)
