@@ -238,11 +238,12 @@ class GPT(nn.Module):
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
-                 attention_mask=None, generator=None, mix_model=None, mix_alpha=0.0):
+                 attention_mask=None, generator=None, mix_model=None, mix_alpha=0.0, all_done=None):
         """Sample up to `max_new_tokens` after each (left-padded) prompt, with a KV cache.
 
         Returns [B, T + n] token ids; a row that emitted `eos_id` is filled with `eos_id` after it.
-        `temperature=0` is greedy. With `mix_model` and `mix_alpha` > 0, tokens are drawn from
+        `temperature=0` is greedy. `all_done(done) -> bool` decides when to stop early; under FSDP it
+        must agree across ranks, since every decoding step all-gathers parameters. With `mix_model` and `mix_alpha` > 0, tokens are drawn from
         p~ = alpha * softmax(mix_model) + (1 - alpha) * softmax(self): MiniLLM §2.2, teacher-mixed
         sampling, Eq. p~(y_t|y<t,x) = alpha p(y_t|y<t,x) + (1 - alpha) q_theta(y_t|y<t,x).
         """
@@ -270,7 +271,7 @@ class GPT(nn.Module):
                 done = done | (nxt == eos_id)
             out[:, T + t] = nxt
             step_in = nxt[:, None]
-            if eos_id is not None and bool(done.all()):
+            if eos_id is not None and (all_done(done) if all_done else bool(done.all())):
                 return out[:, :T + t + 1]
         return out
 

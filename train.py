@@ -1,0 +1,481 @@
+"""
+One training loop for every method of the MiniLLM paper's comparison:
+
+    pretrain  LM cross-entropy on a token stream (a teacher from scratch, or L_PT data)
+    sft       cross-entropy on gold responses
+    kd        word-level KD: (1 - kd_ratio) CE(gold) + kd_ratio * D(p_t || q_t) on gold prefixes
+    seqkd     SFT on teacher-sampled responses (data made by `sample.py --seqkd_out`),
+              plus word-level KD when kd_ratio > 0 (the public MiniLLM scripts do both)
+    minillm   sequence-level reverse KL by policy gradient (policy_gradient.py) + L_PT
+    atkd=True swaps the KD term of kd/seqkd for ATKD's uncertainty-weighted TKD/DKD
+
+    python train.py config/toy_sft.py --max_iters=500
+    torchrun --nproc_per_node=8 train.py config/minillm_gpt2.py
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+import kl
+import policy_gradient as pg
+from checkpoint import atomic_save, checkpoint_payload, load_checkpoint, load_model
+from configurator import UserError, configure, defaults_from, run
+from dataset import InstructSet, LMStream, load_meta, split_responses
+from model import GPT, GPTConfig
+
+# ----------------------------------------------------------------------------- config
+# I/O
+out_dir = 'out/toy_sft'
+init_from = 'scratch'        # 'scratch' | 'resume' | a run dir / ckpt.pt | HF GPT-2 dir or name
+eval_interval = 100
+eval_iters = 10              # validation batches per evaluation
+log_interval = 10
+always_save_checkpoint = True  # else only when the validation loss improves
+seed = 1337
+# data
+data_dir = 'data/toy_instruct'
+pt_data_dir = ''             # MiniLLM's L_PT corpus (an 'lm' dir or an instruct dir with train.bin)
+# method
+method = 'sft'               # pretrain | sft | kd | seqkd | minillm
+teacher = ''                 # run dir / ckpt.pt / HF GPT-2 dir or name (kd, seqkd, minillm)
+kd_ratio = 0.5               # kd: (1 - r) CE + r KD  (METHODS.md §1, r = 0.5)
+divergence = 'forward_kl'    # any key of kl.DIVERGENCES
+kd_temperature = 1.0
+atkd = False                 # ATKD (arXiv 2402.11890) instead of plain KD
+atkd_k = 0.5                 # easy/hard split at this quantile of the teacher's uncertainty
+atkd_lambda = 0.2            # weight of the easy tokens' DKD
+chunked_loss = 'auto'        # 'auto' (when vocab > 8192) | True | False: never hold [N, V] logits for backward
+loss_chunk_size = 1024
+# minillm (METHODS.md §3; defaults of the reference code for GPT-2 in config/minillm_gpt2.py)
+rollout_size = 64            # prompts sampled per rollout phase (global, over all ranks)
+rollout_batch_size = 64      # prompts generated at once
+ppo_epochs = 4               # passes over each rollout buffer
+max_new_tokens = 32
+gen_temperature = 1.0
+gen_top_k = 0
+gen_top_p = 1.0
+teacher_mix_alpha = 0.2      # 0 = no teacher-mixed sampling
+single_step = True
+length_norm = True
+returns_mode = 'paper'       # 'paper' | 'reference' (discounted, incl. r_t, whitened)
+gamma = 1.0
+clip_eps = 0.2
+single_step_weighted = True  # paper: the single-step term carries w_t; reference code: no
+reward_scale = 0.0           # reference code: 0.5 (rewards doubled); 0 = off
+reward_clip = 0.0            # reference code: 100; 0 = off
+pt_weight = 1.0              # weight of L_PT; 0 or pt_data_dir '' = off
+pt_kd_ratio = 0.0            # L_PT = (1 - r) LM + r word-level KD (reference code: 0.5)
+pt_batch_size = 8
+# model (init_from = 'scratch')
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 64
+dropout = 0.0
+bias = True
+# optimizer
+learning_rate = 1e-3
+max_iters = 1000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+lr_schedule = 'cosine'       # 'cosine' | 'constant' (both after linear warm-up)
+warmup_iters = 50
+lr_decay_iters = 0           # 0 = max_iters
+min_lr = 1e-4
+batch_size = 32              # per rank, per micro-step
+gradient_accumulation_steps = 1
+# system
+device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
+compile = False
+parallel = 'none'            # 'none' | 'ddp' | 'fsdp' (launch with torchrun)
+DEFAULTS = defaults_from(globals())
+# -----------------------------------------------------------------------------
+
+
+def get_lr(cfg, it):
+    """Linear warm-up, then cosine decay to min_lr (or constant)."""
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if cfg.lr_schedule == 'constant':
+        return cfg.learning_rate
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it > decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def response_positions(targets):
+    """Flattened indices and targets of the positions that carry a loss (targets != -1)."""
+    flat = targets.reshape(-1)
+    keep = (flat != -1).nonzero().squeeze(1)
+    return keep, flat[keep]
+
+
+def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight):
+    """The loss applied to the student's hidden states inside its forward (so FSDP/DDP keep
+    control of lm_head). CE and KD share one pass over the response tokens only."""
+    keep, tgt = response_positions(targets)
+    t_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))[keep] if teacher_logits is not None else None
+    loss_fn = kl.chunked_kd_loss if cfg.chunked else kl.plain_kd_loss
+
+    def head_fn(hidden, weight):
+        h = hidden.reshape(-1, hidden.size(-1))[keep]
+        if t_logits is None:  # plain CE on the selected positions
+            return F.cross_entropy((h @ weight.t()).float(), tgt)
+        return loss_fn(h, weight, t_logits, targets=tgt, divergence=cfg.divergence, chunk_size=cfg.loss_chunk_size,
+                       temperature=cfg.kd_temperature, atkd=cfg.atkd, atkd_k=cfg.atkd_k,
+                       atkd_lam=cfg.atkd_lambda, ce_weight=ce_weight, kd_weight=kd_weight)
+    return head_fn
+
+
+def supervised_loss(cfg, model, teacher, x, y, kd_ratio=0.0):
+    """pretrain / sft / seqkd / kd (and L_PT) loss on one micro-batch; y = -1 where no loss.
+    Word-level KD (METHODS.md §1): (1 - kd_ratio) CE(gold) + kd_ratio * mean_t D(p_t || q_t)."""
+    if teacher is None or kd_ratio <= 0:
+        if not cfg.chunked:
+            return model(x, y)[1]
+        return model(x, head_fn=kd_head_fn(cfg, y, None, 1.0, 0.0))
+    with torch.no_grad():
+        t_logits = teacher(x)
+    return model(x, head_fn=kd_head_fn(cfg, y, t_logits, 1.0 - kd_ratio, kd_ratio))
+
+
+# ----------------------------------------------------------------------------- MiniLLM
+def rollout_batch(rows, eot, device):
+    """rows: (prompt tokens, response tokens) pairs -> prompts left-padded to Tp, responses
+    right-padded to Tr: tokens [B, Tp + Tr], attention mask, Tp, response mask [B, Tr]."""
+    Tp, Tr = max(len(p) for p, _ in rows), max(len(r) for _, r in rows)
+    seq = torch.full((len(rows), Tp + Tr), eot, dtype=torch.long)
+    amask = torch.zeros(len(rows), Tp + Tr, dtype=torch.long)
+    for j, (p, r) in enumerate(rows):
+        seq[j, Tp - len(p):Tp + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        amask[j, Tp - len(p):Tp + len(r)] = 1
+    return seq.to(device), amask.to(device), Tp, amask[:, Tp:].bool().to(device)
+
+
+def response_logits(cfg, model, seq, amask, Tp):
+    """Logits [B, Tr, V] (fp32) that predict each response token."""
+    with cfg.ctx:
+        return model(seq, attention_mask=amask)[:, Tp - 1:-1].float()
+
+
+def gather_logp(logits, tokens):
+    return torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+@torch.no_grad()
+def collect_rollouts(cfg, model, teacher, prompts, data_gen, sample_gen):
+    """One rollout phase (MiniLLM §2.3, Algorithm 1): sample responses from p~ = alpha p + (1 - alpha) q
+    with both KV caches, score them with the teacher and the frozen student q_old, and compute
+    rewards r_t = log p(y_t) - log q_old(y_t), advantages and log p~(y_t) once for all epochs."""
+    model.eval()
+    chosen = torch.randint(len(prompts), (cfg.rollout_size,), generator=data_gen).tolist()
+    per_rank = cfg.rollout_size // cfg.world_size
+    chosen = chosen[cfg.rank * per_rank:(cfg.rank + 1) * per_rank]
+    rows, parts = [], []
+    for s in range(0, per_rank, cfg.rollout_batch_size):
+        ids = chosen[s:s + cfg.rollout_batch_size]
+        p_idx, p_mask = prompts.prompt_batch(ids)
+        with cfg.ctx:
+            out = cfg.raw(model).generate(
+                p_idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.gen_temperature,
+                top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=prompts.eot,
+                attention_mask=p_mask.to(cfg.device), generator=sample_gen,
+                mix_model=teacher, mix_alpha=cfg.teacher_mix_alpha, all_done=cfg.all_done)
+        chunk = list(zip([prompts.prompt(i) for i in ids], split_responses(out.cpu(), p_idx.shape[1], prompts.eot)))
+        seq, amask, Tp, rmask = rollout_batch(chunk, prompts.eot, cfg.device)
+        tokens = seq[:, Tp:]
+        parts.append([gather_logp(response_logits(cfg, model, seq, amask, Tp), tokens),
+                      gather_logp(response_logits(cfg, teacher, seq, amask, Tp), tokens), rmask])
+        rows += chunk
+    Tr = max(p[2].shape[1] for p in parts)
+    logp_old, logp_teacher, mask = (torch.cat([F.pad(p[k], (0, Tr - p[k].shape[1])) for p in parts]) for k in range(3))
+    rewards = pg.token_rewards(logp_teacher, logp_old, mask)
+    if cfg.reward_scale or cfg.reward_clip:
+        rewards = pg.scale_and_clip_rewards(rewards, mask, scale=cfg.reward_scale or None, clip=cfg.reward_clip or None)
+    advantages = pg.compute_advantages(rewards, mask, cfg.returns_mode, cfg.length_norm, cfg.gamma,
+                                       include_current=not cfg.single_step)
+    a = cfg.teacher_mix_alpha
+    logp_mix = (torch.logaddexp(logp_teacher + math.log(a), logp_old + math.log1p(-a)) if a > 0 else logp_old)
+    model.train()
+    return dict(rows=rows, logp_old=logp_old, logp_teacher=logp_teacher, logp_mix=logp_mix,
+                advantages=advantages, mask=mask)
+
+
+def minillm_micro_loss(cfg, model, teacher, buf, ids):
+    """MiniLLM loss on rollout rows `ids` (MiniLLM §2.2: L_Long(clipped) + L_Single); returns
+    (loss, response-token count, stats)."""
+    seq, amask, Tp, rmask = rollout_batch([buf['rows'][i] for i in ids], cfg.eot, cfg.device)
+    Tr = rmask.shape[1]
+    take = {k: buf[k][ids, :Tr] for k in ('logp_old', 'logp_teacher', 'logp_mix', 'advantages')}
+    s_logits = response_logits(cfg, model, seq, amask, Tp)
+    logp = gather_logp(s_logits, seq[:, Tp:])
+    t_logits = None
+    if cfg.single_step:
+        with torch.no_grad():
+            t_logits = response_logits(cfg, teacher, seq, amask, Tp)
+    loss, stats = pg.minillm_loss(
+        logp, take['logp_old'], take['logp_teacher'], rmask, s_logits, t_logits, logp_mix=take['logp_mix'],
+        single_step=cfg.single_step, teacher_mix_alpha=cfg.teacher_mix_alpha, clip_eps=cfg.clip_eps,
+        single_step_weighted=cfg.single_step_weighted, advantages=take['advantages'])
+    return loss, rmask.sum(), stats
+
+
+# ----------------------------------------------------------------------------- setup
+def setup_distributed(cfg):
+    """torchrun sets RANK/WORLD_SIZE; nccl on GPU, gloo on CPU."""
+    cfg.rank, cfg.world_size, cfg.all_done = 0, 1, None
+    if cfg.parallel == 'none':
+        return
+    import torch.distributed as dist
+    if 'RANK' not in os.environ:
+        raise UserError(f"parallel='{cfg.parallel}' needs a torchrun launch: "
+                        f"torchrun --nproc_per_node=N train.py <config>")
+    on_gpu = cfg.device.startswith('cuda')
+    dist.init_process_group('nccl' if on_gpu else 'gloo')
+    cfg.rank, cfg.world_size = dist.get_rank(), dist.get_world_size()
+    if on_gpu:
+        cfg.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(cfg.device)
+
+    def all_done(done):  # every rank takes the same number of decoding steps (FSDP all-gathers)
+        flag = torch.tensor([float(done.all())], device=done.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+    cfg.all_done = all_done
+
+
+def global_mean(cfg, loss, n_local):
+    """Rescale a rank's token-mean loss so that DDP's gradient averaging yields the mean over the
+    global batch's tokens (ranks hold different numbers of response tokens)."""
+    if cfg.world_size == 1:
+        return loss
+    import torch.distributed as dist
+    n = torch.tensor([float(n_local)], device=loss.device)
+    dist.all_reduce(n)
+    return loss * (float(n_local) * cfg.world_size / n.clamp(min=1).item())
+
+
+def build_models(cfg, meta):
+    """Student (scratch / checkpoint / HF GPT-2 / resume) and the frozen teacher."""
+    vocab, tok = meta['vocab_size'], meta['tokenizer']
+    ckpt = None
+    if cfg.init_from == 'resume':
+        ckpt = load_checkpoint(cfg.out_dir)
+        model = GPT(GPTConfig(**ckpt['model_args']))
+        model.load_state_dict(ckpt['model'])
+    elif cfg.init_from == 'scratch':
+        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
+                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+    else:
+        model, _ = load_model(cfg.init_from, expect_vocab=vocab, expect_tokenizer=tok, dropout=cfg.dropout)
+    if model.config.vocab_size != vocab:
+        raise UserError(f"model vocab_size {model.config.vocab_size} does not match the data's {vocab} ({tok})")
+    teacher = None
+    if cfg.method in ('kd', 'minillm') or (cfg.method == 'seqkd' and cfg.kd_ratio > 0) or cfg.pt_kd_ratio > 0:
+        if not cfg.teacher:
+            raise UserError(f"method '{cfg.method}' needs a teacher: set --teacher=<run dir or HF GPT-2>")
+        teacher, _ = load_model(cfg.teacher, expect_vocab=vocab, expect_tokenizer=tok)
+        teacher.requires_grad_(False).eval()
+    return model.to(cfg.device), teacher.to(cfg.device) if teacher is not None else None, ckpt
+
+
+def wrap(cfg, model, teacher):
+    if cfg.parallel == 'ddp':
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[cfg.device] if cfg.device.startswith('cuda') else None)
+    elif cfg.parallel == 'fsdp':
+        from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
+        mp = MixedPrecisionPolicy(param_dtype=cfg.ptdtype, reduce_dtype=torch.float32)
+        for m in [model] + ([teacher] if teacher is not None else []):
+            for block in m.transformer.h:
+                fully_shard(block, mp_policy=mp)
+            fully_shard(m, mp_policy=mp)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model
+
+
+def validate(cfg):
+    if cfg.method not in ('pretrain', 'sft', 'kd', 'seqkd', 'minillm'):
+        raise UserError(f"unknown method '{cfg.method}': pick pretrain, sft, kd, seqkd or minillm")
+    if cfg.parallel not in ('none', 'ddp', 'fsdp'):
+        raise UserError(f"unknown parallel '{cfg.parallel}': pick none, ddp or fsdp")
+    if cfg.divergence not in kl.DIVERGENCES:
+        raise UserError(f"unknown divergence '{cfg.divergence}': pick one of {', '.join(kl.DIVERGENCES)}")
+    if cfg.returns_mode not in ('paper', 'reference'):
+        raise UserError(f"unknown returns_mode '{cfg.returns_mode}': pick paper or reference")
+    if cfg.method == 'minillm' and cfg.rollout_size % cfg.world_size:
+        raise UserError(f"rollout_size {cfg.rollout_size} must be divisible by the {cfg.world_size} ranks")
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv):
+    cfg = configure(DEFAULTS, argv)
+    setup_distributed(cfg)
+    validate(cfg)
+    master = cfg.rank == 0
+    torch.manual_seed(cfg.seed)
+    cfg.ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.dtype]
+    on_gpu = cfg.device.startswith('cuda')
+    cfg.ctx = torch.autocast('cuda', dtype=cfg.ptdtype) if on_gpu and cfg.dtype != 'float32' and cfg.parallel != 'fsdp' else nullcontext()
+    cfg.raw = lambda m: m.module if hasattr(m, 'module') else getattr(m, '_orig_mod', m)
+
+    meta = load_meta(cfg.data_dir)
+    cfg.eot = meta['eot_token']
+    cfg.chunked = meta['vocab_size'] > 8192 if cfg.chunked_loss == 'auto' else bool(cfg.chunked_loss)
+    if cfg.method == 'pretrain':
+        train_data, val_data = LMStream(cfg.data_dir, 'train'), LMStream(cfg.data_dir, 'val')
+    else:
+        train_data, val_data = InstructSet(cfg.data_dir, 'train'), InstructSet(cfg.data_dir, 'valid')
+    pt_data = LMStream(cfg.pt_data_dir, 'train') if cfg.method == 'minillm' and cfg.pt_data_dir and cfg.pt_weight > 0 else None
+
+    model, teacher, ckpt = build_models(cfg, meta)
+    raw_model = model
+    scaler = torch.amp.GradScaler('cuda', enabled=cfg.dtype == 'float16' and on_gpu)
+    model = wrap(cfg, model, teacher)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1)
+    iter_num, best_val, buf, queue = 0, float('inf'), None, []
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt['optimizer'])
+        iter_num, best_val = ckpt['iter_num'], ckpt['best_val_loss']
+        data_gen.set_state(ckpt['data_gen'])
+        sample_gen.set_state(ckpt['sample_gen'])
+        torch.set_rng_state(ckpt['torch_rng'])
+        buf, queue = ckpt.get('rollout_buffer'), ckpt.get('rollout_queue', [])
+        if buf is not None:
+            buf = {k: v.to(cfg.device) if torch.is_tensor(v) else v for k, v in buf.items()}
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        n = raw_model.num_params()
+        print(f"{cfg.method}: student {n / 1e6:.2f}M params"
+              + (f", teacher {teacher.num_params() / 1e6:.2f}M" if teacher is not None else '')
+              + f", data {cfg.data_dir} ({meta['tokenizer']}), world {cfg.world_size}, device {cfg.device}")
+    log_path = os.path.join(cfg.out_dir, 'log.jsonl')
+
+    def micro_batch():
+        """One micro-step's loss on this rank, already rescaled to a global token mean."""
+        nonlocal buf, queue
+        if cfg.method == 'pretrain':
+            x, y = train_data.batch(cfg.batch_size, cfg.block_size, data_gen, cfg.rank, cfg.world_size)
+            x, y = x.to(cfg.device), y.to(cfg.device)
+            with cfg.ctx:
+                return supervised_loss(cfg, model, teacher, x, y), x.numel(), {}
+        if cfg.method != 'minillm':
+            ids = train_data.sample_indices(cfg.batch_size, data_gen, cfg.rank, cfg.world_size)
+            x, y = train_data.sft_batch(ids, cfg.block_size)
+            x, y = x.to(cfg.device), y.to(cfg.device)
+            with cfg.ctx:
+                loss = supervised_loss(cfg, model, teacher, x, y, cfg.kd_ratio if cfg.method != 'sft' else 0.0)
+            return global_mean(cfg, loss, (y != -1).sum()), x.numel(), {}
+        if not queue:  # a new rollout phase: ppo_epochs shuffled passes over a fresh buffer
+            buf = collect_rollouts(cfg, model, teacher, train_data, data_gen, sample_gen)
+            n = len(buf['rows'])
+            for _ in range(cfg.ppo_epochs):
+                perm = torch.randperm(n, generator=data_gen).tolist()
+                queue += [perm[i:i + cfg.batch_size] for i in range(0, n - cfg.batch_size + 1, cfg.batch_size)]
+        loss, n_tok, stats = minillm_micro_loss(cfg, model, teacher, buf, queue.pop(0))
+        loss = global_mean(cfg, loss, n_tok)
+        tokens = n_tok.item()
+        if pt_data is not None:
+            x, y = pt_data.batch(cfg.pt_batch_size, cfg.block_size, data_gen, cfg.rank, cfg.world_size)
+            x, y = x.to(cfg.device), y.to(cfg.device)
+            with cfg.ctx:
+                pt = supervised_loss(cfg, model, teacher, x, y, kd_ratio=cfg.pt_kd_ratio)
+            loss = loss + cfg.pt_weight * pt
+            stats['pt_loss'] = pt.detach()
+            tokens += x.numel()
+        return loss, tokens, stats
+
+    @torch.no_grad()
+    def evaluate_loss():
+        """Mean CE on validation responses (or LM tokens), on fixed batches."""
+        model.eval()
+        gen, losses = torch.Generator().manual_seed(1234), []
+        for _ in range(cfg.eval_iters):
+            if cfg.method == 'pretrain':
+                x, y = val_data.batch(cfg.batch_size, cfg.block_size, gen, cfg.rank, cfg.world_size)
+            else:
+                x, y = val_data.sft_batch(val_data.sample_indices(cfg.batch_size, gen, cfg.rank, cfg.world_size), cfg.block_size)
+            with cfg.ctx:
+                losses.append(model(x.to(cfg.device), y.to(cfg.device))[1].item())
+        model.train()
+        return sum(losses) / len(losses)
+
+    def save(val_loss):
+        payload = checkpoint_payload(raw_model, meta['tokenizer'], optimizer=optimizer.state_dict(),
+                                     iter_num=iter_num, best_val_loss=best_val, val_loss=val_loss,
+                                     config={k: v for k, v in vars(cfg).items() if k in DEFAULTS},
+                                     data_gen=data_gen.get_state(), sample_gen=sample_gen.get_state(),
+                                     torch_rng=torch.get_rng_state(),
+                                     rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()} if buf else None,
+                                     rollout_queue=list(queue))
+        atomic_save(payload, os.path.join(cfg.out_dir, 'ckpt.pt'))
+
+    model.train()
+    t0, t_start, it_start, tokens_seen = time.time(), time.time(), iter_num, 0
+    while True:
+        last = iter_num >= cfg.max_iters
+        if iter_num % cfg.eval_interval == 0 or last:
+            val_loss = evaluate_loss()
+            improved = val_loss < best_val
+            best_val = min(best_val, val_loss)
+            if master:
+                print(f"iter {iter_num}: val loss {val_loss:.4f}")
+                with open(log_path, 'a') as f:
+                    f.write(json.dumps(dict(iter=iter_num, val_loss=val_loss)) + '\n')
+                if iter_num > it_start and (improved or cfg.always_save_checkpoint or last):
+                    save(val_loss)
+        if last:
+            break
+        lr = get_lr(cfg, iter_num)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        total, stats = 0.0, {}
+        for micro in range(cfg.gradient_accumulation_steps):
+            if cfg.parallel == 'ddp':
+                model.require_backward_grad_sync = micro == cfg.gradient_accumulation_steps - 1
+            loss, n_tokens, stats = micro_batch()
+            loss = loss / cfg.gradient_accumulation_steps
+            scaler.scale(loss).backward()
+            total += loss.item()
+            tokens_seen += n_tokens
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+        if master and (iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters):
+            dt = time.time() - t0
+            t0 = time.time()
+            per_iter = (time.time() - t_start) / (iter_num - it_start)
+            extra = ' '.join(f"{k} {float(v):.3f}" for k, v in stats.items())
+            print(f"iter {iter_num}/{cfg.max_iters}: loss {total:.4f}, lr {lr:.2e}, "
+                  f"{tokens_seen * cfg.world_size / dt:,.0f} tok/s, ETA {per_iter * (cfg.max_iters - iter_num):.0f}s {extra}")
+            with open(log_path, 'a') as f:
+                f.write(json.dumps(dict(iter=iter_num, loss=total, lr=lr, **{k: float(v) for k, v in stats.items()})) + '\n')
+            tokens_seen = 0
+        cfg.last_loss = total
+    if cfg.parallel != 'none':
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return cfg
+
+
+if __name__ == '__main__':
+    run(main)
