@@ -4,13 +4,23 @@ never leaves half a checkpoint, and loaders that turn every mismatch into one cl
 
 A checkpoint holds the model weights, its GPTConfig, the tokenizer it was trained with, and, for
 `init_from='resume'`, the optimizer, iteration, RNG and data-sampler states.
+
+FSDP runs write a sharded checkpoint instead (torch.distributed.checkpoint, "DCP"): every rank
+saves its own shards into `out_dir/dcp/`, next to a small `trainer_state.pt` with everything
+else. It resumes on any number of ranks (DCP reshards), and
+
+    python checkpoint.py --consolidate out/<run>
+
+turns it into the ordinary `ckpt.pt` that sample.py, evaluate.py and init_from read.
 """
+import glob
 import os
+import shutil
 from dataclasses import asdict
 
 import torch
 
-from configurator import UserError
+from configurator import UserError, run
 from model import GPT, GPTConfig
 
 CKPT_NAME = 'ckpt.pt'
@@ -31,11 +41,23 @@ def ckpt_path(where):
     return os.path.join(where, CKPT_NAME) if os.path.isdir(where) else where
 
 
+def config_that_writes(out_dir):
+    """The command that produces a run directory, found by its out_dir in config/*.py."""
+    target = os.path.normpath(out_dir)
+    for name in sorted(glob.glob('config/*.py')):
+        with open(name) as f:
+            for line in f:
+                if line.replace(' ', '').startswith('out_dir=') and os.path.normpath(
+                        line.split('=', 1)[1].split('#')[0].strip().strip('\'"')) == target:
+                    return f"python train.py {name}"
+    return "python train.py <config>"
+
+
 def load_checkpoint(where):
     path = ckpt_path(where)
     if not os.path.exists(path):
-        raise UserError(f"no checkpoint at {path}: train one first (python train.py <config>) "
-                        f"or point to the right out_dir")
+        raise UserError(f"no checkpoint at {path}: train it first ({config_that_writes(where)}) "
+                        f"or point to the right run directory")
     try:
         return torch.load(path, map_location='cpu', weights_only=False)
     except Exception as e:  # truncated or not a torch file
@@ -79,3 +101,88 @@ def load_model(spec, device='cpu', expect_vocab=None, expect_tokenizer=None, dro
         raise UserError(f"{spec} has vocab_size {model.config.vocab_size} but the data/other model has "
                         f"{expect_vocab}: they must share one tokenizer")
     return model.to(device), tok
+
+
+# ----------------------------------------------------------------------------- sharded (FSDP)
+DCP_DIR, TRAINER_STATE = 'dcp', 'trainer_state.pt'
+
+
+def save_sharded(out_dir, model, optimizer, tokenizer, **state):
+    """Every rank writes its shards of the model and AdamW state with DCP into out_dir/dcp/, and
+    rank 0 adds trainer_state.pt (model_args, tokenizer and `state`: step, RNGs, data position).
+
+    Collective: every rank calls it. The files go to dcp.tmp/, which replaces dcp/ only after all
+    ranks have finished, so a crash mid-save leaves the previous checkpoint whole. With several
+    nodes out_dir must be a filesystem that every node sees."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    final, tmp, old = (os.path.join(out_dir, DCP_DIR + suffix) for suffix in ('', '.tmp', '.old'))
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({'model': model_sd, 'optimizer': optim_sd}, checkpoint_id=tmp)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        torch.save(dict(model_args=asdict(model.config), tokenizer=tokenizer, **state), os.path.join(tmp, TRAINER_STATE))
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def sharded_dir(out_dir):
+    """The run's complete sharded checkpoint: dcp/, or dcp.old/ when a save died between its renames."""
+    for name in (DCP_DIR, DCP_DIR + '.old'):
+        path = os.path.join(out_dir, name)
+        if os.path.exists(os.path.join(path, TRAINER_STATE)):
+            return path
+    raise UserError(f"no sharded checkpoint in {os.path.join(out_dir, DCP_DIR)}: runs with parallel='fsdp' write one "
+                    f"there (a run that wrote ckpt.pt resumes with parallel='ddp' or 'none')")
+
+
+def load_trainer_state(out_dir):
+    return torch.load(os.path.join(sharded_dir(out_dir), TRAINER_STATE), map_location='cpu', weights_only=False)
+
+
+def load_sharded(out_dir, model, optimizer):
+    """Fill an FSDP-sharded model and its optimizer, in place, from out_dir/dcp/ (collective).
+    Each rank reads only the pieces of its own shards, whatever world size wrote them."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {'model': model_sd, 'optimizer': optim_sd}
+    dcp.load(state, checkpoint_id=sharded_dir(out_dir))
+    set_state_dict(model, optimizer, model_state_dict=state['model'], optim_state_dict=state['optimizer'])
+
+
+def consolidate(run_dir):
+    """Write run_dir/ckpt.pt (checkpoint_payload: weights, model_args, tokenizer, step) from the
+    sharded checkpoint, in one process without torchrun. Needs CPU RAM for the weights only; the
+    AdamW state stays in dcp/ (resume the run with parallel='fsdp', on any number of GPUs)."""
+    import torch.distributed.checkpoint as dcp
+    path = sharded_dir(run_dir)
+    state = load_trainer_state(run_dir)
+    with torch.device('meta'):  # no random init: every value is overwritten by the load
+        model = GPT(GPTConfig(**state['model_args']))
+    model.to_empty(device='cpu')
+    model.transformer.wte.weight = model.lm_head.weight  # to_empty gives the tied pair two tensors
+    weights = model.state_dict()
+    dcp.load({'model': weights}, checkpoint_id=path, no_dist=True)
+    extra = {k: state[k] for k in ('iter_num', 'best_val_loss', 'val_loss', 'config') if k in state}
+    out = os.path.join(run_dir, CKPT_NAME)
+    atomic_save(checkpoint_payload(model, state['tokenizer'], **extra), out)
+    return out
+
+
+def main(argv):
+    if len(argv) != 2 or argv[0] != '--consolidate':
+        raise UserError("usage: python checkpoint.py --consolidate out/<run>  (an FSDP run directory with dcp/)")
+    print(f"wrote {consolidate(argv[1])}")
+
+
+if __name__ == '__main__':
+    run(main)

@@ -22,6 +22,9 @@ from configurator import UserError
 
 
 def prepare_hint(data_dir):
+    if data_dir.rstrip('/').endswith('_seqkd'):  # SeqKD data is made by the teacher, see sample.py
+        return (f"python sample.py --init_from=<teacher run dir> --data_dir={data_dir.rstrip('/')[:-6]} "
+                f"--seqkd_out={data_dir}")
     script = os.path.join(data_dir, 'prepare.py')
     if os.path.exists(script):
         return f"python {script}"

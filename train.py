@@ -10,7 +10,9 @@ One training loop for every method of the MiniLLM paper's comparison:
     atkd=True swaps the KD term of kd/seqkd for ATKD's uncertainty-weighted TKD/DKD
 
     python train.py config/toy_sft.py --max_iters=500
-    torchrun --nproc_per_node=8 train.py config/minillm_gpt2.py
+    torchrun --nproc_per_node=8 train.py config/minillm_gpt2.py --parallel=ddp
+    torchrun --nnodes=8 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
+        train.py config/minillm_13b_fsdp.py
 """
 import json
 import math
@@ -18,13 +20,16 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 
 import kl
 import policy_gradient as pg
-from checkpoint import atomic_save, checkpoint_payload, load_checkpoint, load_model
+import memory
+from checkpoint import (atomic_save, checkpoint_payload, load_checkpoint, load_model, load_sharded,
+                        load_trainer_state, save_sharded)
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta, split_responses
 from model import GPT, GPTConfig
@@ -97,6 +102,9 @@ device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
 compile = False
 parallel = 'none'            # 'none' | 'ddp' | 'fsdp' (launch with torchrun)
+fsdp_activation_checkpointing = False  # recompute each student block in backward: keep 1 block's activations, not all
+fsdp_cpu_offload = False     # FSDP2 CPUOffloadPolicy: shards, grads and AdamW in host RAM (CUDA only)
+gpu_memory_gb = 0.0          # > 0: stop at start when the per-GPU estimate (memory.py) does not fit
 DEFAULTS = defaults_from(globals())
 # -----------------------------------------------------------------------------
 
@@ -204,7 +212,7 @@ def collect_rollouts(cfg, model, teacher, prompts, data_gen, sample_gen):
     if cfg.reward_scale or cfg.reward_clip:
         rewards = pg.scale_and_clip_rewards(rewards, mask, scale=cfg.reward_scale or None, clip=cfg.reward_clip or None)
     advantages = pg.compute_advantages(rewards, mask, cfg.returns_mode, cfg.length_norm, cfg.gamma,
-                                       include_current=not cfg.single_step)
+                                       include_current=not cfg.single_step or cfg.returns_mode == 'reference')
     a = cfg.teacher_mix_alpha
     logp_mix = (torch.logaddexp(logp_teacher + math.log(a), logp_old + math.log1p(-a)) if a > 0 else logp_old)
     model.train()
@@ -233,20 +241,23 @@ def minillm_micro_loss(cfg, model, teacher, buf, ids):
 
 # ----------------------------------------------------------------------------- setup
 def setup_distributed(cfg):
-    """torchrun sets RANK/WORLD_SIZE; nccl on GPU, gloo on CPU."""
-    cfg.rank, cfg.world_size, cfg.all_done = 0, 1, None
+    """torchrun sets RANK/WORLD_SIZE; nccl on GPU, gloo on CPU. A process group that already exists
+    (main() called from a script that set one up) is used and left open."""
+    cfg.rank, cfg.world_size, cfg.all_done, cfg.own_group = 0, 1, None, False
     if cfg.parallel == 'none':
         return
     import torch.distributed as dist
-    if 'RANK' not in os.environ:
+    if 'RANK' not in os.environ and not dist.is_initialized():
         raise UserError(f"parallel='{cfg.parallel}' needs a torchrun launch: "
                         f"torchrun --nproc_per_node=N train.py <config>")
     on_gpu = cfg.device.startswith('cuda')
-    dist.init_process_group('nccl' if on_gpu else 'gloo')
-    cfg.rank, cfg.world_size = dist.get_rank(), dist.get_world_size()
     if on_gpu:
         cfg.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         torch.cuda.set_device(cfg.device)
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if on_gpu else 'gloo')
+        cfg.own_group = True
+    cfg.rank, cfg.world_size = dist.get_rank(), dist.get_world_size()
 
     def all_done(done):  # every rank takes the same number of decoding steps (FSDP all-gathers)
         flag = torch.tensor([float(done.all())], device=done.device)
@@ -266,9 +277,45 @@ def global_mean(cfg, loss, n_local):
     return loss * (float(n_local) * cfg.world_size / n.clamp(min=1).item())
 
 
-def build_models(cfg, meta):
-    """Student (scratch / checkpoint / HF GPT-2 / resume) and the frozen teacher."""
-    vocab, tok = meta['vocab_size'], meta['tokenizer']
+def rank_mean(cfg, value, weight=1.0):
+    """sum_r w_r x_r / sum_r w_r over the ranks (a float, the same on every rank): with w = token
+    counts, the per-rank token means become the global batch's token mean."""
+    if cfg.world_size == 1:
+        return value
+    import torch.distributed as dist
+    t = torch.tensor([float(value) * float(weight), float(weight)], dtype=torch.float64, device=cfg.device)
+    dist.all_reduce(t)
+    return (t[0] / t[1]).item()
+
+
+def gather_rollouts(cfg, buf):
+    """Every rank's rollout rows on every rank, in rank order. The ranks sample their own prompts
+    in parallel; PPO minibatches are then drawn from the global buffer as in one process."""
+    if cfg.world_size == 1:
+        return buf
+    import torch.distributed as dist
+    parts = [None] * cfg.world_size
+    dist.all_gather_object(parts, {k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()})
+    Tr = max(p['mask'].shape[1] for p in parts)
+    out = {'rows': [row for p in parts for row in p['rows']]}
+    for k, v in buf.items():
+        if torch.is_tensor(v):
+            out[k] = torch.cat([F.pad(p[k], (0, Tr - p[k].shape[1])) for p in parts]).to(cfg.device)
+    return out
+
+
+def rank_states(cfg, state):
+    """Each rank's `state`, as a list on every rank (collective under DDP/FSDP)."""
+    if cfg.world_size == 1:
+        return [state]
+    import torch.distributed as dist
+    out = [None] * cfg.world_size
+    dist.all_gather_object(out, state)
+    return out
+
+
+def load_student(cfg, vocab, tok):
+    """(student, resume checkpoint or None), on CPU."""
     ckpt = None
     if cfg.init_from == 'resume':
         ckpt = load_checkpoint(cfg.out_dir)
@@ -281,29 +328,106 @@ def build_models(cfg, meta):
         model, _ = load_model(cfg.init_from, expect_vocab=vocab, expect_tokenizer=tok, dropout=cfg.dropout)
     if model.config.vocab_size != vocab:
         raise UserError(f"model vocab_size {model.config.vocab_size} does not match the data's {vocab} ({tok})")
-    teacher = None
-    if cfg.method in ('kd', 'minillm') or (cfg.method == 'seqkd' and cfg.kd_ratio > 0) or cfg.pt_kd_ratio > 0:
-        if not cfg.teacher:
-            raise UserError(f"method '{cfg.method}' needs a teacher: set --teacher=<run dir or HF GPT-2>")
-        teacher, _ = load_model(cfg.teacher, expect_vocab=vocab, expect_tokenizer=tok)
+    return model, ckpt
+
+
+def load_teacher(cfg, vocab, tok):
+    """The frozen teacher on CPU, or None when the method has none."""
+    if not (cfg.method in ('kd', 'minillm') or (cfg.method == 'seqkd' and cfg.kd_ratio > 0) or cfg.pt_kd_ratio > 0):
+        return None
+    if not cfg.teacher:
+        raise UserError(f"method '{cfg.method}' needs a teacher: set --teacher=<run dir or HF GPT-2>")
+    teacher, _ = load_model(cfg.teacher, expect_vocab=vocab, expect_tokenizer=tok)
+    return teacher.requires_grad_(False).eval()
+
+
+def build_models(cfg, meta):
+    """Student (scratch / checkpoint / HF GPT-2 / resume) and the frozen teacher. Returns
+    (student, teacher or None, resume state or None, weights): `weights` are what `wrap` loads
+    into the two models after sharding them (FSDP), else (None, None)."""
+    vocab, tok = meta['vocab_size'], meta['tokenizer']
+    if cfg.parallel != 'fsdp':
+        model, ckpt = load_student(cfg, vocab, tok)
+        teacher = load_teacher(cfg, vocab, tok)
+        return model.to(cfg.device), teacher.to(cfg.device) if teacher is not None else None, ckpt, (None, None)
+    # FSDP: only rank 0 builds the models, on CPU, exactly as one process would (same seed, same
+    # files: the run starts from the same weights). Every rank gets empty meta-device copies that
+    # `wrap` shards and fills from rank 0's state dicts, so no GPU ever holds a whole model and only
+    # rank 0's CPU RAM does, once. At resume the student's shards come from the DCP checkpoint.
+    import torch.distributed as dist
+    ckpt = load_trainer_state(cfg.out_dir) if cfg.init_from == 'resume' else None
+    full, box = (None, None), [None]
+    if cfg.rank == 0:
+        try:
+            full = (None if ckpt else load_student(cfg, vocab, tok)[0], load_teacher(cfg, vocab, tok))
+            box[0] = [asdict(m.config) if m is not None else None for m in full]
+        except UserError as e:  # raised on every rank below, so that no rank waits forever
+            box[0] = e
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], UserError):
+        raise box[0]
+    configs = box[0]
+    if ckpt is not None:
+        configs[0] = ckpt['model_args']
+        if configs[0]['vocab_size'] != vocab:
+            raise UserError(f"model vocab_size {configs[0]['vocab_size']} does not match the data's {vocab} ({tok})")
+    with torch.device('meta'):
+        model, teacher = (GPT(GPTConfig(**c)) if c is not None else None for c in configs)
+    if teacher is not None:
         teacher.requires_grad_(False).eval()
-    return model.to(cfg.device), teacher.to(cfg.device) if teacher is not None else None, ckpt
+    weights = [None if (m is None or (i == 0 and ckpt)) else full[i].state_dict() if cfg.rank == 0 else {}
+               for i, m in enumerate((model, teacher))]
+    return model, teacher, ckpt, weights
 
 
-def wrap(cfg, model, teacher):
+def wrap(cfg, model, teacher, weights=(None, None)):
+    """DDP: replicate the student and average its gradients. FSDP2: shard student and teacher per
+    block + root (`fully_shard`), all-gathering each block's weights in cfg.ptdtype just for its
+    forward/backward and reduce-scattering gradients in fp32; then allocate this rank's shards and
+    fill them from rank 0's `weights` (build_models)."""
     if cfg.parallel == 'ddp':
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[cfg.device] if cfg.device.startswith('cuda') else None)
     elif cfg.parallel == 'fsdp':
-        from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
         mp = MixedPrecisionPolicy(param_dtype=cfg.ptdtype, reduce_dtype=torch.float32)
-        for m in [model] + ([teacher] if teacher is not None else []):
+        offload = CPUOffloadPolicy() if cfg.fsdp_cpu_offload else OffloadPolicy()
+        if cfg.fsdp_activation_checkpointing:
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+            for i, block in enumerate(model.transformer.h):
+                model.transformer.h[i] = checkpoint_wrapper(block)
+        if teacher is not None:
+            teacher.to(cfg.ptdtype)  # frozen: store it in the dtype it computes in
+        for m, sd in zip((model, teacher), weights):
+            if m is None:
+                continue
             for block in m.transformer.h:
-                fully_shard(block, mp_policy=mp)
-            fully_shard(m, mp_policy=mp)
+                fully_shard(block, mp_policy=mp, offload_policy=offload)
+            fully_shard(m, mp_policy=mp, offload_policy=offload)
+            m.to_empty(device='cpu' if cfg.fsdp_cpu_offload else cfg.device)
+            if sd is not None:
+                set_model_state_dict(m, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     if cfg.compile:
         model = torch.compile(model)
     return model
+
+
+def check_memory(cfg, model, teacher):
+    """Print the per-GPU memory estimate (memory.py) and stop when it exceeds gpu_memory_gb."""
+    rollout_rows = min(cfg.rollout_batch_size, cfg.rollout_size // cfg.world_size) if cfg.method == 'minillm' else 0
+    est = memory.estimate_memory(
+        model.config, teacher.config if teacher is not None else None, cfg.world_size, cfg.parallel,
+        batch_size=cfg.batch_size, seq_len=cfg.block_size, param_bytes=cfg.ptdtype.itemsize,
+        activation_checkpointing=cfg.fsdp_activation_checkpointing, cpu_offload=cfg.fsdp_cpu_offload,
+        rollout_batch_size=rollout_rows, chunk_size=cfg.loss_chunk_size if cfg.chunked else None)
+    if cfg.rank == 0:
+        print(f"memory estimate ({cfg.parallel}, world {cfg.world_size}): {memory.describe(est)}")
+    if cfg.gpu_memory_gb > 0 and not memory.fits(est, cfg.gpu_memory_gb):
+        raise UserError(f"the estimated peak of {est['total'] / memory.GiB:.1f} GiB per GPU does not fit in 90% of "
+                        f"gpu_memory_gb={cfg.gpu_memory_gb:g}: use more GPUs (FSDP divides params, grads and AdamW by "
+                        f"the world size), fsdp_activation_checkpointing=True, a smaller batch_size with more "
+                        f"gradient_accumulation_steps, or fsdp_cpu_offload=True")
 
 
 def validate(cfg):
@@ -340,21 +464,34 @@ def main(argv):
         train_data, val_data = InstructSet(cfg.data_dir, 'train'), InstructSet(cfg.data_dir, 'valid')
     pt_data = LMStream(cfg.pt_data_dir, 'train') if cfg.method == 'minillm' and cfg.pt_data_dir and cfg.pt_weight > 0 else None
 
-    model, teacher, ckpt = build_models(cfg, meta)
+    model, teacher, ckpt, weights = build_models(cfg, meta)  # under FSDP: on the meta device
     raw_model = model
+    check_memory(cfg, model, teacher)
     scaler = torch.amp.GradScaler('cuda', enabled=cfg.dtype == 'float16' and on_gpu)
-    model = wrap(cfg, model, teacher)
+    model = wrap(cfg, model, teacher, weights)
+    del weights
+    if cfg.world_size > 1:  # the weights are in place: from here on each rank has its own dropout noise
+        torch.manual_seed(cfg.seed + cfg.rank)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1)
+                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                                  fused=cfg.parallel != 'fsdp')  # fused: one kernel, not one per tensor
+    data_gen = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: it draws the global batch
+    sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1 + cfg.rank)
     iter_num, best_val, buf, queue = 0, float('inf'), None, []
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt['optimizer'])
+        if cfg.parallel == 'fsdp':  # this rank's shards of the weights and of the AdamW state
+            load_sharded(cfg.out_dir, raw_model, optimizer)
+        elif 'optimizer' not in ckpt:
+            raise UserError(f"{cfg.out_dir}/ckpt.pt holds weights only (a consolidated FSDP checkpoint): resume "
+                            f"with parallel='fsdp', or start a new run from it with init_from='{cfg.out_dir}'")
+        else:
+            optimizer.load_state_dict(ckpt['optimizer'])
         iter_num, best_val = ckpt['iter_num'], ckpt['best_val_loss']
         data_gen.set_state(ckpt['data_gen'])
-        sample_gen.set_state(ckpt['sample_gen'])
-        torch.set_rng_state(ckpt['torch_rng'])
+        ranks = ckpt.get('ranks') or [ckpt]  # per-rank RNG streams; on another world size they start afresh
+        if len(ranks) == cfg.world_size:
+            sample_gen.set_state(ranks[cfg.rank]['sample_gen'])
+            torch.set_rng_state(ranks[cfg.rank]['torch_rng'])
         buf, queue = ckpt.get('rollout_buffer'), ckpt.get('rollout_queue', [])
         if buf is not None:
             buf = {k: v.to(cfg.device) if torch.is_tensor(v) else v for k, v in buf.items()}
@@ -381,13 +518,14 @@ def main(argv):
             with cfg.ctx:
                 loss = supervised_loss(cfg, model, teacher, x, y, cfg.kd_ratio if cfg.method != 'sft' else 0.0)
             return global_mean(cfg, loss, (y != -1).sum()), x.numel(), {}
-        if not queue:  # a new rollout phase: ppo_epochs shuffled passes over a fresh buffer
-            buf = collect_rollouts(cfg, model, teacher, train_data, data_gen, sample_gen)
-            n = len(buf['rows'])
+        if not queue:  # a new rollout phase: ppo_epochs shuffled passes over a fresh (global) buffer
+            buf = gather_rollouts(cfg, collect_rollouts(cfg, model, teacher, train_data, data_gen, sample_gen))
+            n, step = len(buf['rows']), cfg.batch_size * cfg.world_size
             for _ in range(cfg.ppo_epochs):
                 perm = torch.randperm(n, generator=data_gen).tolist()
-                queue += [perm[i:i + cfg.batch_size] for i in range(0, n - cfg.batch_size + 1, cfg.batch_size)]
-        loss, n_tok, stats = minillm_micro_loss(cfg, model, teacher, buf, queue.pop(0))
+                queue += [perm[i:i + step] for i in range(0, n - step + 1, step)]
+        ids = queue.pop(0)[cfg.rank * cfg.batch_size:(cfg.rank + 1) * cfg.batch_size]  # this rank's share
+        loss, n_tok, stats = minillm_micro_loss(cfg, model, teacher, buf, ids)
         loss = global_mean(cfg, loss, n_tok)
         tokens = n_tok.item()
         if pt_data is not None:
@@ -411,19 +549,25 @@ def main(argv):
             else:
                 x, y = val_data.sft_batch(val_data.sample_indices(cfg.batch_size, gen, cfg.rank, cfg.world_size), cfg.block_size)
             with cfg.ctx:
-                losses.append(model(x.to(cfg.device), y.to(cfg.device))[1].item())
+                loss = model(x.to(cfg.device), y.to(cfg.device))[1].item()
+            losses.append(rank_mean(cfg, loss, (y != -1).sum().item()))  # the same on every rank
         model.train()
         return sum(losses) / len(losses)
 
     def save(val_loss):
-        payload = checkpoint_payload(raw_model, meta['tokenizer'], optimizer=optimizer.state_dict(),
-                                     iter_num=iter_num, best_val_loss=best_val, val_loss=val_loss,
-                                     config={k: v for k, v in vars(cfg).items() if k in DEFAULTS},
-                                     data_gen=data_gen.get_state(), sample_gen=sample_gen.get_state(),
-                                     torch_rng=torch.get_rng_state(),
-                                     rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()} if buf else None,
-                                     rollout_queue=list(queue))
-        atomic_save(payload, os.path.join(cfg.out_dir, 'ckpt.pt'))
+        """ckpt.pt from rank 0, or under FSDP dcp/ from every rank; collective when distributed."""
+        state = dict(iter_num=iter_num, best_val_loss=best_val, val_loss=val_loss,
+                     config={k: v for k, v in vars(cfg).items() if k in DEFAULTS},
+                     data_gen=data_gen.get_state(), sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state(),
+                     rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()} if buf else None,
+                     rollout_queue=list(queue))
+        if cfg.world_size > 1:
+            state['ranks'] = rank_states(cfg, dict(sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state()))
+        if cfg.parallel == 'fsdp':
+            save_sharded(cfg.out_dir, raw_model, optimizer, meta['tokenizer'], **state)
+        elif master:
+            atomic_save(checkpoint_payload(raw_model, meta['tokenizer'], optimizer=optimizer.state_dict(), **state),
+                        os.path.join(cfg.out_dir, 'ckpt.pt'))
 
     model.train()
     t0, t_start, it_start, tokens_seen = time.time(), time.time(), iter_num, 0
@@ -437,8 +581,8 @@ def main(argv):
                 print(f"iter {iter_num}: val loss {val_loss:.4f}")
                 with open(log_path, 'a') as f:
                     f.write(json.dumps(dict(iter=iter_num, val_loss=val_loss)) + '\n')
-                if iter_num > it_start and (improved or cfg.always_save_checkpoint or last):
-                    save(val_loss)
+            if iter_num > it_start and (improved or cfg.always_save_checkpoint or last):
+                save(val_loss)
         if last:
             break
         lr = get_lr(cfg, iter_num)
@@ -460,6 +604,8 @@ def main(argv):
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
+        if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
+            total = rank_mean(cfg, total)  # the global batch's loss: the ranks' rescaled losses average to it
         if master and (iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters):
             dt = time.time() - t0
             t0 = time.time()
@@ -471,7 +617,7 @@ def main(argv):
                 f.write(json.dumps(dict(iter=iter_num, loss=total, lr=lr, **{k: float(v) for k, v in stats.items()})) + '\n')
             tokens_seen = 0
         cfg.last_loss = total
-    if cfg.parallel != 'none':
+    if cfg.own_group:
         import torch.distributed as dist
         dist.destroy_process_group()
     return cfg

@@ -1,0 +1,19 @@
+# The common starting point of every toy student: a much smaller GPT (~45K parameters) given a
+# short SFT warm-up, as the paper initialises students from SFT before distillation.
+method = 'sft'
+data_dir = 'data/toy_instruct'
+out_dir = 'out/toy_student_init'
+n_layer = 2
+n_head = 2
+n_embd = 32
+block_size = 64
+batch_size = 64
+learning_rate = 3e-3
+min_lr = 1e-3
+warmup_iters = 20
+max_iters = 300
+weight_decay = 0.0
+eval_interval = 300
+eval_iters = 8
+log_interval = 50
+device = 'cpu'

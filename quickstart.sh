@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole pipeline of the MiniLLM paper's comparison on the embedded toy task, on CPU:
+# data -> teacher -> common student init -> SFT, KD, SeqKD, MiniLLM (+ ablations), ATKD -> evaluation.
+#   bash quickstart.sh          # the full run (about 15 minutes on 2 CPU cores)
+#   bash quickstart.sh --fast   # a smoke run of every step (about 2 minutes)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python}
+FAST=()
+if [[ "${1:-}" == "--fast" ]]; then
+  # a tenth of the steps, fewer rollouts and evaluation examples: checks the plumbing, not the numbers
+  FAST=(--max_iters=40 --eval_interval=40)
+  TEACHER_FAST=(--max_iters=150 --eval_interval=150)
+  EVAL_FAST=(--max_examples=64 --num_seeds=1)
+  OUT=out/quickstart_fast
+else
+  TEACHER_FAST=(); EVAL_FAST=(); OUT=out/quickstart
+fi
+mkdir -p "$OUT"
+step() { echo; echo "=== [$(date +%H:%M:%S)] $*"; }
+
+step "data: the toy instruction task (byte-level)"
+[[ -f data/toy_instruct/meta.json ]] || $PY data/toy_instruct/prepare.py
+
+step "teacher"
+$PY train.py config/toy_teacher.py --out_dir=$OUT/teacher "${TEACHER_FAST[@]}"
+step "student init (short SFT warm-up, shared by every student)"
+$PY train.py config/toy_student_init.py --out_dir=$OUT/init "${FAST[@]}"
+
+common=(--init_from=$OUT/init --teacher=$OUT/teacher "${FAST[@]}")
+step "SFT";      $PY train.py config/toy_sft.py   --out_dir=$OUT/sft   "${common[@]}"
+step "KD";       $PY train.py config/toy_kd.py    --out_dir=$OUT/kd    "${common[@]}"
+step "ATKD";     $PY train.py config/toy_atkd.py  --out_dir=$OUT/atkd  "${common[@]}"
+step "SeqKD data: teacher-sampled responses"
+$PY sample.py --init_from=$OUT/teacher --data_dir=data/toy_instruct --seqkd_out=$OUT/toy_instruct_seqkd --max_new_tokens=20
+step "SeqKD";    $PY train.py config/toy_seqkd.py --out_dir=$OUT/seqkd --data_dir=$OUT/toy_instruct_seqkd "${common[@]}"
+step "MiniLLM";  $PY train.py config/toy_minillm.py --out_dir=$OUT/minillm "${common[@]}"
+step "MiniLLM without single-step decomposition"
+$PY train.py config/toy_minillm.py --out_dir=$OUT/minillm_no_single --single_step=False "${common[@]}"
+step "MiniLLM without teacher-mixed sampling"
+$PY train.py config/toy_minillm.py --out_dir=$OUT/minillm_no_mix --teacher_mix_alpha=0.0 "${common[@]}"
+step "MiniLLM without length normalisation"
+$PY train.py config/toy_minillm.py --out_dir=$OUT/minillm_no_norm --length_norm=False "${common[@]}"
+
+step "evaluation on the held-out test prompts"
+models="teacher=$OUT/teacher,init=$OUT/init,sft=$OUT/sft,kd=$OUT/kd,atkd=$OUT/atkd,seqkd=$OUT/seqkd"
+models="$models,minillm=$OUT/minillm,minillm-no-single-step=$OUT/minillm_no_single"
+models="$models,minillm-no-teacher-mix=$OUT/minillm_no_mix,minillm-no-length-norm=$OUT/minillm_no_norm"
+$PY evaluate.py --models=$models --teacher=$OUT/teacher --data_dir=data/toy_instruct --split=test \
+  --out=$OUT/results "${EVAL_FAST[@]}"
+step "done: $OUT/results.md and $OUT/results.png"
