@@ -72,15 +72,15 @@ class InstructSet:
         if self.meta.get('kind') != 'instruct':
             raise UserError(f"{data_dir} holds '{self.meta.get('kind')}' data, not instruction data; "
                             f"point data_dir at an instruct set (e.g. data/toy_instruct)")
-        self.tokens = _memmap(os.path.join(data_dir, f'{split}.tokens.bin'), self.meta['dtype'], data_dir)
         idx_path = os.path.join(data_dir, f'{split}.idx.npy')
         if not os.path.exists(idx_path):
             raise UserError(f"missing {idx_path}: run `{prepare_hint(data_dir)}` first")
         self.index = np.load(idx_path)
-        with open(os.path.join(data_dir, f'{split}.jsonl')) as f:
-            self.rows = [json.loads(line) for line in f if line.strip()]
         if len(self.index) == 0:
             raise UserError(f"{data_dir} split '{split}' is empty: re-run `{prepare_hint(data_dir)}`")
+        self.tokens = _memmap(os.path.join(data_dir, f'{split}.tokens.bin'), self.meta['dtype'], data_dir)
+        with open(os.path.join(data_dir, f'{split}.jsonl')) as f:
+            self.rows = [json.loads(line) for line in f if line.strip()]
         if len(self.rows) != len(self.index):
             raise UserError(f"{data_dir}/{split}.jsonl and {split}.idx.npy disagree "
                             f"({len(self.rows)} vs {len(self.index)} rows): re-run `{prepare_hint(data_dir)}`")
