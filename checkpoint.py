@@ -16,6 +16,7 @@ turns it into the ordinary `ckpt.pt` that sample.py, evaluate.py and init_from r
 import glob
 import os
 import shutil
+import warnings
 from dataclasses import asdict
 
 import torch
@@ -103,6 +104,33 @@ def load_model(spec, device='cpu', expect_vocab=None, expect_tokenizer=None, dro
     return model.to(device), tok
 
 
+def load_student(cfg, vocab, tok):
+    """train.py's student on CPU from cfg.init_from ('resume' / 'scratch' with cfg's shape / a run dir
+    or HF GPT-2) and its resume checkpoint (or None); vocab/tok: the data's."""
+    ckpt = None
+    if cfg.init_from == 'resume':
+        ckpt = load_checkpoint(cfg.out_dir)
+        model = GPT(GPTConfig(**ckpt['model_args']))
+        model.load_state_dict(ckpt['model'])
+    elif cfg.init_from == 'scratch':
+        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
+                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+    else:
+        model, _ = load_model(cfg.init_from, expect_vocab=vocab, expect_tokenizer=tok, dropout=cfg.dropout)
+    if model.config.vocab_size != vocab:
+        raise UserError(f"model vocab_size {model.config.vocab_size} does not match the data's {vocab} ({tok})")
+    return model, ckpt
+
+
+def load_teacher(cfg, vocab, tok):
+    """train.py's frozen teacher on CPU (cfg.teacher), or None when cfg.method uses none."""
+    if not (cfg.method in ('kd', 'minillm') or (cfg.method == 'seqkd' and cfg.kd_ratio > 0) or cfg.pt_kd_ratio > 0):
+        return None
+    if not cfg.teacher:
+        raise UserError(f"method '{cfg.method}' needs a teacher: set --teacher=<run dir or HF GPT-2>")
+    teacher, _ = load_model(cfg.teacher, expect_vocab=vocab, expect_tokenizer=tok)
+    return teacher.requires_grad_(False).eval()
+
 # ----------------------------------------------------------------------------- sharded (FSDP)
 DCP_DIR, TRAINER_STATE = 'dcp', 'trainer_state.pt'
 
@@ -171,11 +199,35 @@ def consolidate(run_dir):
     model.to_empty(device='cpu')
     model.transformer.wte.weight = model.lm_head.weight  # to_empty gives the tied pair two tensors
     weights = model.state_dict()
-    dcp.load({'model': weights}, checkpoint_id=path, no_dist=True)
+    with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the point here
+        warnings.simplefilter('ignore')
+        dcp.load({'model': weights}, checkpoint_id=path, no_dist=True)
     extra = {k: state[k] for k in ('iter_num', 'best_val_loss', 'val_loss', 'config') if k in state}
     out = os.path.join(run_dir, CKPT_NAME)
     atomic_save(checkpoint_payload(model, state['tokenizer'], **extra), out)
     return out
+
+
+def models_from_rank0(build):
+    """FSDP model loading. `build()` runs on rank 0 only and returns full CPU models (or None);
+    every rank gets empty meta-device models of the same shapes, plus the weights to load after
+    sharding: rank 0's full state dicts, {} elsewhere (set_model_state_dict with
+    broadcast_from_rank0=True). A UserError on rank 0 is raised on every rank, so none waits forever."""
+    import torch.distributed as dist
+    full, box = None, [None]
+    if dist.get_rank() == 0:
+        try:
+            full = build()
+            box[0] = [asdict(m.config) if m is not None else None for m in full]
+        except UserError as e:
+            box[0] = e
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], UserError):
+        raise box[0]
+    with torch.device('meta'):
+        models = [GPT(GPTConfig(**c)) if c is not None else None for c in box[0]]
+    weights = [None if m is None else full[i].state_dict() if full else {} for i, m in enumerate(models)]
+    return models, weights
 
 
 def main(argv):

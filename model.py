@@ -88,6 +88,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
+            if cache.k[layer].dtype != k.dtype:  # FSDP mixed precision: fp32 weights stored, bf16 computed
+                cache.k[layer], cache.v[layer] = cache.k[layer].to(k.dtype), cache.v[layer].to(k.dtype)
             start = cache.length
             cache.k[layer][:, :, start:start + T] = k
             cache.v[layer][:, :, start:start + T] = v
@@ -263,7 +265,7 @@ class GPT(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         step_in, step_mask = idx, attention_mask
         for t in range(n):
-            logits = [m(step_in, attention_mask=step_mask, cache=c)[:, -1, :].float() for m, c in models]
+            logits = [m(step_in, attention_mask=step_mask, cache=c, head_fn=last_position_logits) for m, c in models]
             step_mask = None
             nxt = sample_next(logits, temperature, top_k, top_p, generator, mix_alpha if len(models) > 1 else 0.0)
             if eos_id is not None:
@@ -318,6 +320,12 @@ def hf_gpt2_state_dict(sd):
         out['transformer.' + k] = v.t().contiguous() if k.endswith(conv1d) else v
     out['lm_head.weight'] = out['transformer.wte.weight']
     return out
+
+
+def last_position_logits(hidden, weight):
+    """head_fn for decoding: fp32 logits [B, V] of the last position only. At the prompt step
+    this skips the [B, T, V] logits nobody reads (as large as T decoding steps' worth of lm_head)."""
+    return F.linear(hidden[:, -1], weight).float()
 
 
 def next_token_logprobs(logits, temperature=1.0, top_k=None, top_p=None, mix_alpha=0.0):

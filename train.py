@@ -20,16 +20,16 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 import kl
-import policy_gradient as pg
 import memory
-from checkpoint import (atomic_save, checkpoint_payload, load_checkpoint, load_model, load_sharded,
-                        load_trainer_state, save_sharded)
+import policy_gradient as pg
+from checkpoint import (atomic_save, checkpoint_payload, load_sharded, load_student, load_teacher,
+                        load_trainer_state, models_from_rank0, save_sharded)
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta, split_responses
 from model import GPT, GPTConfig
@@ -142,7 +142,8 @@ def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight):
             return F.cross_entropy((h @ weight.t()).float(), tgt)
         return loss_fn(h, weight, t_logits, targets=tgt, divergence=cfg.divergence, chunk_size=cfg.loss_chunk_size,
                        temperature=cfg.kd_temperature, atkd=cfg.atkd, atkd_k=cfg.atkd_k,
-                       atkd_lam=cfg.atkd_lambda, ce_weight=ce_weight, kd_weight=kd_weight)
+                       atkd_lam=cfg.atkd_lambda, atkd_reverse=cfg.divergence == 'reverse_kl',
+                       ce_weight=ce_weight, kd_weight=kd_weight)
     return head_fn
 
 
@@ -246,7 +247,6 @@ def setup_distributed(cfg):
     cfg.rank, cfg.world_size, cfg.all_done, cfg.own_group = 0, 1, None, False
     if cfg.parallel == 'none':
         return
-    import torch.distributed as dist
     if 'RANK' not in os.environ and not dist.is_initialized():
         raise UserError(f"parallel='{cfg.parallel}' needs a torchrun launch: "
                         f"torchrun --nproc_per_node=N train.py <config>")
@@ -271,18 +271,15 @@ def global_mean(cfg, loss, n_local):
     global batch's tokens (ranks hold different numbers of response tokens)."""
     if cfg.world_size == 1:
         return loss
-    import torch.distributed as dist
     n = torch.tensor([float(n_local)], device=loss.device)
     dist.all_reduce(n)
     return loss * (float(n_local) * cfg.world_size / n.clamp(min=1).item())
 
 
 def rank_mean(cfg, value, weight=1.0):
-    """sum_r w_r x_r / sum_r w_r over the ranks (a float, the same on every rank): with w = token
-    counts, the per-rank token means become the global batch's token mean."""
+    """sum_r w_r x_r / sum_r w_r over the ranks, the same on every rank (w = tokens: a global token mean)."""
     if cfg.world_size == 1:
         return value
-    import torch.distributed as dist
     t = torch.tensor([float(value) * float(weight), float(weight)], dtype=torch.float64, device=cfg.device)
     dist.all_reduce(t)
     return (t[0] / t[1]).item()
@@ -293,7 +290,6 @@ def gather_rollouts(cfg, buf):
     in parallel; PPO minibatches are then drawn from the global buffer as in one process."""
     if cfg.world_size == 1:
         return buf
-    import torch.distributed as dist
     parts = [None] * cfg.world_size
     dist.all_gather_object(parts, {k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()})
     Tr = max(p['mask'].shape[1] for p in parts)
@@ -302,43 +298,6 @@ def gather_rollouts(cfg, buf):
         if torch.is_tensor(v):
             out[k] = torch.cat([F.pad(p[k], (0, Tr - p[k].shape[1])) for p in parts]).to(cfg.device)
     return out
-
-
-def rank_states(cfg, state):
-    """Each rank's `state`, as a list on every rank (collective under DDP/FSDP)."""
-    if cfg.world_size == 1:
-        return [state]
-    import torch.distributed as dist
-    out = [None] * cfg.world_size
-    dist.all_gather_object(out, state)
-    return out
-
-
-def load_student(cfg, vocab, tok):
-    """(student, resume checkpoint or None), on CPU."""
-    ckpt = None
-    if cfg.init_from == 'resume':
-        ckpt = load_checkpoint(cfg.out_dir)
-        model = GPT(GPTConfig(**ckpt['model_args']))
-        model.load_state_dict(ckpt['model'])
-    elif cfg.init_from == 'scratch':
-        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
-                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
-    else:
-        model, _ = load_model(cfg.init_from, expect_vocab=vocab, expect_tokenizer=tok, dropout=cfg.dropout)
-    if model.config.vocab_size != vocab:
-        raise UserError(f"model vocab_size {model.config.vocab_size} does not match the data's {vocab} ({tok})")
-    return model, ckpt
-
-
-def load_teacher(cfg, vocab, tok):
-    """The frozen teacher on CPU, or None when the method has none."""
-    if not (cfg.method in ('kd', 'minillm') or (cfg.method == 'seqkd' and cfg.kd_ratio > 0) or cfg.pt_kd_ratio > 0):
-        return None
-    if not cfg.teacher:
-        raise UserError(f"method '{cfg.method}' needs a teacher: set --teacher=<run dir or HF GPT-2>")
-    teacher, _ = load_model(cfg.teacher, expect_vocab=vocab, expect_tokenizer=tok)
-    return teacher.requires_grad_(False).eval()
 
 
 def build_models(cfg, meta):
@@ -353,30 +312,15 @@ def build_models(cfg, meta):
     # FSDP: only rank 0 builds the models, on CPU, exactly as one process would (same seed, same
     # files: the run starts from the same weights). Every rank gets empty meta-device copies that
     # `wrap` shards and fills from rank 0's state dicts, so no GPU ever holds a whole model and only
-    # rank 0's CPU RAM does, once. At resume the student's shards come from the DCP checkpoint.
-    import torch.distributed as dist
+    # rank 0's CPU RAM does, once. At resume the student's shards come from dcp/ (load_sharded).
     ckpt = load_trainer_state(cfg.out_dir) if cfg.init_from == 'resume' else None
-    full, box = (None, None), [None]
-    if cfg.rank == 0:
-        try:
-            full = (None if ckpt else load_student(cfg, vocab, tok)[0], load_teacher(cfg, vocab, tok))
-            box[0] = [asdict(m.config) if m is not None else None for m in full]
-        except UserError as e:  # raised on every rank below, so that no rank waits forever
-            box[0] = e
-    dist.broadcast_object_list(box, src=0)
-    if isinstance(box[0], UserError):
-        raise box[0]
-    configs = box[0]
+    (model, teacher), weights = models_from_rank0(
+        lambda: (None if ckpt else load_student(cfg, vocab, tok)[0], load_teacher(cfg, vocab, tok)))
     if ckpt is not None:
-        configs[0] = ckpt['model_args']
-        if configs[0]['vocab_size'] != vocab:
-            raise UserError(f"model vocab_size {configs[0]['vocab_size']} does not match the data's {vocab} ({tok})")
-    with torch.device('meta'):
-        model, teacher = (GPT(GPTConfig(**c)) if c is not None else None for c in configs)
+        with torch.device('meta'):
+            model = GPT(GPTConfig(**ckpt['model_args']))
     if teacher is not None:
         teacher.requires_grad_(False).eval()
-    weights = [None if (m is None or (i == 0 and ckpt)) else full[i].state_dict() if cfg.rank == 0 else {}
-               for i, m in enumerate((model, teacher))]
     return model, teacher, ckpt, weights
 
 
@@ -397,11 +341,9 @@ def wrap(cfg, model, teacher, weights=(None, None)):
             from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
             for i, block in enumerate(model.transformer.h):
                 model.transformer.h[i] = checkpoint_wrapper(block)
-        if teacher is not None:
-            teacher.to(cfg.ptdtype)  # frozen: store it in the dtype it computes in
-        for m, sd in zip((model, teacher), weights):
-            if m is None:
-                continue
+        for m, sd in [(m, sd) for m, sd in zip((model, teacher), weights) if m is not None]:
+            if m is teacher:
+                m.to(cfg.ptdtype)  # frozen: stored in the dtype it computes in, half the memory of fp32
             for block in m.transformer.h:
                 fully_shard(block, mp_policy=mp, offload_policy=offload)
             fully_shard(m, mp_policy=mp, offload_policy=offload)
@@ -411,23 +353,6 @@ def wrap(cfg, model, teacher, weights=(None, None)):
     if cfg.compile:
         model = torch.compile(model)
     return model
-
-
-def check_memory(cfg, model, teacher):
-    """Print the per-GPU memory estimate (memory.py) and stop when it exceeds gpu_memory_gb."""
-    rollout_rows = min(cfg.rollout_batch_size, cfg.rollout_size // cfg.world_size) if cfg.method == 'minillm' else 0
-    est = memory.estimate_memory(
-        model.config, teacher.config if teacher is not None else None, cfg.world_size, cfg.parallel,
-        batch_size=cfg.batch_size, seq_len=cfg.block_size, param_bytes=cfg.ptdtype.itemsize,
-        activation_checkpointing=cfg.fsdp_activation_checkpointing, cpu_offload=cfg.fsdp_cpu_offload,
-        rollout_batch_size=rollout_rows, chunk_size=cfg.loss_chunk_size if cfg.chunked else None)
-    if cfg.rank == 0:
-        print(f"memory estimate ({cfg.parallel}, world {cfg.world_size}): {memory.describe(est)}")
-    if cfg.gpu_memory_gb > 0 and not memory.fits(est, cfg.gpu_memory_gb):
-        raise UserError(f"the estimated peak of {est['total'] / memory.GiB:.1f} GiB per GPU does not fit in 90% of "
-                        f"gpu_memory_gb={cfg.gpu_memory_gb:g}: use more GPUs (FSDP divides params, grads and AdamW by "
-                        f"the world size), fsdp_activation_checkpointing=True, a smaller batch_size with more "
-                        f"gradient_accumulation_steps, or fsdp_cpu_offload=True")
 
 
 def validate(cfg):
@@ -441,6 +366,12 @@ def validate(cfg):
         raise UserError(f"unknown returns_mode '{cfg.returns_mode}': pick paper or reference")
     if cfg.method == 'minillm' and cfg.rollout_size % cfg.world_size:
         raise UserError(f"rollout_size {cfg.rollout_size} must be divisible by the {cfg.world_size} ranks")
+    if (cfg.fsdp_activation_checkpointing or cfg.fsdp_cpu_offload) and cfg.parallel != 'fsdp':
+        raise UserError("fsdp_activation_checkpointing and fsdp_cpu_offload need parallel='fsdp'")
+    if cfg.fsdp_cpu_offload and not cfg.device.startswith('cuda'):
+        raise UserError("fsdp_cpu_offload needs CUDA (it moves FSDP's shards between host RAM and the GPU)")
+    if cfg.parallel == 'fsdp' and cfg.dtype == 'float16':
+        raise UserError("parallel='fsdp' runs in dtype='bfloat16' or 'float32' (float16 needs a sharded grad scaler)")
 
 
 # ----------------------------------------------------------------------------- main
@@ -466,7 +397,7 @@ def main(argv):
 
     model, teacher, ckpt, weights = build_models(cfg, meta)  # under FSDP: on the meta device
     raw_model = model
-    check_memory(cfg, model, teacher)
+    memory.check_run(cfg, model.config, teacher.config if teacher is not None else None)
     scaler = torch.amp.GradScaler('cuda', enabled=cfg.dtype == 'float16' and on_gpu)
     model = wrap(cfg, model, teacher, weights)
     del weights
@@ -561,8 +492,9 @@ def main(argv):
                      data_gen=data_gen.get_state(), sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state(),
                      rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()} if buf else None,
                      rollout_queue=list(queue))
-        if cfg.world_size > 1:
-            state['ranks'] = rank_states(cfg, dict(sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state()))
+        if cfg.world_size > 1:  # each rank's own sampling and dropout streams
+            state['ranks'] = [None] * cfg.world_size
+            dist.all_gather_object(state['ranks'], dict(sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state()))
         if cfg.parallel == 'fsdp':
             save_sharded(cfg.out_dir, raw_model, optimizer, meta['tokenizer'], **state)
         elif master:
@@ -618,7 +550,6 @@ def main(argv):
             tokens_seen = 0
         cfg.last_loss = total
     if cfg.own_group:
-        import torch.distributed as dist
         dist.destroy_process_group()
     return cfg
 

@@ -1,0 +1,243 @@
+"""
+DDP and FSDP2 on CPU (gloo). One `torchrun --nproc_per_node=2` launch runs this file as a worker
+(see `worker` below): inside the same two ranks it trains every case of CASES with train.main and
+measures the shards; the tests then compare the logged losses with single-process runs that see
+the same global batch (per-rank batch B x 2 ranks = batch 2B in one process).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if __name__ == '__main__':  # a torchrun worker: make the repo importable as the tests' conftest does
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import memory
+import train
+from checkpoint import atomic_save, checkpoint_payload, consolidate, load_model
+from configurator import UserError
+from model import GPT, GPTConfig, preset_config
+
+B = 4  # sequences per rank per step
+COMMON = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--eval_interval=100', '--eval_iters=1',
+          '--log_interval=1', '--warmup_iters=0', '--lr_schedule=constant', '--device=cpu', '--dtype=float32']
+# Rollouts are greedy so that they do not depend on how prompts are split over ranks (sampling
+# draws from each rank's own generator); rollout_size 16 = 2 minibatches of 8 per PPO epoch.
+CASES = {
+    'sft': ['--method=sft', '--max_iters=3'],                          # scratch: built on rank 0, broadcast
+    'kd': ['--method=kd', '--max_iters=3', '--init_from={student}'],   # a checkpoint, loaded after sharding
+    'minillm': ['--method=minillm', '--rollout_size=16', '--ppo_epochs=2', '--max_new_tokens=6',
+                '--gen_temperature=0.0', '--max_iters=6', '--init_from={student}'],
+}
+
+
+def case_args(name, paths, single=False):
+    """train.py flags of a case; `single`: one process with the global batch of the 2 ranks."""
+    batch = [f'--batch_size={2 * B}', '--pt_batch_size=4'] if single else [f'--batch_size={B}', '--pt_batch_size=2']
+    return (COMMON + [f"--data_dir={paths['data']}", f"--teacher={paths['teacher']}", f"--pt_data_dir={paths['data']}"]
+            + [a.format(**paths) for a in CASES[name]] + batch)
+
+
+def losses(out_dir, key='loss'):
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        return [r[key] for r in map(json.loads, f) if key in r]
+
+
+# ----------------------------------------------------------------------------- the torchrun worker
+def worker(paths):
+    """Runs on both ranks; every train.main call reuses the one process group."""
+    import datetime
+    import torch.distributed as dist
+    dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=120))
+    rank, out, report = dist.get_rank(), paths['out'], {}
+
+    def run(name, *args):  # name = '<variant>_<case>'
+        train.main(case_args(name.split('_')[-1], paths) + [f'--out_dir={out}/{name}', *args])
+        dist.barrier()  # rank 0 may still be writing ckpt.pt when the next run (a resume) starts
+    for parallel in ('ddp', 'fsdp'):
+        for name in CASES:
+            ac = ['--fsdp_activation_checkpointing=True'] if (parallel, name) == ('fsdp', 'kd') else []
+            run(f'{parallel}_{name}', f'--parallel={parallel}', *ac)
+    # sampled rollouts and dropout (each rank's own RNG streams): 6 steps, and 3 + 3 resumed from
+    # FSDP's dcp/ or DDP's ckpt.pt; step 3 is in the middle of a rollout phase (4 steps per phase)
+    for parallel in ('ddp', 'fsdp'):
+        sampled = [f'--parallel={parallel}', '--gen_temperature=1.0', '--dropout=0.1']
+        run(f'{parallel}full_minillm', *sampled)
+        run(f'{parallel}half_minillm', *sampled, '--max_iters=3')
+        run(f'{parallel}half_minillm', *sampled, '--init_from=resume')
+    run('bf16_minillm', '--parallel=fsdp', '--dtype=bfloat16', '--max_iters=2')
+    try:
+        run('offload_kd', '--parallel=fsdp', '--fsdp_cpu_offload=True')
+    except UserError as e:
+        report['offload_error'] = str(e)
+    # what each rank holds after build_models + wrap under FSDP
+    cfg = train.configure(train.DEFAULTS, case_args('kd', paths) + ['--parallel=fsdp', '--fsdp_activation_checkpointing=True'])
+    train.setup_distributed(cfg)
+    cfg.ptdtype = torch.float32
+    meta = train.load_meta(paths['data'])
+    student, teacher, _, weights = train.build_models(cfg, meta)
+    report['built_on_meta'] = all(p.is_meta for p in student.parameters())
+    train.wrap(cfg, student, teacher, weights)
+    report['blocks'] = sorted({type(block).__name__ for block in student.transformer.h})
+    reference, _ = load_model(paths['student'])
+    report['local_numel'] = sum(p.to_local().numel() for p in student.parameters())
+    report['teacher_local_numel'] = sum(p.to_local().numel() for p in teacher.parameters())
+    report['numel'] = sum(p.numel() for p in reference.parameters())
+    full = {k: v.full_tensor() for k, v in student.state_dict().items()}  # collective: every rank
+    report['max_weight_diff'] = max((full[k] - v).abs().max().item() for k, v in reference.state_dict().items())
+    reports = [None, None]
+    dist.all_gather_object(reports, report)
+    if rank == 0:
+        with open(os.path.join(out, 'report.json'), 'w') as f:
+            json.dump(reports, f)
+    dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- fixtures
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def random_checkpoint(path, seed, **shape):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=32, vocab_size=257, **shape))
+    atomic_save(checkpoint_payload(model, 'byte'), os.path.join(path, 'ckpt.pt'))
+    return path
+
+
+@pytest.fixture(scope='module')
+def runs(tiny_instruct, tmp_path_factory):
+    """The torchrun launch (2 ranks) and, alongside, the single-process references. Returns (paths, reports)."""
+    root = tmp_path_factory.mktemp('dist')
+    paths = dict(data=tiny_instruct, out=str(root),
+                 teacher=random_checkpoint(str(root / 'teacher'), 1, n_layer=2, n_head=2, n_embd=32),
+                 student=random_checkpoint(str(root / 'student'), 2, n_layer=2, n_head=2, n_embd=32))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
+           f'--master_port={free_port()}', os.path.abspath(__file__), json.dumps(paths)]
+    with open(root / 'torchrun.log', 'w+') as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
+        try:
+            for name in CASES:  # meanwhile, the single-process references
+                train.main(case_args(name, paths, single=True) + [f'--out_dir={root}/single_{name}'])
+            rc = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        log.seek(0)
+        assert rc == 0, log.read()[-8000:]
+    with open(root / 'report.json') as f:
+        return paths, json.load(f)
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize('name', list(CASES))
+def test_ddp_and_fsdp_reproduce_the_single_process_run(runs, name):
+    paths, _ = runs
+    single = losses(f"{paths['out']}/single_{name}")
+    assert len(single) == int(next(a for a in CASES[name] if a.startswith('--max_iters')).split('=')[1])
+    for parallel in ('ddp', 'fsdp'):
+        out = f"{paths['out']}/{parallel}_{name}"
+        assert losses(out) == pytest.approx(single, rel=1e-4), parallel
+        assert losses(out, 'val_loss') == pytest.approx(losses(f"{paths['out']}/single_{name}", 'val_loss'), rel=1e-4)
+
+
+@pytest.mark.parametrize('parallel', ['ddp', 'fsdp'])
+def test_resume_continues_exactly(runs, parallel):
+    paths, _ = runs
+    full, resumed = losses(f"{paths['out']}/{parallel}full_minillm"), losses(f"{paths['out']}/{parallel}half_minillm")
+    assert len(resumed) == len(full) == 6
+    assert resumed == full  # bit for bit: weights, AdamW state, rollout buffer and queue, every rank's RNGs
+    written = sorted(os.listdir(f"{paths['out']}/{parallel}half_minillm"))
+    assert written == (['ckpt.pt', 'log.jsonl'] if parallel == 'ddp' else ['dcp', 'log.jsonl'])
+
+
+def test_consolidated_fsdp_checkpoint_matches_the_single_process_weights(runs):
+    paths, _ = runs
+    path = consolidate(f"{paths['out']}/fsdp_minillm")
+    model, tok = load_model(path)  # what sample.py and evaluate.py call
+    single, _ = load_model(f"{paths['out']}/single_minillm")
+    assert tok == 'byte' and torch.load(path, weights_only=False)['iter_num'] == 6
+    assert model.transformer.wte.weight is model.lm_head.weight
+    for (k, a), b in zip(model.state_dict().items(), single.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
+
+
+def test_each_fsdp_rank_holds_half_the_weights_loaded_from_rank0(runs):
+    _, reports = runs
+    numel = reports[0]['numel']
+    assert sum(r['local_numel'] for r in reports) == numel
+    assert sum(r['teacher_local_numel'] for r in reports) == numel  # teacher: same shape, sharded too
+    for r in reports:
+        assert r['built_on_meta']
+        assert abs(r['local_numel'] / numel - 0.5) < 0.01
+        assert r['max_weight_diff'] == 0.0  # the broadcast shards are exactly the checkpoint's weights
+
+
+def test_activation_checkpointing_bf16_and_offload_under_fsdp(runs):
+    paths, reports = runs
+    assert reports[0]['blocks'] == ['FSDPCheckpointWrapper']  # fsdp_kd ran with it and matched the single process
+    bf16, fp32 = losses(f"{paths['out']}/bf16_minillm"), losses(f"{paths['out']}/fsdp_minillm")[:2]
+    assert bf16 == pytest.approx(fp32, rel=2e-2)  # rollouts with a bf16 KV cache under FSDP mixed precision
+    assert 'fsdp_cpu_offload needs CUDA' in reports[0]['offload_error']
+
+
+# ----------------------------------------------------------------------------- memory estimate
+def test_parameter_count_matches_the_model():
+    for bias in (True, False):
+        cfg = GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=32, bias=bias)
+        assert memory.count_params(cfg) == sum(p.numel() for p in GPT(cfg).parameters())
+    assert memory.count_params(preset_config('gpt2', vocab_size=50257)) == 124_439_808  # GPT-2 small
+
+
+def test_memory_estimate_closed_forms():
+    s13 = preset_config('gpt-13b', vocab_size=50257)
+    P = memory.count_params(s13)
+    for w in (8, 64):
+        m = memory.estimate_memory(s13, world_size=w, batch_size=2, seq_len=512)
+        assert m['params'] + m['grads'] + m['optimizer'] == 16 * P / w  # fp32 weights, grads, 2 Adam moments
+    plain = memory.estimate_memory(s13, world_size=8, batch_size=2, seq_len=512)
+    ac = memory.estimate_memory(s13, world_size=8, batch_size=2, seq_len=512, activation_checkpointing=True)
+    sbh = 2 * 512 * 5120
+    assert plain['activations'] == 40 * 34 * sbh and ac['activations'] == 40 * 2 * sbh + 34 * sbh
+    ddp = memory.estimate_memory(s13, world_size=8, parallel='ddp', param_bytes=4, batch_size=1, seq_len=8)
+    assert ddp['params'] + ddp['grads'] + ddp['optimizer'] + ddp['ddp_buckets'] == 20 * P
+    teacher = memory.TABLE_MODELS['30B']
+    t = memory.estimate_memory(s13, teacher, world_size=64, rollout_batch_size=8, seq_len=512)
+    assert t['teacher'] == 2 * memory.count_params(teacher) / 64
+    assert t['kv_cache'] == 2 * 2 * 8 * 512 * (40 * 5120 + 60 * 6656)
+    assert not memory.fits(plain, 24) and memory.fits(plain, 80)
+
+
+def test_13b_config_fits_80gb_gpus_from_8_on(capsys):
+    cfg = train.configure(train.DEFAULTS, [os.path.join(os.path.dirname(train.__file__), 'config/minillm_13b_fsdp.py')])
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == (40, 40, 5120) and cfg.parallel == 'fsdp'
+    cfg.rank, cfg.ptdtype, cfg.chunked = 0, torch.bfloat16, True
+    student, teacher = preset_config('gpt-13b', vocab_size=50257), memory.TABLE_MODELS['30B']
+    for world in (8, 64):
+        cfg.world_size = world
+        est = memory.check_run(cfg, student, teacher)
+        assert est['params'] == 4 * memory.count_params(student) / world
+    assert 'memory estimate (fsdp, world 64)' in capsys.readouterr().out
+    cfg.world_size = 4
+    with pytest.raises(UserError, match='does not fit in 90% of gpu_memory_gb=80: use more GPUs'):
+        memory.check_run(cfg, student, teacher)
+
+
+def test_memory_check_stops_a_run_that_cannot_fit(tiny_instruct, tmp_path):
+    with pytest.raises(UserError, match='does not fit in 90% of gpu_memory_gb=1e-06'):
+        train.main(COMMON + [f'--data_dir={tiny_instruct}', f'--out_dir={tmp_path}', '--gpu_memory_gb=0.000001'])
+    with pytest.raises(UserError, match="need parallel='fsdp'"):
+        train.main(COMMON + [f'--data_dir={tiny_instruct}', '--fsdp_activation_checkpointing=True'])
+    with pytest.raises(UserError, match='needs a torchrun launch'):
+        train.main(COMMON + [f'--data_dir={tiny_instruct}', '--parallel=fsdp'])
+
+
+if __name__ == '__main__':
+    worker(json.loads(sys.argv[1]))
