@@ -1,0 +1,522 @@
+"""
+Token-level divergences between a teacher p and a student q, ATKD, and a chunked KD loss.
+
+Pure functions on tensors (METHODS.md §1-2). Argument order is always
+(student_logits, teacher_logits), shapes [..., V]; every divergence returns [...] (the
+vocabulary axis reduced). Everything is computed in log space in fp32 (fp64 stays fp64),
+with 0·log 0 = 0 so that -inf logits (a masked vocabulary) give finite values and gradients.
+A term is infinite only when the divergence truly is: e.g. forward KL where the teacher
+puts mass on a token the student has masked to -inf.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# token-level divergences (METHODS.md §1)
+
+
+def _log_probs(student_logits, teacher_logits, temperature):
+    """Upcast (bf16/fp16 -> fp32), apply the temperature, return (log q, log p)."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must have the same shape [..., V]")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    log_q = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
+    return log_q, log_p
+
+
+def _kl_from_logs(log_a, log_b):
+    """KL(a||b) = Σ_v a(v) (log a(v) − log b(v)) over the last axis, with 0·log 0 = 0."""
+    a = log_a.exp()
+    # the where keeps -inf - -inf = nan out of both the value and the gradient
+    diff = torch.where(a > 0, log_a - log_b, torch.zeros_like(log_a))
+    return (a * diff).sum(-1)
+
+
+def _log_mixture(log_a, log_b, w):
+    """log(w·a + (1−w)·b) elementwise, by logaddexp; w in [0, 1]."""
+    if w == 0:
+        return log_b
+    if w == 1:
+        return log_a
+    # logaddexp(-inf, -inf) has a nan gradient, so such entries are routed around it
+    some_mass = (log_a > -math.inf) | (log_b > -math.inf)
+    zero = torch.zeros_like(log_a)
+    mixed = torch.logaddexp(torch.where(some_mass, log_a, zero) + math.log(w),
+                            torch.where(some_mass, log_b, zero) + math.log1p(-w))
+    return torch.where(some_mass, mixed, log_a)
+
+
+def _scaled(value, temperature, scale_by_tau2):
+    return value * temperature ** 2 if scale_by_tau2 else value
+
+
+def forward_kl(student_logits, teacher_logits, temperature=1.0, scale_by_tau2=False):
+    """Forward KL, METHODS.md §1: KL(p||q) = Σ_v p(v) (log p(v) − log q(v)); ∂/∂z_q = q − p."""
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    return _scaled(_kl_from_logs(log_p, log_q), temperature, scale_by_tau2)
+
+
+def reverse_kl(student_logits, teacher_logits, temperature=1.0, scale_by_tau2=False):
+    """Reverse KL, METHODS.md §1 (MiniLLM §2.1): KL(q||p) = Σ_v q(v) (log q(v) − log p(v))."""
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    return _scaled(_kl_from_logs(log_q, log_p), temperature, scale_by_tau2)
+
+
+def jsd(student_logits, teacher_logits, beta=0.5, temperature=1.0, scale_by_tau2=False):
+    """Generalised JSD(β), METHODS.md §1: m = β p + (1−β) q; β KL(p||m) + (1−β) KL(q||m).
+
+    Limits: JSD(β)/β -> KL(p||q) as β -> 0 and JSD(β)/(1−β) -> KL(q||p) as β -> 1, since the
+    other term vanishes like β² (resp. (1−β)²); β = 0.5 is the symmetric JSD, at most log 2.
+    """
+    if not 0 < beta < 1:
+        raise ValueError(f"jsd needs 0 < beta < 1, got {beta}; use forward_kl/reverse_kl for the ends")
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    log_m = _log_mixture(log_p, log_q, beta)
+    value = beta * _kl_from_logs(log_p, log_m) + (1 - beta) * _kl_from_logs(log_q, log_m)
+    return _scaled(value, temperature, scale_by_tau2)
+
+
+def skew_forward_kl(student_logits, teacher_logits, alpha=0.1, temperature=1.0, scale_by_tau2=False):
+    """Skew forward KL (DistiLLM, METHODS.md §1): KL(p || α p + (1−α) q); α = 0 is forward KL."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"skew_forward_kl needs 0 <= alpha <= 1, got {alpha}")
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    value = _kl_from_logs(log_p, _log_mixture(log_p, log_q, alpha))
+    return _scaled(value, temperature, scale_by_tau2)
+
+
+def skew_reverse_kl(student_logits, teacher_logits, alpha=0.1, temperature=1.0, scale_by_tau2=False):
+    """Skew reverse KL (DistiLLM, METHODS.md §1): KL(q || α q + (1−α) p); α = 0 is reverse KL."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"skew_reverse_kl needs 0 <= alpha <= 1, got {alpha}")
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    value = _kl_from_logs(log_q, _log_mixture(log_q, log_p, alpha))
+    return _scaled(value, temperature, scale_by_tau2)
+
+
+def tvd(student_logits, teacher_logits, temperature=1.0, scale_by_tau2=False):
+    """Total variation distance, METHODS.md §1: ½ Σ_v |p(v) − q(v)|."""
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    value = 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+    return _scaled(value, temperature, scale_by_tau2)
+
+
+DIVERGENCES = {fn.__name__: fn for fn in (forward_kl, reverse_kl, jsd, skew_forward_kl, skew_reverse_kl, tvd)}
+
+
+def divergence(name, student_logits, teacher_logits, **kwargs):
+    """The divergence called `name` (a key of DIVERGENCES), per position."""
+    if name not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {name!r}; choose one of {sorted(DIVERGENCES)}")
+    return DIVERGENCES[name](student_logits, teacher_logits, **kwargs)
+
+
+def masked_mean(values, mask):
+    """Mean of values over positions where mask is true; mask None = plain mean; empty mask -> 0."""
+    if mask is None:
+        return values.mean()
+    if mask.shape != values.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} must have the shape of values {tuple(values.shape)}")
+    mask = mask.bool()
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return total / mask.sum().clamp(min=1)
+
+
+# -----------------------------------------------------------------------------
+# ATKD: adaptive teaching (Zhong et al., arXiv 2402.11890; METHODS.md §2)
+
+
+def _target_split(log_probs, targets):
+    """For r = exp(log_probs): (log r(g), log(1 − r(g)), log r̂) with r̂(v) = r(v)/(1 − r(g)), v ≠ g.
+
+    log(1 − r(g)) is a logsumexp over the non-target entries, so it stays exact when r(g) -> 1.
+    If every non-target entry is -inf, r̂ is undefined; it is returned as all -inf (DKD = 0).
+    """
+    index = targets.unsqueeze(-1)
+    log_target = log_probs.gather(-1, index).squeeze(-1)
+    is_target = torch.zeros_like(log_probs, dtype=torch.bool).scatter_(-1, index, True)
+    log_rest = log_probs.masked_fill(is_target, -math.inf)
+    has_rest = (log_rest > -math.inf).any(-1, keepdim=True)
+    # all -inf rows would give logsumexp a nan gradient, so they are replaced by zeros first
+    safe_rest = torch.where(has_rest, log_rest, torch.zeros_like(log_rest))
+    log_not_target = torch.logsumexp(safe_rest, -1, keepdim=True)
+    log_hat = torch.where(has_rest, log_rest - log_not_target, log_rest)
+    log_not_target = torch.where(has_rest, log_not_target, torch.full_like(log_not_target, -math.inf))
+    return log_target, log_not_target.squeeze(-1), log_hat
+
+
+def _valid_targets(targets, vocab_size):
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"targets must be integer token ids, got dtype {targets.dtype}")
+    in_range = (targets >= 0) & (targets < vocab_size)
+    return in_range, targets.clamp(0, vocab_size - 1).long()
+
+
+def teacher_uncertainty(teacher_logits, targets, temperature=1.0):
+    """ATKD §3 (METHODS.md §2): u = 1 − p(g), the teacher's mass off the target token g."""
+    in_range, index = _valid_targets(targets, teacher_logits.shape[-1])
+    dtype = torch.float64 if teacher_logits.dtype == torch.float64 else torch.float32
+    log_p = F.log_softmax(teacher_logits.detach().to(dtype) / temperature, dim=-1)
+    u = _target_split(log_p, index)[1].exp()
+    return torch.where(in_range, u, torch.zeros_like(u))
+
+
+def atkd_parts(student_logits, teacher_logits, targets, reverse=False, temperature=1.0):
+    """ATKD §3, Eq. of the decomposition: KL(p||q) = TKD + (1 − p(g))·DKD.
+
+    TKD = KL([p(g), 1−p(g)] || [q(g), 1−q(g)]), DKD = KL(p̂||q̂) over the renormalised
+    non-target distributions; reverse=True swaps p and q inside both (then
+    KL(q||p) = TKD + (1 − q(g))·DKD). Returns (tkd, dkd, u), each [...], with u = 1 − p(g)
+    the teacher's uncertainty (detached) in both directions. Positions whose target is
+    outside [0, V) (an ignore index) get zeros.
+    """
+    log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+    if targets.shape != log_q.shape[:-1]:
+        raise ValueError(f"targets {tuple(targets.shape)} must have the leading shape "
+                         f"{tuple(log_q.shape[:-1])} of the logits")
+    in_range, index = _valid_targets(targets, log_q.shape[-1])
+    q_target, q_not_target, q_hat = _target_split(log_q, index)
+    p_target, p_not_target, p_hat = _target_split(log_p, index)
+    binary_p = torch.stack([p_target, p_not_target], -1)
+    binary_q = torch.stack([q_target, q_not_target], -1)
+    if reverse:
+        tkd, dkd = _kl_from_logs(binary_q, binary_p), _kl_from_logs(q_hat, p_hat)
+    else:
+        tkd, dkd = _kl_from_logs(binary_p, binary_q), _kl_from_logs(p_hat, q_hat)
+    zero = torch.zeros_like(tkd)
+    u = p_not_target.detach().exp()
+    return torch.where(in_range, tkd, zero), torch.where(in_range, dkd, zero), torch.where(in_range, u, zero)
+
+
+def atkd_token_weights(u, valid, k=0.5, lam=0.2):
+    """ATKD §3 (METHODS.md §2): per-token weights (w_tkd, w_dkd) with Σ w_tkd·TKD + w_dkd·DKD = L.
+
+    Easy = valid tokens with u strictly below the k-quantile of u over the valid tokens (linear
+    interpolation, torch.quantile); hard = the other valid tokens (ties at the quantile are hard).
+    L = λ·mean_easy(DKD) + (1 − λ)·mean_hard(TKD + DKD). An empty group (e.g. all u equal, so
+    no token is below the quantile) contributes 0: its term is dropped and the other is not
+    reweighted, so with all u equal L = (1 − λ)·mean(TKD + DKD).
+    """
+    if not 0 <= k <= 1 or not 0 <= lam <= 1:
+        raise ValueError(f"atkd needs 0 <= k <= 1 and 0 <= lam <= 1, got k={k}, lam={lam}")
+    zero, valid = torch.zeros_like(u), valid.bool()
+    if not valid.any():
+        return zero, zero
+    threshold = torch.quantile(u[valid], k)
+    easy = valid & (u < threshold)
+    hard = valid & ~easy
+    per_easy = lam / easy.sum().clamp(min=1).to(u.dtype)
+    per_hard = (1 - lam) / hard.sum().clamp(min=1).to(u.dtype)
+    w_tkd = torch.where(hard, per_hard, zero)
+    w_dkd = torch.where(easy, per_easy, w_tkd)
+    return w_tkd, w_dkd
+
+
+def _weighted_sum(values, weights):
+    """Σ weights·values where weights != 0; values there may be inf/nan without harm."""
+    return torch.where(weights != 0, values * weights, torch.zeros_like(values)).sum()
+
+
+def atkd_loss(student_logits, teacher_logits, targets, mask, k=0.5, lam=0.2, reverse=False,
+              temperature=1.0):
+    """ATKD loss (arXiv 2402.11890 §3; METHODS.md §2), a scalar:
+    L = λ·mean_easy(DKD) + (1 − λ)·mean_hard(TKD + DKD), easy = u below the k-quantile of u.
+
+    mask [...] marks the valid tokens (None = all); targets may hold any value where mask is false.
+    """
+    tkd, dkd, u = atkd_parts(student_logits, teacher_logits, targets, reverse, temperature)
+    valid = _valid_mask(mask, targets, student_logits.shape[-1])
+    w_tkd, w_dkd = atkd_token_weights(u, valid, k, lam)
+    return _weighted_sum(tkd, w_tkd) + _weighted_sum(dkd, w_dkd)
+
+
+def _valid_mask(mask, targets, vocab_size):
+    valid = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask.bool()
+    if valid.shape != targets.shape:
+        raise ValueError(f"mask {tuple(valid.shape)} must have the shape of targets {tuple(targets.shape)}")
+    in_range = (targets >= 0) & (targets < vocab_size)
+    if (valid & ~in_range).any():
+        raise ValueError(f"targets must lie in [0, {vocab_size}) wherever mask is true; "
+                         "mask out ignore-index positions (e.g. -1)")
+    return valid
+
+
+# -----------------------------------------------------------------------------
+# chunked KD loss: never keep the [N, V] student logits alive (METHODS.md §1, memory wall)
+
+
+def _token_weights(valid, u, spec):
+    """Per-token weights whose weighted sums of token losses give the total loss exactly."""
+    plain = valid.to(spec['loss_dtype']) / valid.sum().clamp(min=1)
+    weights = {'ce': spec['ce_weight'] * plain if spec['ce_weight'] else None}
+    if spec['kd_weight'] and spec['atkd']:
+        w_tkd, w_dkd = atkd_token_weights(u, valid, spec['atkd_k'], spec['atkd_lam'])
+        weights.update(tkd=spec['kd_weight'] * w_tkd, dkd=spec['kd_weight'] * w_dkd)
+    elif spec['kd_weight']:
+        weights['kd'] = spec['kd_weight'] * plain
+    return weights
+
+
+def _chunk_loss(student_logits, teacher_logits, targets, weights, spec):
+    """This chunk's share of ce_weight·CE + kd_weight·KD (token losses times their weights)."""
+    total = student_logits.new_zeros(())
+    if weights['ce'] is not None:  # CE at temperature 1, whatever the KD temperature
+        ce = F.cross_entropy(student_logits.to(spec['loss_dtype']), targets, reduction='none')
+        total = total + _weighted_sum(ce, weights['ce'])
+    if 'kd' in weights:
+        kd = DIVERGENCES[spec['divergence']](student_logits, teacher_logits,
+                                             temperature=spec['temperature'], **spec['div_kwargs'])
+        total = total + _weighted_sum(kd, weights['kd'])
+    if 'tkd' in weights:
+        tkd, dkd, _ = atkd_parts(student_logits, teacher_logits, targets, spec['atkd_reverse'],
+                                 spec['temperature'])
+        total = total + _weighted_sum(tkd, weights['tkd']) + _weighted_sum(dkd, weights['dkd'])
+    return total
+
+
+def _log_softmax_(x):
+    """log_softmax over the last axis, in place (saves one [C, V] buffer per chunk)."""
+    return x.sub_(torch.logsumexp(x, -1, keepdim=True))
+
+
+def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
+    """(loss, ∂loss/∂logits) of one chunk for CE and forward/reverse KL, by hand (METHODS.md §1):
+    ∂CE/∂z = q − onehot(g);  ∂KL(p||q)/∂z = (q − p)/τ;
+    ∂KL(q||p)/∂z = q ⊙ (log q − log p − KL)/τ  (times τ² with scale_by_tau2).
+
+    The same value as _chunk_loss with fewer [C, V] buffers and passes than autograd; `logits`
+    must be a buffer the caller no longer needs (it is overwritten).
+    """
+    tau, ce_weights, kd_weights = spec['temperature'], weights['ce'], weights.get('kd')
+    loss, grad = logits.new_zeros(()), None
+    if kd_weights is not None:
+        # in place, unless CE still needs the logits at τ = 1 below
+        scaled = logits / tau if ce_weights is not None else logits.div_(tau) if tau != 1 else logits
+        log_q = _log_softmax_(scaled)
+        teacher = teacher_logits.to(logits.dtype) / tau
+        log_p = _log_softmax_(teacher)
+        if spec['divergence'] == 'forward_kl':
+            p = log_p.exp()
+            diff = log_p.sub_(log_q).masked_fill_(p == 0, 0)  # 0·log 0 = 0
+            kl = torch.linalg.vecdot(p, diff)
+            del diff, log_p
+            grad = log_q.exp_().sub_(p)
+        else:
+            q = log_q.exp()
+            diff = log_p.neg_().add_(log_q).masked_fill_(q == 0, 0)
+            kl = torch.linalg.vecdot(q, diff)
+            grad = diff.sub_(kl[:, None]).mul_(q)
+        del log_q
+        scale = tau ** 2 if spec['div_kwargs'].get('scale_by_tau2') else 1.0
+        loss = loss + _weighted_sum(kl * scale, kd_weights)
+        grad.mul_((kd_weights * (scale / tau))[:, None])
+    if ce_weights is not None:  # CE at temperature 1, whatever the KD temperature
+        log_q_unit = _log_softmax_(logits)
+        loss = loss + _weighted_sum(-log_q_unit.gather(-1, targets[:, None]).squeeze(-1), ce_weights)
+        grad_ce = log_q_unit.exp_()
+        grad_ce.scatter_add_(-1, targets[:, None], -torch.ones_like(grad_ce[:, :1]))
+        grad_ce.mul_(ce_weights[:, None])
+        grad = grad_ce if grad is None else grad.add_(grad_ce)
+    return loss, grad
+
+
+def _chunked_pass(hidden, head_weight, teacher_chunk, targets, weights, spec, want_grads):
+    """Loop over token chunks: loss value and, if wanted, grads w.r.t. hidden and head_weight.
+
+    Each chunk's logits live only inside one iteration: the gradient w.r.t. them is taken at
+    once (in closed form for CE and forward/reverse KL, else by autograd on the chunk alone)
+    and folded into grad_hidden[chunk] and grad_weight.
+    """
+    n, chunk_size, mm_dtype = hidden.shape[0], spec['chunk_size'], spec['mm_dtype']
+    device_type = hidden.device.type
+    weight = head_weight.detach().to(mm_dtype)
+    want_hidden, want_weight = want_grads
+    grad_hidden = torch.empty_like(hidden) if want_hidden else None
+    grad_weight = (torch.zeros(head_weight.shape, dtype=spec['loss_dtype'], device=head_weight.device)
+                   if want_weight else None)
+    loss = torch.zeros((), dtype=spec['loss_dtype'], device=hidden.device)
+    with torch.autocast(device_type, enabled=False):
+        for start in range(0, n, chunk_size):
+            rows = slice(start, min(start + chunk_size, n))
+            h = hidden[rows].detach().to(mm_dtype)
+            logits = h @ weight.T
+            teacher_logits = teacher_chunk(rows)
+            chunk_weights = {key: w[rows] if w is not None else None for key, w in weights.items()}
+            chunk_targets = targets[rows] if targets is not None else None
+            if not (want_hidden or want_weight):
+                loss += _chunk_loss(logits, teacher_logits, chunk_targets, chunk_weights, spec)
+                continue
+            logits = logits.to(spec['loss_dtype'])
+            if spec['closed_form']:
+                part, grad_logits = _closed_form_chunk(logits, teacher_logits, chunk_targets,
+                                                       chunk_weights, spec)
+            else:
+                with torch.enable_grad():
+                    leaf = logits.requires_grad_()
+                    part = _chunk_loss(leaf, teacher_logits, chunk_targets, chunk_weights, spec)
+                    grad_logits, = torch.autograd.grad(part, leaf)
+            del logits, teacher_logits  # freed before the next chunk allocates its own
+            loss += part.detach()
+            grad_logits = grad_logits.to(mm_dtype)
+            if want_hidden:
+                grad_hidden[rows] = grad_logits @ weight
+            if want_weight:
+                if grad_weight.dtype == mm_dtype:
+                    grad_weight.addmm_(grad_logits.T, h)
+                else:
+                    grad_weight += grad_logits.T @ h
+    if want_weight:
+        grad_weight = grad_weight.to(head_weight.dtype)
+    return loss, grad_hidden, grad_weight
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """Forward computes the loss and both gradients chunk by chunk; backward only rescales them."""
+
+    @staticmethod
+    def forward(ctx, hidden, head_weight, run):
+        loss, ctx.grad_hidden, ctx.grad_weight = run(hidden, head_weight, ctx.needs_input_grad[:2])
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.grad_hidden is None and ctx.grad_weight is None and any(ctx.needs_input_grad[:2]):
+            raise RuntimeError("chunked_kd_loss supports one backward per forward (no retain_graph)")
+        # scaled in place and released: no second [V, d] copy of the head's gradient
+        grad_hidden, grad_weight = (g.mul_(grad_output) if g is not None else None
+                                    for g in (ctx.grad_hidden, ctx.grad_weight))
+        ctx.grad_hidden = ctx.grad_weight = None
+        return grad_hidden, grad_weight, None
+
+
+_TENSOR_ARGS = ('hidden', 'head_weight', 'teacher_logits', 'teacher_hidden', 'teacher_head_weight',
+                'mask', 'targets')
+
+
+def _prepare(args):
+    """Validate the arguments of chunked/plain_kd_loss (a dict); flatten leading dims to N tokens."""
+    hidden, head_weight, teacher_logits, teacher_hidden, teacher_head, mask, targets = (
+        args[k] for k in _TENSOR_ARGS)
+    spec = {k: v for k, v in args.items() if k not in _TENSOR_ARGS}
+    if hidden.dim() < 2 or head_weight.dim() != 2 or head_weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"need hidden [..., d] and head_weight [V, d], got {tuple(hidden.shape)} "
+                         f"and {tuple(head_weight.shape)}")
+    lead, vocab_size = hidden.shape[:-1], head_weight.shape[0]
+    if spec['kd_weight'] and (teacher_logits is None) == (teacher_hidden is None or teacher_head is None):
+        raise ValueError("give the teacher as teacher_logits [..., V] or as teacher_hidden and "
+                         "teacher_head_weight (exactly one of the two)")
+    if teacher_logits is not None and teacher_logits.shape != (*lead, vocab_size):
+        raise ValueError(f"teacher_logits {tuple(teacher_logits.shape)} must be {(*lead, vocab_size)}")
+    if teacher_hidden is not None and (teacher_hidden.shape[:-1] != lead
+                                       or teacher_head.shape[0] != vocab_size):
+        raise ValueError(f"teacher_hidden {tuple(teacher_hidden.shape)} / teacher_head_weight "
+                         f"{tuple(teacher_head.shape)} must match {tuple(lead)} tokens and V={vocab_size}")
+    if not (spec['ce_weight'] or spec['kd_weight']):
+        raise ValueError("ce_weight and kd_weight are both 0: there is no loss to compute")
+    if (spec['ce_weight'] or (spec['kd_weight'] and spec['atkd'])) and targets is None:
+        raise ValueError("targets are required when ce_weight != 0 or atkd=True")
+    if spec['divergence'] not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {spec['divergence']!r}; choose one of {sorted(DIVERGENCES)}")
+    if not (isinstance(spec['chunk_size'], int) and spec['chunk_size'] >= 1):
+        raise ValueError(f"chunk_size must be a positive int, got {spec['chunk_size']!r}")
+    if mask is not None and mask.shape != lead:
+        raise ValueError(f"mask {tuple(mask.shape)} must have the leading shape {tuple(lead)} of hidden")
+    if not spec['temperature'] > 0:
+        raise ValueError(f"temperature must be > 0, got {spec['temperature']}")
+    if mask is None:
+        mask = torch.ones(lead, dtype=torch.bool, device=hidden.device)
+    mask = mask.reshape(-1)
+    if targets is not None:
+        targets = targets.reshape(-1)
+        mask = _valid_mask(mask, targets, vocab_size)
+        targets = targets.clamp(0, vocab_size - 1).long()
+    device_type = hidden.device.type
+    spec['div_kwargs'] = dict(spec['div_kwargs'] or {})
+    # the chunk matmuls run in the autocast dtype when the caller is under autocast, as hidden @ W.T would
+    autocast = torch.is_autocast_enabled(device_type)
+    spec['mm_dtype'] = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype
+    spec['loss_dtype'] = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    spec['closed_form'] = not spec['kd_weight'] or (
+        not spec['atkd'] and spec['divergence'] in ('forward_kl', 'reverse_kl')
+        and set(spec['div_kwargs']) <= {'scale_by_tau2'})
+    flat = {name: x.reshape(-1, x.shape[-1]) if x is not None else None for name, x in
+            (('hidden', hidden), ('teacher_logits', teacher_logits), ('teacher_hidden', teacher_hidden))}
+    flat.update(valid=mask.bool(), targets=targets)
+    return spec, flat
+
+
+def chunked_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=None,
+                    teacher_head_weight=None, mask=None, targets=None, divergence='forward_kl',
+                    chunk_size=1024, temperature=1.0, atkd=False, atkd_k=0.5, atkd_lam=0.2,
+                    atkd_reverse=False, div_kwargs=None, ce_weight=0.0, kd_weight=1.0):
+    """ce_weight·CE + kd_weight·KD over the mask (KD word-level loss, METHODS.md §1), chunked.
+
+    hidden [..., d] are the student's final hidden states, head_weight [V, d] its lm_head
+    (logits = hidden @ head_weight.T). The teacher is teacher_logits [..., V] or
+    teacher_hidden [..., d_t] with teacher_head_weight [V, d_t]; it gets no gradient.
+    KD = masked_mean(divergence(...)) or, with atkd=True, atkd_loss(...); CE (temperature 1)
+    is averaged over the mask. Equal in value and gradient to plain_kd_loss, but the [N, V]
+    student logits exist only chunk_size rows at a time, forward and backward. With
+    atkd=True and a teacher given by hidden states, the teacher logits are computed twice
+    (one pass for u over the whole batch, which the quantile needs, then the loss pass).
+    kd_weight=0 needs no teacher (a chunked cross-entropy). One backward per forward.
+    """
+    spec, flat = _prepare(dict(locals()))
+    teacher_weight = teacher_head_weight
+    if teacher_weight is not None:
+        teacher_weight = teacher_weight.detach().to(spec['mm_dtype'])
+
+    def teacher_chunk(rows):
+        if not kd_weight:
+            return None
+        if flat['teacher_logits'] is not None:
+            return flat['teacher_logits'][rows].detach()
+        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+            return flat['teacher_hidden'][rows].to(spec['mm_dtype']) @ teacher_weight.T
+
+    u = None
+    if kd_weight and atkd:
+        u = torch.cat([teacher_uncertainty(teacher_chunk(slice(i, i + chunk_size)),
+                                           flat['targets'][i:i + chunk_size], temperature)
+                       for i in range(0, flat['valid'].numel(), chunk_size)])
+    weights = _token_weights(flat['valid'], u, spec)
+
+    def run(h, w, want_grads):
+        return _chunked_pass(h, w, teacher_chunk, flat['targets'], weights, spec, want_grads)
+
+    if torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
+        return _ChunkedLoss.apply(flat['hidden'], head_weight, run)
+    return run(flat['hidden'], head_weight, (False, False))[0]
+
+
+def plain_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=None,
+                  teacher_head_weight=None, mask=None, targets=None, divergence='forward_kl',
+                  chunk_size=1024, temperature=1.0, atkd=False, atkd_k=0.5, atkd_lam=0.2,
+                  atkd_reverse=False, div_kwargs=None, ce_weight=0.0, kd_weight=1.0):
+    """Reference for chunked_kd_loss (same arguments, chunk_size ignored): materialises all logits."""
+    spec, flat = _prepare(dict(locals()))
+    logits, valid, targets = flat['hidden'] @ head_weight.T, flat['valid'], flat['targets']
+    loss = 0.0
+    if ce_weight:
+        ce = F.cross_entropy(logits.to(spec['loss_dtype']), targets, reduction='none')
+        loss = loss + ce_weight * masked_mean(ce, valid)
+    if kd_weight:
+        teacher = flat['teacher_logits']
+        if teacher is None:
+            with torch.no_grad():
+                teacher = flat['teacher_hidden'] @ teacher_head_weight.T
+        teacher = teacher.detach()
+        if atkd:
+            kd = atkd_loss(logits, teacher, targets, valid, atkd_k, atkd_lam, atkd_reverse, temperature)
+        else:
+            kd = masked_mean(DIVERGENCES[divergence](logits, teacher, temperature=temperature,
+                                                      **spec['div_kwargs']), valid)
+        loss = loss + kd_weight * kd
+    return loss
