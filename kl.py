@@ -64,7 +64,7 @@ def forward_kl(student_logits, teacher_logits, temperature=1.0, scale_by_tau2=Fa
 
 
 def reverse_kl(student_logits, teacher_logits, temperature=1.0, scale_by_tau2=False):
-    """Reverse KL, METHODS.md §1 (MiniLLM §2.1): KL(q||p) = Σ_v q(v) (log q(v) − log p(v))."""
+    """Reverse KL, METHODS.md §1 (MiniLLM, per token): KL(q||p) = Σ_v q(v) (log q(v) − log p(v))."""
     log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
     return _scaled(_kl_from_logs(log_q, log_p), temperature, scale_by_tau2)
 
@@ -160,16 +160,23 @@ def _valid_targets(targets, vocab_size):
 
 
 def teacher_uncertainty(teacher_logits, targets, temperature=1.0):
-    """ATKD §3 (METHODS.md §2): u = 1 − p(g), the teacher's mass off the target token g."""
+    """ATKD uncertainty (arXiv 2402.11890; METHODS.md §2): u = 1 − p(g), computed as
+    exp(logsumexp_{v≠g} z_v − logsumexp_v z_v) with z = logits/τ.
+
+    The teacher's mass off the target token g, exact when p(g) -> 1; detached; 0 at ignore targets.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     in_range, index = _valid_targets(targets, teacher_logits.shape[-1])
     dtype = torch.float64 if teacher_logits.dtype == torch.float64 else torch.float32
-    log_p = F.log_softmax(teacher_logits.detach().to(dtype) / temperature, dim=-1)
-    u = _target_split(log_p, index)[1].exp()
+    z = teacher_logits.detach().to(dtype) / temperature
+    log_total = torch.logsumexp(z, -1)
+    u = (torch.logsumexp(z.scatter_(-1, index[..., None], -math.inf), -1) - log_total).exp()
     return torch.where(in_range, u, torch.zeros_like(u))
 
 
 def atkd_parts(student_logits, teacher_logits, targets, reverse=False, temperature=1.0):
-    """ATKD §3, Eq. of the decomposition: KL(p||q) = TKD + (1 − p(g))·DKD.
+    """ATKD decomposition (arXiv 2402.11890; METHODS.md §2): KL(p||q) = TKD + (1 − p(g))·DKD.
 
     TKD = KL([p(g), 1−p(g)] || [q(g), 1−q(g)]), DKD = KL(p̂||q̂) over the renormalised
     non-target distributions; reverse=True swaps p and q inside both (then
@@ -191,12 +198,13 @@ def atkd_parts(student_logits, teacher_logits, targets, reverse=False, temperatu
     else:
         tkd, dkd = _kl_from_logs(binary_p, binary_q), _kl_from_logs(p_hat, q_hat)
     zero = torch.zeros_like(tkd)
-    u = p_not_target.detach().exp()
-    return torch.where(in_range, tkd, zero), torch.where(in_range, dkd, zero), torch.where(in_range, u, zero)
+    # u from its own function, so that the chunked loss (which needs u first) splits identically
+    u = teacher_uncertainty(teacher_logits, targets, temperature)
+    return torch.where(in_range, tkd, zero), torch.where(in_range, dkd, zero), u
 
 
 def atkd_token_weights(u, valid, k=0.5, lam=0.2):
-    """ATKD §3 (METHODS.md §2): per-token weights (w_tkd, w_dkd) with Σ w_tkd·TKD + w_dkd·DKD = L.
+    """ATKD split (arXiv 2402.11890; METHODS.md §2): token weights with Σ w_tkd·TKD + w_dkd·DKD = L.
 
     Easy = valid tokens with u strictly below the k-quantile of u over the valid tokens (linear
     interpolation, torch.quantile); hard = the other valid tokens (ties at the quantile are hard).
@@ -226,7 +234,7 @@ def _weighted_sum(values, weights):
 
 def atkd_loss(student_logits, teacher_logits, targets, mask, k=0.5, lam=0.2, reverse=False,
               temperature=1.0):
-    """ATKD loss (arXiv 2402.11890 §3; METHODS.md §2), a scalar:
+    """ATKD loss (arXiv 2402.11890; METHODS.md §2), a scalar:
     L = λ·mean_easy(DKD) + (1 − λ)·mean_hard(TKD + DKD), easy = u below the k-quantile of u.
 
     mask [...] marks the valid tokens (None = all); targets may hold any value where mask is false.

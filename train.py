@@ -138,8 +138,8 @@ def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight):
 
     def head_fn(hidden, weight):
         h = hidden.reshape(-1, hidden.size(-1))[keep]
-        if t_logits is None:  # plain CE on the selected positions
-            return F.cross_entropy((h @ weight.t()).float(), tgt)
+        if t_logits is None:  # CE alone, chunked as well
+            return loss_fn(h, weight, targets=tgt, chunk_size=cfg.loss_chunk_size, ce_weight=1.0, kd_weight=0.0)
         return loss_fn(h, weight, t_logits, targets=tgt, divergence=cfg.divergence, chunk_size=cfg.loss_chunk_size,
                        temperature=cfg.kd_temperature, atkd=cfg.atkd, atkd_k=cfg.atkd_k,
                        atkd_lam=cfg.atkd_lambda, atkd_reverse=cfg.divergence == 'reverse_kl',
