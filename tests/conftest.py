@@ -4,10 +4,14 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 # tests import the flat top-level modules (model, kl, train, ...) from the repo root
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# every model in the suite is tiny: one thread beats two (no intra-op sync), and stays fast
+# when the two cores are shared with another job
+torch.set_num_threads(1)
 
 
 def write_tiny_instruct(d, n_train=256, n_eval=32, seed=0):

@@ -4,6 +4,8 @@ The toy instruction-following dataset (byte tokenizer), generated from a seed. S
     python data/toy_instruct/prepare.py [--n_train 30000] [--n_valid 500] [--n_test 500]
         [--seed 0] [--families add,sort,...] [--out_dir data/toy_instruct]
 
+The default families are all but sum_to (see task.py).
+
 Writes {train,valid,test}.jsonl/.tokens.bin/.idx.npy, plus train.bin/val.bin (the formatted
 train/valid examples as an LM stream, MiniLLM's L_PT corpus) and meta.json.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from data.common import encode_documents, repo_relative, write_instruct_split, write_lm, write_meta  # noqa: E402
-from data.toy_instruct.task import BLOCK_SIZE, PROMPT_TEMPLATE, TASKS, generate  # noqa: E402
+from data.toy_instruct.task import BLOCK_SIZE, DEFAULT_FAMILIES, PROMPT_TEMPLATE, TASKS, generate  # noqa: E402
 from tokenizer import get_encoding  # noqa: E402
 
 
@@ -26,8 +28,8 @@ def main(argv=None):
     parser.add_argument("--n_valid", type=int, default=500)
     parser.add_argument("--n_test", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--families", default=",".join(TASKS),
-                        help=f"comma-separated subset of: {','.join(TASKS)}")
+    parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES),
+                        help=f"comma-separated subset of: {','.join(TASKS)} (default: all but sum_to)")
     parser.add_argument("--out_dir", default=str(Path(__file__).resolve().parent))
     args = parser.parse_args(argv)
     families = tuple(f for f in args.families.split(",") if f)

@@ -1,12 +1,22 @@
 """
 A synthetic instruction-following task: the generator and the checker.
 
-Eight small families. Four have one correct answer (addition with carries, reversing, sorting
-and uppercasing a short letter string); four have many (a multiple of k in a range, two numbers
-with a given sum, a word from a short list that starts with a given letter, a letter between two
-others). A teacher trained on uniformly random valid answers for the many-answer prompts has a
-multimodal answer distribution, which is where forward and reverse KL students part ways:
-mixing two valid answers token by token ('21' and '35' -> '25') gives an invalid one.
+Eight small families, each a regex over the instruction and the full set of valid answers
+(all but sum_to by default, see DEFAULT_FAMILIES):
+
+    add             what is 47+8?                          55            one answer
+    reverse         reverse lamp                           pmal          one answer
+    sort            sort dbca                              abcd          one answer
+    upper           uppercase cat                          CAT           one answer
+    multiple        a multiple of 7 between 20 and 80      21, 28, ..    3 to 40 answers
+    sum_to          a digit and a number adding up to 31   1+30, 2+29..  9 answers
+    word_start      a word starting with b or c            bag, cab, ..  12 answers (fixed lexicon)
+    letter_between  a letter between d and m               e, f, .., l   2 to 24 answers
+
+Training data gives many-answer prompts a uniformly random valid answer, so a teacher's answer
+distribution is multimodal, which is where forward and reverse KL students part ways: mixing
+two valid answers token by token ('21' and '35' -> '25', 'bus' and 'bag' -> 'bug') gives an
+invalid one.
 
 Format: prompt "Q: <instruction>\nA:", response " <answer>", at most 48 and 16 bytes, so a
 byte-level block of 64 holds prompt + response + <|endoftext|>.
@@ -19,7 +29,7 @@ import random
 import re
 import zlib
 
-PROMPT_TEMPLATE = "Q: {}\nA:"
+PROMPT_TEMPLATE = "Q: {instruction}\nA:"
 MAX_PROMPT_BYTES = 48
 MAX_RESPONSE_BYTES = 16
 BLOCK_SIZE = 64  # prompt + response + eot must fit, in bytes = tokens
@@ -27,7 +37,8 @@ REFERENCE_LIMIT = 50
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
-# Three-letter words, six per starting letter (no q, u, x), for the word_start family.
+# The fixed lexicon of the word_start family: three-letter words, six per starting letter
+# (none for q, u, x). Mixing two of them letter by letter ('bag', 'bus' -> 'bug') leaves it.
 LEXICON = """
 ant ape arm art ash axe  bag bat bed bee box bus  cab cap car cat cow cup
 dam den dog dot dug dye  ear eel egg elf elk elm  fan fig fin fir fox fur
@@ -81,13 +92,8 @@ def _sample_letter_between(rng):
 
 
 def _sample_word_start(rng):
-    letter = rng.choice(sorted(WORDS_BY_LETTER))
-    n_match = rng.randint(2, 3)
-    words = rng.sample(WORDS_BY_LETTER[letter], n_match)
-    others = [w for w in LEXICON if w[0] != letter]
-    words += rng.sample(others, 4 - n_match)
-    rng.shuffle(words)
-    return f"a word starting with {letter}: {' '.join(words)}"
+    first, second = rng.sample(sorted(WORDS_BY_LETTER), 2)
+    return f"a word starting with {first} or {second}"
 
 
 FAMILIES = {f.name: f for f in [
@@ -106,13 +112,17 @@ FAMILIES = {f.name: f for f in [
     Family("sum_to", r"a digit and a number adding up to (\d{1,3})",
            lambda rng: f"a digit and a number adding up to {rng.randint(20, 99)}",
            lambda n: [f"{a}+{int(n) - a}" for a in range(1, 10) if int(n) - a >= 1]),
-    Family("word_start", r"a word starting with ([a-z]): ([a-z]+(?: [a-z]+)*)", _sample_word_start,
-           lambda c, ws: sorted({w for w in ws.split() if w.startswith(c)})),
+    Family("word_start", r"a word starting with ([a-z]) or ([a-z])", _sample_word_start,
+           lambda a, b: sorted(w for w in LEXICON if w[0] in (a, b))),
     Family("letter_between", r"a letter between ([a-z]) and ([a-z])", _sample_letter_between,
            lambda a, b: [c for c in LETTERS if a < c < b]),
 ]}
 TASKS = tuple(FAMILIES)
 SINGLE_ANSWER = ("add", "reverse", "sort", "upper")
+# sum_to is opt-in: held-out sums need 2-digit subtraction, which a ~1M-parameter model only
+# picks up after ~1500 steps of 64 examples (measured: 0.16 greedy validity after 1000 steps,
+# 1.0 after 1500), while the other seven reach >= 0.96 but add (~0.7-0.9) by 1000 steps.
+DEFAULT_FAMILIES = tuple(f for f in TASKS if f != "sum_to")
 
 
 def _instruction(prompt):
@@ -169,7 +179,7 @@ def make_example(family, rng):
     if family not in FAMILIES:
         raise ValueError(f"unknown toy task family {family!r}; choose from {', '.join(TASKS)}")
     instruction = FAMILIES[family].sample(rng)
-    prompt = PROMPT_TEMPLATE.format(instruction)
+    prompt = PROMPT_TEMPLATE.format(instruction=instruction)
     answers = FAMILIES[family].answers(*FAMILIES[family].pattern.fullmatch(instruction).groups())
     response = " " + rng.choice(answers)
     assert len(prompt.encode()) <= MAX_PROMPT_BYTES, prompt
@@ -179,7 +189,7 @@ def make_example(family, rng):
             "references": reference_answers(prompt), "task": family}
 
 
-def generate(split, n, seed, families=TASKS):
+def generate(split, n, seed, families=DEFAULT_FAMILIES):
     """n examples for `split`, families drawn uniformly, prompts restricted to the split's
     hash bucket. Deterministic in (split, n, seed, families). Train repeats prompts (with fresh
     random answers for many-answer families); valid/test may too, but never share a prompt
@@ -191,9 +201,13 @@ def generate(split, n, seed, families=TASKS):
             raise ValueError(f"unknown toy task family {f!r}; choose from {', '.join(TASKS)}")
     rng = random.Random(f"toy_instruct/{seed}/{split}")
     examples = []
-    while len(examples) < n:
-        family = rng.choice(list(families))
-        ex = make_example(family, rng)
-        if heldout_split(ex["prompt"]) == split:
-            examples.append(ex)
+    for _ in range(n):
+        family = rng.choice(list(families))  # drawn first, so families stay balanced in every split
+        for _attempt in range(10_000):
+            ex = make_example(family, rng)
+            if heldout_split(ex["prompt"]) == split:
+                examples.append(ex)
+                break
+        else:
+            raise RuntimeError(f"family {family} has no {split} prompts")
     return examples
