@@ -345,6 +345,10 @@ def next_token_logprobs(logits, temperature=1.0, top_k=None, top_p=None, mix_alp
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None, mix_alpha=0.0):
     """Draw one token per row from `next_token_logprobs(...)`; temperature 0 is greedy."""
+    if temperature == 0 and (torch.is_tensor(logits) or len(logits) == 1 or mix_alpha == 0):
+        # greedy from one model: top-k / top-p always keep the top token and log_softmax keeps the
+        # order, so the argmax of the raw logits is the answer without two more passes over [B, V]
+        return (logits if torch.is_tensor(logits) else logits[0]).argmax(-1)
     lp = next_token_logprobs(logits, temperature, top_k, top_p, mix_alpha)
     if temperature == 0:
         return lp.argmax(-1)
@@ -352,7 +356,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None,
 
 
 def _filtered_logprobs(logits, temperature, top_k, top_p):
-    z = logits.float() / (temperature if temperature > 0 else 1.0)
+    z = logits.float()
+    if temperature > 0 and temperature != 1:
+        z = z / temperature
     if top_k is not None and 0 < top_k < z.size(-1):
         kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
         z = z.masked_fill(z < kth, float('-inf'))

@@ -11,7 +11,7 @@ from data.openwebtext import prepare as owt_prepare
 from data.shakespeare import prepare as shakespeare_prepare
 from data.toy_instruct import prepare as toy_prepare
 from data.toy_instruct.task import (
-    FAMILIES, SINGLE_ANSWER, TASKS, generate, heldout_split, is_valid, make_example, reference_answers,
+    DEFAULT_FAMILIES, FAMILIES, SINGLE_ANSWER, TASKS, generate, heldout_split, is_valid, make_example, reference_answers,
 )
 from tokenizer import get_encoding
 
@@ -22,12 +22,14 @@ def test_generator_is_deterministic_by_seed():
     a = generate("train", 300, seed=3)
     assert a == generate("train", 300, seed=3)
     assert a != generate("train", 300, seed=4)
-    assert {ex["task"] for ex in a} == set(TASKS)
+    assert {ex["task"] for ex in a} == set(DEFAULT_FAMILIES) == set(TASKS) - {"sum_to"}
+    only = generate("valid", 50, seed=3, families=("sum_to", "add"))
+    assert {ex["task"] for ex in only} == {"sum_to", "add"}
 
 
 @pytest.mark.parametrize("split", ["train", "valid", "test"])
 def test_every_generated_example_is_valid(split):
-    for ex in generate(split, 400, seed=1):
+    for ex in generate(split, 400, seed=1, families=TASKS):
         assert is_valid(ex["prompt"], ex["response"])
         assert ex["references"] and all(is_valid(ex["prompt"], r) for r in ex["references"])
         assert ex["references"] == reference_answers(ex["prompt"])
@@ -57,7 +59,8 @@ HAND_MADE = [
     ("a multiple of 7 between 20 and 80", ["21", "28", "77"], ["22", "7", "84", "70.0", "021", "20"]),
     ("a digit and a number adding up to 31", ["1+30", "4+27", "9+22"],
      ["12+19", "30+1", "4+28", "0+31", "31", "4 27", "-1+32"]),
-    ("a word starting with b: cat bus bed dog", ["bus", "bed"], ["cat", "bat", "b", "bus bed"]),
+    # 'bug' mixes 'bus' and 'bag' letter by letter: not in the lexicon, so invalid
+    ("a word starting with b or c", ["bus", "bed", "cat", "cup"], ["bug", "dog", "b", "bus cat", "Bus"]),
     ("a letter between d and m", ["e", "h", "l"], ["d", "m", "z", "E", "ef"]),
 ]
 
@@ -93,7 +96,7 @@ def test_is_valid_never_raises_on_garbage(prompt, answer):
 
 
 def test_heldout_prompts_never_occur_in_train():
-    prompts = {s: {ex["prompt"] for ex in generate(s, n, seed=0)}
+    prompts = {s: {ex["prompt"] for ex in generate(s, n, seed=0, families=TASKS)}
                for s, n in (("train", 4000), ("valid", 400), ("test", 400))}
     assert not prompts["train"] & prompts["valid"]
     assert not prompts["train"] & prompts["test"]
@@ -143,6 +146,7 @@ def test_toy_prepare_round_trip(tmp_path, capsys):
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["kind"] == "instruct" and meta["tokenizer"] == "byte"
     assert (meta["vocab_size"], meta["eot_token"], meta["dtype"]) == (257, 256, "uint16")
+    assert meta["families"] == list(DEFAULT_FAMILIES) and meta["counts"] == {"train": 300, "valid": 40, "test": 30}
     for split, n in (("train", 300), ("valid", 40), ("test", 30)):
         examples, tokens, idx = check_instruct_split(tmp_path, split, "byte")
         assert len(examples) == n and (idx[:, 1] + idx[:, 2]).max() <= 64
@@ -151,6 +155,13 @@ def test_toy_prepare_round_trip(tmp_path, capsys):
         stream = np.fromfile(tmp_path / lm, dtype=np.uint16)
         assert np.array_equal(stream, np.fromfile(tmp_path / f"{split}.tokens.bin", dtype=np.uint16))
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_toy_prepare_families_flag(tmp_path):
+    toy_prepare.main(["--n_train", "20", "--n_valid", "5", "--n_test", "5", "--families", "sum_to,upper",
+                      "--out_dir", str(tmp_path)])
+    examples, _, _ = check_instruct_split(tmp_path, "train", "byte")
+    assert {ex["task"] for ex in examples} == {"sum_to", "upper"}
 
 
 def test_toy_prepare_rejects_unknown_family(tmp_path):

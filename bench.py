@@ -1,0 +1,534 @@
+"""
+Speed and memory of the hot paths, measured side by side; the tables go into BENCHMARKS.md.
+
+    python bench.py                                # every section (about an hour on 2 CPU cores)
+    python bench.py --only=loss --loss_repeats=5   # one section; the rest of BENCHMARKS.md stays
+    python bench.py --only=generate --gen_batch_sizes=1, --gen_recompute_tokens=256,
+
+Sections: loss (plain vs chunked KD loss), generate (KV cache vs recompute vs Hugging Face
+`generate`), train (a step of sft / kd / minillm, minillm split into rollout and update) and
+distributed (DDP / FSDP with 1 and 2 processes, through torchrun). What matters are ratios: the
+variants of a section run in one process, interleaved A B C, C B A, A B C, ..., and the median of
+each is kept, so load from other programs lands on all of them alike. Each table is written
+between `<!-- bench:NAME -->` markers; the prose around the markers is left as it is.
+The tests assert nothing about speed.
+"""
+import contextlib
+import datetime
+import fcntl
+import importlib.util
+import io
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from configurator import UserError, configure, defaults_from, run
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SECTIONS = {'loss': '1. Divergence loss: plain vs chunked', 'generate': '2. Generation: KV cache, recompute, transformers',
+            'train': '3. One training step: sft, kd, minillm', 'distributed': '4. DDP and FSDP on CPU'}
+
+# ----------------------------------------------------------------------------- config
+only = 'loss,generate,train,distributed'
+out_file = 'BENCHMARKS.md'
+threads = 1                  # per process; 0 = torch's default. On a shared 2-core machine each OpenMP region
+#                              waits for both threads to get a core: 20 ms per tiny attention call vs 0.02 ms
+seed = 1337
+# 1. divergence loss, plain vs chunked, at GPT-2's vocabulary
+loss_tokens = 4096
+loss_dim = 768
+loss_vocab = 50257
+loss_chunk_sizes = (256, 512, 1024, 2048)
+loss_divergence = 'forward_kl'
+loss_ce_weight = 0.5         # train.py's kd with kd_ratio = 0.5: 0.5 CE + 0.5 KD
+loss_repeats = 3
+# 2. generation: GPT-2-124M shape, random weights, greedy
+gen_preset = 'gpt2'
+gen_prompt_len = 16
+gen_new_tokens = 256
+gen_batch_sizes = (1, 16)
+gen_recompute_tokens = (256, 64)  # new tokens of the recompute baseline, per batch size
+gen_repeats = 4
+gen_recompute_repeats = 2    # the recompute baseline is slow (and so is the KV cache run at its length)
+gen_hf = True                # compare with transformers' GPT2LMHeadModel.generate when installed
+# 3. a training step of sft / kd / minillm on the toy task (byte vocabulary)
+train_args = '--n_layer=4 --n_head=4 --n_embd=128 --batch_size=32'
+teacher_args = '--n_layer=6 --n_head=6 --n_embd=192'
+minillm_args = '--rollout_size=64 --rollout_batch_size=32 --ppo_epochs=2 --max_new_tokens=32'
+train_iters = 9              # steps per run; the first is not timed (it holds set-up and eval)
+train_repeats = 2
+# 4. DDP / FSDP on CPU through torchrun
+dist_nprocs = (1, 2)
+dist_parallel = 'ddp,fsdp'
+dist_args = '--method=sft --n_layer=8 --n_head=8 --n_embd=512 --batch_size=8'
+dist_iters = 5
+dist_repeats = 1
+DEFAULTS = defaults_from(globals())
+# -----------------------------------------------------------------------------
+
+# glibc mmaps every block over 128 KiB and unmaps it on free (its default threshold adapts up to
+# 32 MiB and keeps smaller freed blocks), so that the resident set follows the live tensors
+MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '131072'}
+
+
+def interleaved(variants, repeats):
+    """{name: fn} -> {name: {'wall': [s], 'cpu': [s]}}, in rounds A B C, C B A, A B C, ... so that
+    bursts of load and slow drifts land on every variant alike. `repeats`: a count or {name: count}
+    (a variant with fewer repeats sits out the later rounds). CPU time is `time.process_time`."""
+    counts = repeats if isinstance(repeats, dict) else dict.fromkeys(variants, repeats)
+    times = {name: dict(wall=[], cpu=[]) for name in variants}
+    for r in range(max(counts.values())):
+        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            if r < counts[name]:
+                w0, c0 = time.perf_counter(), time.process_time()
+                variants[name]()
+                times[name]['cpu'].append(time.process_time() - c0)
+                times[name]['wall'].append(time.perf_counter() - w0)
+    return times
+
+
+med = statistics.median
+VERDICT = {True: '**PASS**', False: '**MISS**'}
+
+
+def spread(xs, digits=2):
+    """'median s (min–max)': the spread shows how much the machine's load moved the numbers."""
+    return f'{med(xs):.{digits}f} s ({min(xs):.{digits}f}–{max(xs):.{digits}f})'
+
+
+def memory_mib():
+    """(resident set now, its high-water mark) of this process in MiB, from /proc/self/status.
+    Not ru_maxrss: Linux carries that over fork + exec from the parent process."""
+    with open('/proc/self/status') as f:
+        kb = {k: int(v.split()[0]) for k, v in (line.split(':', 1) for line in f) if k in ('VmRSS', 'VmHWM')}
+    return kb['VmRSS'] / 1024, kb['VmHWM'] / 1024
+
+
+def reset_peak_memory():
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # the high-water mark restarts from the current resident set (Linux >= 4.0)
+
+
+def header(section, argv):
+    """The lines every table carries: machine, software, date, load, and the command."""
+    cpu = 'unknown CPU'
+    with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
+        cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), cpu)
+    cmd = ' '.join(['python bench.py', f'--only={section}'] + [shlex.quote(a) for a in argv if not a.startswith('--only=')])
+    return '\n'.join([
+        f'- machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} '
+        f'thread(s) per process; Python {platform.python_version()}',
+        f'- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at the '
+        f'start (1/5/15 min): {" / ".join(f"{x:.1f}" for x in os.getloadavg())}',
+        f'- command: `{cmd}`', ''])
+
+
+# ----------------------------------------------------------------------------- 1. loss
+def loss_inputs(cfg):
+    """Student hidden states and lm_head (both trained), teacher logits and gold targets."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    N, d, V = cfg.loss_tokens, cfg.loss_dim, cfg.loss_vocab
+    # in place, so that no transient copy raises the memory high-water mark before the loss runs
+    hidden = torch.randn(N, d, generator=g).requires_grad_()
+    weight = torch.randn(V, d, generator=g).mul_(0.02).requires_grad_()
+    teacher = torch.randn(N, V, generator=g).mul_(3)
+    return hidden, weight, teacher, torch.randint(V, (N,), generator=g)
+
+
+def loss_step(cfg, variant, hidden, weight, teacher, targets):
+    """One forward + backward of the KD loss as train.py calls it; variant 'plain' or 'chunked-C'."""
+    import kl
+    hidden.grad = weight.grad = None
+    fn = kl.plain_kd_loss if variant == 'plain' else kl.chunked_kd_loss
+    chunk = int(variant.split('-')[1]) if variant != 'plain' else 1024
+    loss = fn(hidden, weight, teacher, targets=targets, divergence=cfg.loss_divergence, chunk_size=chunk,
+              ce_weight=cfg.loss_ce_weight, kd_weight=1 - cfg.loss_ce_weight)
+    loss.backward()
+    return loss.detach()
+
+
+def loss_memory_child():
+    """In a fresh process: the peak resident set of one forward + backward minus the resident
+    set with the inputs allocated."""
+    cfg, variant = type('Cfg', (), json.loads(sys.argv[1])), sys.argv[2]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    inputs = loss_inputs(cfg)
+    reset_peak_memory()
+    base, base_peak = memory_mib()
+    if base_peak > base + 1:
+        raise RuntimeError(f"could not reset the memory high-water mark ({base_peak:.0f} vs {base:.0f} MiB)")
+    loss_step(cfg, variant, *inputs)
+    print(json.dumps(dict(base=base, extra=memory_mib()[1] - base)))
+
+
+def bench_loss(cfg):
+    variants = ['plain'] + [f'chunked-{c}' for c in cfg.loss_chunk_sizes]
+    inputs = loss_inputs(cfg)
+    ref = loss_step(cfg, 'plain', *inputs)  # also every variant's untimed warm-up pass
+    ref_grads = [t.grad.clone() for t in inputs[:2]]
+    err = 0.0
+    for v in variants[1:]:
+        err = max([err, abs(loss_step(cfg, v, *inputs) - ref).item()] +
+                  [(t.grad - r).abs().max().item() for t, r in zip(inputs[:2], ref_grads)])
+    del ref_grads
+    times = interleaved({v: (lambda v=v: loss_step(cfg, v, *inputs)) for v in variants}, cfg.loss_repeats)
+    del inputs
+    mem = {}
+    for v in variants:
+        res = subprocess.run([sys.executable, '-c', 'import bench; bench.loss_memory_child()',
+                              json.dumps({k: getattr(cfg, k) for k in DEFAULTS}), v],
+                             cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **MALLOC_ENV))
+        if res.returncode:
+            raise RuntimeError(f"memory child for {v} failed:\n{res.stderr[-2000:]}")
+        mem[v] = json.loads(res.stdout.strip().splitlines()[-1])['extra']
+        print(f"  {v}: peak +{mem[v]:.0f} MiB, {med(times[v]['cpu']):.2f} s CPU, {med(times[v]['wall']):.2f} s wall")
+    rel = {v: {k: med(times[v][k]) / med(times['plain'][k]) for k in ('cpu', 'wall')} for v in variants}
+    rows = ['| loss | fwd+bwd CPU time: median (min–max) | wall time: median (min–max) | time / plain: CPU (wall) | '
+            'peak memory above inputs | memory / plain | target |', '|---|---|---|---|---|---|---|']
+    for v in variants:
+        m = mem[v] / max(mem['plain'], 1e-9)
+        rows.append(f"| {v} | {spread(times[v]['cpu'])} | {spread(times[v]['wall'])} | {rel[v]['cpu']:.2f}x "
+                    f"({rel[v]['wall']:.2f}x) | {mem[v]:.0f} MiB | {m:.3f} | "
+                    f"{'(reference)' if v == 'plain' else VERDICT[m <= 1 / 4 and rel[v]['cpu'] <= 1.3]} |")
+    N, d, V = cfg.loss_tokens, cfg.loss_dim, cfg.loss_vocab
+    return '\n'.join([
+        f'N = {N} tokens, d = {d}, V = {V}, fp32, `{1 - cfg.loss_ce_weight:g}·{cfg.loss_divergence} + '
+        f'{cfg.loss_ce_weight:g}·CE`; one [N, V] fp32 array is {N * V * 4 / 2**20:.0f} MiB, the lm_head gradient '
+        f'{V * d * 4 / 2**20:.0f} MiB. Times: median of {cfg.loss_repeats} interleaved repeats after an untimed '
+        f'pass. Largest |chunked − plain| over the loss and both gradients: {err:.1e}.', '', *rows, '',
+        'Target: chunked peak ≤ 1/4 of plain at ≤ 1.3x its (CPU) time.'])
+
+
+# ----------------------------------------------------------------------------- 2. generate
+def gen_models(cfg):
+    """Our GPT and, if installed, transformers' GPT2LMHeadModel holding the very same weights."""
+    from model import GPT, hf_gpt2_state_dict, preset_config
+    torch.manual_seed(cfg.seed)
+    config = preset_config(cfg.gen_preset)
+    ours = GPT(config).eval()
+    if not cfg.gen_hf or importlib.util.find_spec('transformers') is None:
+        return ours, None
+    from transformers import GPT2Config, GPT2LMHeadModel
+    hf = GPT2LMHeadModel(GPT2Config(n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
+                                    n_head=config.n_head, vocab_size=config.vocab_size)).eval()
+    hf.generation_config.eos_token_id = None  # never stop early: exactly n new tokens
+    hf.generation_config.pad_token_id = 0
+    ours.load_state_dict(hf_gpt2_state_dict(hf.state_dict()))
+    return ours, hf
+
+
+@torch.no_grad()
+def generate_recompute(model, idx, n):
+    """Greedy decoding without a cache: the whole prefix goes through the model at every step
+    (only the last position's logits are computed, so the baseline wastes nothing else)."""
+    from model import last_position_logits
+    for _ in range(n):
+        idx = torch.cat([idx, model(idx, head_fn=last_position_logits).argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+def bench_generate(cfg):
+    ours, hf = gen_models(cfg)
+    if len(cfg.gen_recompute_tokens) != len(cfg.gen_batch_sizes):
+        raise UserError("gen_recompute_tokens needs one entry per entry of gen_batch_sizes")
+    rows = ['| batch | new tokens | variant | CPU time: median (min–max) | wall time: median (min–max) | '
+            'tokens/s: CPU (wall) | speed-up vs recompute: CPU (wall) | vs transformers: CPU (wall) |',
+            '|---|---|---|---|---|---|---|---|']
+    verdicts, notes, n = [], [], cfg.gen_new_tokens
+    for B, n_re in zip(cfg.gen_batch_sizes, cfg.gen_recompute_tokens):
+        idx = torch.randint(ours.config.vocab_size, (B, cfg.gen_prompt_len), generator=torch.Generator().manual_seed(cfg.seed))
+        outs = {}
+        kinds = {'kv cache': lambda k: ours.generate(idx, k, temperature=0),
+                 'recompute': lambda k: generate_recompute(ours, idx, k),
+                 'transformers': lambda k: hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=k,
+                                                       min_new_tokens=k, do_sample=False, use_cache=True)}
+        wanted = [('kv cache', n)] + ([('transformers', n)] if hf is not None else []) + \
+            ([('kv cache', n_re)] if n_re != n else []) + [('recompute', n_re)]
+        variants = {key: (lambda key=key: outs.__setitem__(key, kinds[key[0]](key[1]))) for key in wanted}
+        runs = interleaved(variants, {key: cfg.gen_recompute_repeats if key[0] == 'recompute' or key[1] != n
+                                      else cfg.gen_repeats for key in wanted})
+        t = {key: {c: med(v[c]) for c in ('cpu', 'wall')} for key, v in runs.items()}
+
+        def ratio(slow, fast):
+            return f"{t[slow]['cpu'] / t[fast]['cpu']:.2f}x ({t[slow]['wall'] / t[fast]['wall']:.2f}x)"
+        for (kind, k), sec in t.items():
+            print(f"  batch {B} {kind} @{k}: {sec['cpu']:.1f} s CPU, {sec['wall']:.1f} s wall")
+            vs_re = ratio(('recompute', n_re), (kind, k)) if (kind, k) == ('kv cache', n_re) else ''
+            vs_hf = ratio(('transformers', n), (kind, k)) if hf is not None and (kind, k) == ('kv cache', n) else ''
+            rows.append(f"| {B} | {k} | {kind} | {spread(runs[kind, k]['cpu'], 1)} | {spread(runs[kind, k]['wall'], 1)} | "
+                        f"{B * k / sec['cpu']:.1f} ({B * k / sec['wall']:.1f}) | {vs_re} | {vs_hf} |")
+        assert outs['kv cache', n].shape == (B, cfg.gen_prompt_len + n)
+        speedup = t['recompute', n_re]['cpu'] / t['kv cache', n_re]['cpu']
+        verdicts.append(f"- batch {B}, KV cache vs recompute at {n_re} new tokens: "
+                        f"{ratio(('recompute', n_re), ('kv cache', n_re))} (target ≥ 5x at {n}): "
+                        + (VERDICT[speedup >= 5] if n_re == n else f'not judged: the recompute baseline ran for '
+                           f'{n_re} new tokens only (its cost grows with the square of the length); nothing extrapolated'))
+        same = (outs['kv cache', n_re] == outs['recompute', n_re]).float().mean()
+        notes.append(f'batch {B}: the KV cache and recompute pick the same greedy token at {100 * same:.1f}% of positions')
+        if hf is not None:
+            assert outs['transformers', n].shape == outs['kv cache', n].shape
+            ok = t['transformers', n]['cpu'] >= t['kv cache', n]['cpu']
+            verdicts.append(f"- batch {B}, ours vs transformers `generate` at {n} new tokens: "
+                            f"{ratio(('transformers', n), ('kv cache', n))} their speed (target ≥ 1x): {VERDICT[ok]}")
+            same = (outs['kv cache', n] == outs['transformers', n]).float().mean()
+            notes.append(f'batch {B}: ours and transformers pick the same greedy token at {100 * same:.1f}% of positions')
+    c = ours.config
+    hf_line = (f'transformers {sys.modules["transformers"].__version__} (attention `{hf.config._attn_implementation}`)'
+               if hf is not None else 'no transformers comparison (not installed, or gen_hf=False)')
+    return '\n'.join([
+        f'`{cfg.gen_preset}` shape ({c.n_layer} layers, {c.n_head} heads, d = {c.n_embd}, V = {c.vocab_size}), '
+        f'random weights, fp32, greedy, {cfg.gen_prompt_len} random prompt tokens per row; {hf_line}. Medians of '
+        f'{cfg.gen_repeats} interleaved repeats ({cfg.gen_recompute_repeats} for the runs at the recompute '
+        f'baseline\'s length); tokens/s counts new tokens over all rows.', '', *rows, '', *verdicts, '',
+        *[f'- {x}' for x in notes]])
+
+
+# ----------------------------------------------------------------------------- 3. train
+def now():
+    return time.perf_counter(), time.process_time()
+
+
+class StepClock:
+    """For one train.main run: (wall, CPU) time of every optimizer step, plus time and token counts
+    of the train.py functions that make up a step (wrapped where main looks them up, undone on exit)."""
+
+    def __init__(self):
+        self.steps, self.spans, self._undo = [], [], []
+
+    def __enter__(self):
+        import model
+        import train
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+        self._undo.append(register_optimizer_step_post_hook(lambda *_: self.steps.append(now())).remove)
+        self._wrap(train, 'collect_rollouts', 'rollout', lambda args, out: out['mask'].sum().item())
+        self._wrap(model.GPT, 'generate', 'generate', lambda args, out: 0)
+        self._wrap(train, 'minillm_micro_loss', 'update', lambda args, out: float(out[1]))
+        # supervised_loss(cfg, model, teacher, x, y, ...): every token of x goes through the model
+        self._wrap(train, 'supervised_loss', 'supervised', lambda args, out: args[3].numel())
+        return self
+
+    def _wrap(self, owner, name, label, count):
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            t0 = now()
+            out = original(*args, **kwargs)
+            self.spans.append((label, t0, [b - a for a, b in zip(t0, now())], count(args, out)))
+            return out
+        setattr(owner, name, timed)
+        self._undo.append(lambda: setattr(owner, name, original))
+
+    def __exit__(self, *exc):
+        for undo in reversed(self._undo):
+            undo()
+
+    def intervals(self):
+        """Per step after the first (whose start is unmarked: set-up and the first eval):
+        {'wall': s, 'cpu': s, label: [wall s, CPU s] spent inside, label + ' tokens': count}."""
+        out = []
+        for a, b in zip(self.steps, self.steps[1:]):
+            step = dict(wall=b[0] - a[0], cpu=b[1] - a[1])
+            for label, t0, dt, n in self.spans:
+                if a[0] <= t0[0] < b[0]:
+                    inside = step.setdefault(label, [0.0, 0.0])
+                    inside[0], inside[1] = inside[0] + dt[0], inside[1] + dt[1]
+                    step[label + ' tokens'] = step.get(label + ' tokens', 0) + n
+            out.append(step)
+        return out
+
+
+def toy_data(tmp):
+    """A small copy of the toy instruction task (byte tokenizer), written by its prepare.py."""
+    d = os.path.join(tmp, 'toy_instruct')
+    subprocess.run([sys.executable, os.path.join(ROOT, 'data', 'toy_instruct', 'prepare.py'), '--n_train', '2000',
+                    '--n_valid', '64', '--n_test', '64', '--out_dir', d], check=True, capture_output=True)
+    return d
+
+
+TRAIN_FLAGS = ['--device=cpu', '--dtype=float32', '--eval_iters=1', '--eval_interval=100000',
+               '--log_interval=100000', '--warmup_iters=0', '--always_save_checkpoint=False']
+
+
+def quiet_train(argv):
+    import train
+    with contextlib.redirect_stdout(io.StringIO()):
+        return train.main(argv)
+
+
+def bench_train(cfg):
+    import train
+    with tempfile.TemporaryDirectory(prefix='bench_train_') as tmp:
+        data, teacher = toy_data(tmp), os.path.join(tmp, 'teacher')
+        common = [f'--data_dir={data}', f'--seed={cfg.seed}'] + TRAIN_FLAGS
+        quiet_train(common + shlex.split(cfg.teacher_args) + ['--method=sft', '--max_iters=1', f'--out_dir={teacher}'])
+        student = common + shlex.split(cfg.train_args) + [f'--max_iters={cfg.train_iters}']
+        runs = {'sft': ['--method=sft'], 'kd': ['--method=kd', f'--teacher={teacher}'],
+                'minillm': ['--method=minillm', f'--teacher={teacher}', f'--pt_data_dir={data}', *shlex.split(cfg.minillm_args)]}
+        steps = {m: [] for m in runs}
+        for r in range(cfg.train_repeats):
+            for method, extra in runs.items():
+                with StepClock() as clock:
+                    quiet_train(student + extra + [f'--out_dir={os.path.join(tmp, f"{method}{r}")}'])
+                steps[method] += clock.intervals()
+                print(f"  {method} run {r}: {med([x['cpu'] for x in clock.intervals()]):.2f} s CPU per step")
+    rows = ['| method | phase | CPU time (median) | wall time (median) | tokens | tokens/s: CPU (wall) | what is timed and counted |',
+            '|---|---|---|---|---|---|---|']
+
+    def row(method, phase, cpu, wall, tok, what):
+        rows.append(f'| {method} | {phase} | {cpu * 1e3:.0f} ms | {wall * 1e3:.0f} ms | {tok:.0f} | '
+                    f'{tok / cpu:,.0f} ({tok / wall:,.0f}) | {what} |')
+    for method in ('sft', 'kd'):
+        s = steps[method]
+        row(method, 'step', med([x['cpu'] for x in s]), med([x['wall'] for x in s]),
+            med([x.get('supervised tokens', 0) for x in s]), 'one step: forward + backward + AdamW'
+            + (' + the teacher forward' if method == 'kd' else '') + '; prompt + response tokens')
+    mc = configure(train.DEFAULTS, shlex.split(cfg.train_args) + shlex.split(cfg.minillm_args))
+    s, per_rollout = steps['minillm'], mc.ppo_epochs * (mc.rollout_size // mc.batch_size)  # as train.py queues them
+    roll = [x for x in s if 'rollout' in x]
+    if roll:
+        r_tok = med([x['rollout tokens'] for x in roll])
+        (r_wall, r_cpu), (g_wall, g_cpu) = ([med([x[k][c] for x in roll]) for c in (0, 1)] for k in ('rollout', 'generate'))
+        row('minillm', 'rollout', r_cpu, r_wall, r_tok, f'one rollout phase (one per {per_rollout} updates): '
+            'sampling + scoring; response tokens')
+        row('minillm', '├ generation', g_cpu, g_wall, r_tok, '`GPT.generate` (teacher-mixed sampling, both KV caches)')
+        row('minillm', '└ scoring', r_cpu - g_cpu, r_wall - g_wall, r_tok,
+            'teacher and old-student forward, rewards, advantages')
+    row('minillm', 'update', med([x['cpu'] - x.get('rollout', [0, 0])[1] for x in s]),
+        med([x['wall'] - x.get('rollout', [0, 0])[0] for x in s]),
+        med([x.get('update tokens', 0) + x.get('supervised tokens', 0) for x in s]),
+        'one step minus any rollout in it: policy gradient + single-step KL (teacher forward) + L_PT, '
+        'backward + AdamW; response + L_PT tokens')
+    return '\n'.join([
+        f'Student `{cfg.train_args}`, teacher `{cfg.teacher_args}` (one SFT step from random), minillm '
+        f'`{cfg.minillm_args}` with L_PT; CPU, fp32. Medians over {cfg.train_repeats} runs × {cfg.train_iters - 1} '
+        f'timed steps, methods interleaved.', '', *rows])
+
+
+# ----------------------------------------------------------------------------- 4. distributed
+def dist_child():
+    """One torchrun rank: train.main with a step clock; writes its step times, its peak memory
+    over the whole run, and its peak over the training steps after the first (set-up excluded)."""
+    import train  # noqa: F401  (imported before the baseline is read)
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    report_dir, argv = sys.argv[1].split('=', 1)[1], sys.argv[2:]
+    base, run_peak, step_peaks = memory_mib()[0], [0.0], []
+
+    def at_step(*_):
+        if not step_peaks:  # first step done: keep the peak so far, restart the high-water mark
+            run_peak[0] = memory_mib()[1]
+            reset_peak_memory()
+        step_peaks.append(memory_mib()[1])
+    hook = register_optimizer_step_post_hook(at_step)
+    with StepClock() as clock:
+        quiet_train(argv)
+    hook.remove()
+    with open(os.path.join(report_dir, f"rank{os.environ.get('RANK', '0')}.json"), 'w') as f:
+        json.dump(dict(steps=clock.intervals(), base=base, peak=max(run_peak[0], memory_mib()[1]),
+                       step_peak=step_peaks[-1]), f)
+
+
+def bench_distributed(cfg):
+    """Every (parallel, processes) runs twice: timed with the default allocator, and measured for
+    memory with MALLOC_ENV (which slows the steps)."""
+    import train
+    batch = configure(train.DEFAULTS, shlex.split(cfg.dist_args)).batch_size
+    results, command = {}, None
+    with tempfile.TemporaryDirectory(prefix='bench_dist_') as tmp:
+        argv = [f'--data_dir={toy_data(tmp)}', *TRAIN_FLAGS, f'--max_iters={cfg.dist_iters}', *shlex.split(cfg.dist_args)]
+        for r in range(cfg.dist_repeats):
+            for nproc in cfg.dist_nprocs:
+                for par in cfg.dist_parallel.split(','):
+                    for kind, extra_env in (('time', {}), ('memory', MALLOC_ENV)):
+                        rep = os.path.join(tmp, f'{par}{nproc}_{kind}_{r}')
+                        os.makedirs(rep)
+                        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+                               'bench.py', f'--dist-child={rep}', *argv, f'--parallel={par}', f'--out_dir={rep}/out']
+                        command = command or (' '.join(['python'] + [shlex.quote(c) for c in cmd[1:]])
+                                              .replace(rep, '$TMP/RUN').replace(tmp, '$TMP')
+                                              .replace(f'--nproc_per_node={nproc}', '--nproc_per_node=N')
+                                              .replace(f'--parallel={par}', '--parallel=P'))
+                        env = dict(os.environ, OMP_NUM_THREADS=str(cfg.threads or 1), **extra_env)
+                        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+                        if res.returncode:
+                            err = [ln for ln in (res.stderr + res.stdout).splitlines() if 'rror' in ln] or [f'exit status {res.returncode}']
+                            results.setdefault((par, nproc, kind), []).append(err[-1][:300])
+                            print(f"  {par} x{nproc} ({kind}): failed: {err[-1][:300]}")
+                            continue
+                        ranks = [json.load(open(os.path.join(rep, f'rank{i}.json'))) for i in range(nproc)]
+                        results.setdefault((par, nproc, kind), []).append(ranks)
+                        print(f"  {par} x{nproc} ({kind}): {med([x['wall'] for x in ranks[0]['steps']]):.2f} s/step")
+    rows = ['| parallel | processes | wall time per step: median (min–max) | CPU time per step, rank 0 | '
+            'sequences/step (all ranks) | sequences/s (wall) | peak resident set per rank: whole run | '
+            'peak resident set per rank: timed steps |', '|---|---|---|---|---|---|---|---|']
+    ok = {key: [x for x in runs if not isinstance(x, str)] for key, runs in results.items()}
+    base = max((r['base'] for runs in ok.values() for ranks in runs for r in ranks), default=0)
+    for par, nproc in sorted({key[:2] for key in results}):
+        timed, mem = ok.get((par, nproc, 'time'), []), ok.get((par, nproc, 'memory'), [])
+        if timed:
+            wall = [x['wall'] for ranks in timed for x in ranks[0]['steps']]
+            cpu = med([x['cpu'] for ranks in timed for x in ranks[0]['steps']])
+            cells = [spread(wall), f'{cpu:.2f} s', f'{batch * nproc}', f'{batch * nproc / med(wall):.2f}']
+        else:
+            cells = [f'not measured: {results[par, nproc, "time"][-1].replace("|", "/")}', '', '', '']
+        for key in ('peak', 'step_peak'):
+            cells.append(' / '.join(f"{max(ranks[i][key] for ranks in mem):.0f}" for i in range(nproc)) + ' MiB'
+                         if mem else 'not measured')
+        rows.append(f'| {par} | {nproc} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join([
+        f'`{cfg.dist_args}` per rank, gloo, fp32, {cfg.threads or 1} thread per rank; {cfg.dist_iters} steps of '
+        f'which the first is not timed; {cfg.dist_repeats} repeat(s). A rank holds {base:.0f} MiB after importing '
+        f'torch and train.py.', '', *rows, '',
+        f'Command (N in {{{",".join(map(str, cfg.dist_nprocs))}}}, P in {{{cfg.dist_parallel}}}, $TMP/RUN a fresh '
+        f'directory; the memory runs add `{" ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())}` in front): '
+        f'`{command}`'])
+
+
+# ----------------------------------------------------------------------------- report
+def write_report(path, name, text):
+    """Put `text` between the markers of section `name` in BENCHMARKS.md, leaving everything else
+    as it is (a missing section is appended). Locked, so that concurrent runs can share the file."""
+    with open(path, 'a+') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        old = f.read() or '# Benchmarks\n'
+        begin, end = f'<!-- bench:{name} -->\n', f'<!-- /bench:{name} -->'
+        block = begin + text.rstrip() + '\n' + end
+        pattern = re.escape(begin) + '.*?' + re.escape(end)
+        new = (re.sub(pattern, lambda _: block, old, count=1, flags=re.S) if re.search(pattern, old, re.S)
+               else old.rstrip() + f'\n\n## {SECTIONS[name]}\n\n{block}\n')
+        f.seek(0)
+        f.truncate()
+        f.write(new)
+
+
+def main(argv):
+    cfg = configure(DEFAULTS, argv)
+    chosen = [s.strip() for s in cfg.only.split(',') if s.strip()]
+    if not chosen or set(chosen) - set(SECTIONS):
+        raise UserError(f"--only={cfg.only}: pick one or more of {','.join(SECTIONS)}, comma-separated")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    path = os.path.join(ROOT, cfg.out_file)  # an absolute out_file stays as it is
+    bench = dict(loss=bench_loss, generate=bench_generate, train=bench_train, distributed=bench_distributed)
+    for name in (s for s in SECTIONS if s in chosen):
+        print(f"== {name}")
+        head = header(name, argv)
+        write_report(path, name, f'{head}\n{bench[name](cfg)}\n')
+        print(f"   written to {path}")
+
+
+if __name__ == '__main__':
+    if len(sys.argv) > 1 and sys.argv[1].startswith('--dist-child='):
+        dist_child()
+    else:
+        run(main)
