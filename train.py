@@ -17,7 +17,6 @@ One training loop for every method of the MiniLLM paper's comparison:
 import json
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 
