@@ -114,7 +114,8 @@ def load_student(cfg, vocab, tok):
         model.load_state_dict(ckpt['model'])
     elif cfg.init_from == 'scratch':
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
-                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
+                              tie_embeddings=cfg.tie_embeddings, init=cfg.init))
     else:
         model, _ = load_model(cfg.init_from, expect_vocab=vocab, expect_tokenizer=tok, dropout=cfg.dropout)
     if model.config.vocab_size != vocab:
@@ -197,7 +198,8 @@ def consolidate(run_dir):
     with torch.device('meta'):  # no random init: every value is overwritten by the load
         model = GPT(GPTConfig(**state['model_args']))
     model.to_empty(device='cpu')
-    model.transformer.wte.weight = model.lm_head.weight  # to_empty gives the tied pair two tensors
+    if model.config.tie_embeddings:
+        model.transformer.wte.weight = model.lm_head.weight  # to_empty gives the tied pair two tensors
     weights = model.state_dict()
     with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the point here
         warnings.simplefilter('ignore')

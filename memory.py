@@ -58,9 +58,10 @@ def block_params(n_embd, bias=True):
 
 
 def root_params(shape):
-    """Parameters outside the blocks: tied wte/lm_head (V d), wpe (block_size d), ln_f."""
+    """Parameters outside the blocks: wte/lm_head (V d, twice when untied), wpe (block_size d), ln_f."""
     d = shape.n_embd
-    return shape.vocab_size * d + shape.block_size * d + (2 * d if shape.bias else d)
+    heads = 1 if getattr(shape, 'tie_embeddings', True) else 2
+    return heads * shape.vocab_size * d + shape.block_size * d + (2 * d if shape.bias else d)
 
 
 def count_params(shape):

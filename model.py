@@ -29,6 +29,8 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
+    tie_embeddings: bool = True  # lm_head shares wte's weight (GPT-2); False: a separate [V, d] head
+    init: str = 'gpt2'           # 'gpt2' | 'pytorch' (module defaults; the tiny toy models learn faster)
 
 
 # (n_layer, n_head, n_embd, block_size). The GPT-2 rows are OpenAI's released sizes; the 6.7B and
@@ -144,14 +146,24 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # tied, as in GPT-2
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # tied, as in GPT-2
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
     def init_weights(self):
-        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)."""
+        """'gpt2': N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 n_layer)) (GPT-2 paper §2.3).
+        'pytorch': each module's own default (nn.Linear U(+-1/sqrt(fan_in)), nn.Embedding N(0, 1)),
+        meant with tie_embeddings=False. On the toy task a 4-layer, 128-wide model with an untied head
+        samples valid answers for 87% of validation prompts after 1000 SFT steps from it, 57% from
+        GPT-2's init (README, "the toy teacher")."""
+        if self.config.init not in ('gpt2', 'pytorch'):
+            raise ValueError(f"init must be 'gpt2' or 'pytorch', got {self.config.init!r}")
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if self.config.init == 'pytorch':
+                if module is not self and hasattr(module, 'reset_parameters'):
+                    module.reset_parameters()
+            elif isinstance(module, nn.Linear):
                 torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
                 if module.bias is not None:
                     torch.nn.init.zeros_(module.bias)
@@ -161,9 +173,10 @@ class GPT(nn.Module):
                 torch.nn.init.ones_(module.weight)
                 if module.bias is not None:
                     torch.nn.init.zeros_(module.bias)
-        for name, p in self.named_parameters():
-            if name.endswith('c_proj.weight'):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+        if self.config.init == 'gpt2':
+            for name, p in self.named_parameters():
+                if name.endswith('c_proj.weight'):
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
     def num_params(self, non_embedding=True):
         n = sum(p.numel() for p in self.parameters())

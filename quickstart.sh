@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The whole pipeline of the MiniLLM paper's comparison on the embedded toy task, on CPU:
-# data -> teacher -> common student init -> SFT, KD, SeqKD, MiniLLM (+ ablations), ATKD -> evaluation.
+# data -> teacher -> common student init -> SFT, KD, ATKD, SeqKD, MiniLLM (+ ablations) -> evaluation.
 #   bash quickstart.sh          # the full run (about 15 minutes on 2 CPU cores)
 #   bash quickstart.sh --fast   # a smoke run of every step (about 2 minutes)
+# The teacher trains alone on all cores; the students are small, so they train two at a time,
+# one thread each (JOBS=1 runs them one after the other). Each line of output names its job.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
+JOBS=${JOBS:-2}
 FAST=()
 if [[ "${1:-}" == "--fast" ]]; then
   # a tenth of the steps, fewer rollouts and evaluation examples: checks the plumbing, not the numbers
@@ -18,6 +21,19 @@ else
 fi
 mkdir -p "$OUT"
 step() { echo; echo "=== [$(date +%H:%M:%S)] $*"; }
+pids=()
+# job NAME CMD...: run CMD with its output prefixed by [NAME]; in the background when JOBS > 1
+job() {
+  local name=$1; shift
+  if (( JOBS > 1 )); then
+    (OMP_NUM_THREADS=1 "$@" 2>&1 | sed -u "s/^/[$name] /") &
+    pids+=($!)
+    if (( ${#pids[@]} >= JOBS )); then wait_jobs; fi
+  else
+    "$@" 2>&1 | sed -u "s/^/[$name] /"
+  fi
+}
+wait_jobs() { for p in "${pids[@]}"; do wait "$p"; done; pids=(); }
 
 step "data: the toy instruction task (byte-level)"
 [[ -f data/toy_instruct/meta.json ]] || $PY data/toy_instruct/prepare.py
@@ -28,19 +44,20 @@ step "student init (short SFT warm-up, shared by every student)"
 $PY train.py config/toy_student_init.py --out_dir=$OUT/init "${FAST[@]}"
 
 common=(--init_from=$OUT/init --teacher=$OUT/teacher "${FAST[@]}")
-step "SFT";      $PY train.py config/toy_sft.py   --out_dir=$OUT/sft   "${common[@]}"
-step "KD";       $PY train.py config/toy_kd.py    --out_dir=$OUT/kd    "${common[@]}"
-step "ATKD";     $PY train.py config/toy_atkd.py  --out_dir=$OUT/atkd  "${common[@]}"
-step "SeqKD data: teacher-sampled responses"
-$PY sample.py --init_from=$OUT/teacher --data_dir=data/toy_instruct --seqkd_out=$OUT/toy_instruct_seqkd --max_new_tokens=20
-step "SeqKD";    $PY train.py config/toy_seqkd.py --out_dir=$OUT/seqkd --data_dir=$OUT/toy_instruct_seqkd "${common[@]}"
-step "MiniLLM";  $PY train.py config/toy_minillm.py --out_dir=$OUT/minillm "${common[@]}"
-step "MiniLLM without single-step decomposition"
-$PY train.py config/toy_minillm.py --out_dir=$OUT/minillm_no_single --single_step=False "${common[@]}"
-step "MiniLLM without teacher-mixed sampling"
-$PY train.py config/toy_minillm.py --out_dir=$OUT/minillm_no_mix --teacher_mix_alpha=0.0 "${common[@]}"
-step "MiniLLM without length normalisation"
-$PY train.py config/toy_minillm.py --out_dir=$OUT/minillm_no_norm --length_norm=False "${common[@]}"
+seqkd() {  # SeqKD: the teacher's sampled responses become the training targets
+  $PY sample.py --init_from=$OUT/teacher --data_dir=data/toy_instruct --seqkd_out=$OUT/toy_instruct_seqkd --max_new_tokens=20
+  $PY train.py config/toy_seqkd.py --out_dir=$OUT/seqkd --data_dir=$OUT/toy_instruct_seqkd "${common[@]}"
+}
+step "students: SFT, SeqKD, KD, ATKD, MiniLLM and its ablations ($JOBS at a time)"
+job sft     $PY train.py config/toy_sft.py     --out_dir=$OUT/sft     "${common[@]}"
+job seqkd   seqkd
+job kd      $PY train.py config/toy_kd.py      --out_dir=$OUT/kd      "${common[@]}"
+job atkd    $PY train.py config/toy_atkd.py    --out_dir=$OUT/atkd    "${common[@]}"
+job minillm $PY train.py config/toy_minillm.py --out_dir=$OUT/minillm "${common[@]}"
+job minillm-no-single-step $PY train.py config/toy_minillm.py --out_dir=$OUT/minillm_no_single --single_step=False "${common[@]}"
+job minillm-no-teacher-mix $PY train.py config/toy_minillm.py --out_dir=$OUT/minillm_no_mix --teacher_mix_alpha=0.0 "${common[@]}"
+job minillm-no-length-norm $PY train.py config/toy_minillm.py --out_dir=$OUT/minillm_no_norm --length_norm=False "${common[@]}"
+wait_jobs
 
 step "evaluation on the held-out test prompts"
 models="teacher=$OUT/teacher,init=$OUT/init,sft=$OUT/sft,kd=$OUT/kd,atkd=$OUT/atkd,seqkd=$OUT/seqkd"

@@ -83,6 +83,8 @@ n_embd = 128
 block_size = 64
 dropout = 0.0
 bias = True
+tie_embeddings = True        # lm_head shares wte's weight, as in GPT-2
+init = 'gpt2'                # 'gpt2' (N(0, 0.02)) | 'pytorch' (module defaults: tiny models learn faster)
 # optimizer
 learning_rate = 1e-3
 max_iters = 1000
@@ -359,6 +361,8 @@ def validate(cfg):
         raise UserError(f"unknown method '{cfg.method}': pick pretrain, sft, kd, seqkd or minillm")
     if cfg.parallel not in ('none', 'ddp', 'fsdp'):
         raise UserError(f"unknown parallel '{cfg.parallel}': pick none, ddp or fsdp")
+    if cfg.init not in ('gpt2', 'pytorch'):
+        raise UserError(f"unknown init '{cfg.init}': pick gpt2 or pytorch")
     if cfg.divergence not in kl.DIVERGENCES:
         raise UserError(f"unknown divergence '{cfg.divergence}': pick one of {', '.join(kl.DIVERGENCES)}")
     if cfg.returns_mode not in ('paper', 'reference'):

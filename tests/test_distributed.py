@@ -190,8 +190,8 @@ def test_activation_checkpointing_bf16_and_offload_under_fsdp(runs):
 
 # ----------------------------------------------------------------------------- memory estimate
 def test_parameter_count_matches_the_model():
-    for bias in (True, False):
-        cfg = GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=32, bias=bias)
+    for bias, tie in ((True, True), (False, True), (True, False)):
+        cfg = GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=32, bias=bias, tie_embeddings=tie)
         assert memory.count_params(cfg) == sum(p.numel() for p in GPT(cfg).parameters())
     assert memory.count_params(preset_config('gpt2', vocab_size=50257)) == 124_439_808  # GPT-2 small
 

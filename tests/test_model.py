@@ -160,3 +160,26 @@ def test_param_count_and_flops_of_gpt2_preset():
     assert m.num_params() == 124_439_808 - 1024 * 768
     assert model.flops_per_token(m.config, 10) == 60 + 12 * 12 * 768 * 1024
     assert math.isclose(model.flops_per_token(m.config, m.num_params()) / 1e9, 0.85, rel_tol=0.05)
+
+
+def test_untied_head_and_pytorch_init(tmp_path):
+    """tie_embeddings=False gives lm_head its own [V, d] weight; init='pytorch' keeps each module's
+    default (Embedding N(0, 1), Linear U(+-1/sqrt(fan_in))); a checkpoint round-trips both."""
+    from checkpoint import atomic_save, checkpoint_payload, load_model
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=64, tie_embeddings=False, init='pytorch')
+    m = GPT(cfg)
+    assert m.lm_head.weight is not m.transformer.wte.weight
+    assert m.num_params(non_embedding=False) == GPT(GPTConfig(**{**cfg.__dict__, 'tie_embeddings': True})).num_params(False) + 257 * 64
+    assert abs(m.transformer.wte.weight.std().item() - 1.0) < 0.02
+    fc = m.transformer.h[0].mlp.c_fc.weight
+    assert fc.abs().max().item() <= 1 / math.sqrt(64) and abs(fc.std().item() - 1 / math.sqrt(3 * 64)) < 0.003
+    gpt2 = GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=64))
+    assert abs(gpt2.transformer.h[0].mlp.c_proj.weight.std().item() - 0.02 / 2) < 0.001  # 1/sqrt(2 * 2 layers)
+    with pytest.raises(ValueError, match="init must be"):
+        GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=1, n_head=1, n_embd=8, init='xavier'))
+    atomic_save(checkpoint_payload(m, 'byte'), str(tmp_path / 'ckpt.pt'))
+    m2, _ = load_model(str(tmp_path))
+    assert not m2.config.tie_embeddings and m2.lm_head.weight is not m2.transformer.wte.weight
+    idx = torch.randint(257, (2, 9))
+    assert torch.equal(m(idx), m2(idx))
