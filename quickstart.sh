@@ -40,7 +40,7 @@ step "data: the toy instruction task (byte-level)"
 
 step "teacher"
 $PY train.py config/toy_teacher.py --out_dir=$OUT/teacher "${TEACHER_FAST[@]}"
-step "student init (short SFT warm-up, shared by every student)"
+step "student init (SFT, the starting point shared by every student)"
 $PY train.py config/toy_student_init.py --out_dir=$OUT/init "${FAST[@]}"
 
 common=(--init_from=$OUT/init --teacher=$OUT/teacher "${FAST[@]}")
