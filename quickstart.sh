@@ -11,29 +11,34 @@ PY=${PYTHON:-python}
 JOBS=${JOBS:-2}
 FAST=()
 if [[ "${1:-}" == "--fast" ]]; then
-  # a tenth of the steps, fewer rollouts and evaluation examples: checks the plumbing, not the numbers
-  FAST=(--max_iters=40 --eval_interval=40)
+  # a few steps, smaller rollouts and evaluation examples: checks the plumbing, not the numbers
+  FAST=(--max_iters=20 --eval_interval=20 --rollout_size=128)
   TEACHER_FAST=(--max_iters=150 --eval_interval=150)
   EVAL_FAST=(--max_examples=64 --num_seeds=1)
+  SEQKD_FAST=(--seqkd_max_train=2000)
   OUT=out/quickstart_fast
 else
-  TEACHER_FAST=(); EVAL_FAST=(); OUT=out/quickstart
+  TEACHER_FAST=(); EVAL_FAST=(); SEQKD_FAST=(); OUT=out/quickstart
 fi
 mkdir -p "$OUT"
 step() { echo; echo "=== [$(date +%H:%M:%S)] $*"; }
-pids=()
-# job NAME CMD...: run CMD with its output prefixed by [NAME]; in the background when JOBS > 1
+# job NAME CMD...: run CMD with its output prefixed by [NAME]; with JOBS > 1 in the background,
+# starting when fewer than JOBS jobs run. A failed job leaves $OUT/.failed_NAME for wait_jobs.
 job() {
   local name=$1; shift
   if (( JOBS > 1 )); then
-    (OMP_NUM_THREADS=1 "$@" 2>&1 | sed -u "s/^/[$name] /") &
-    pids+=($!)
-    if (( ${#pids[@]} >= JOBS )); then wait_jobs; fi
+    while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n || true; done
+    (OMP_NUM_THREADS=1 "$@" 2>&1 | sed -u "s/^/[$name] /" || { touch "$OUT/.failed_$name"; exit 1; }) &
   else
     "$@" 2>&1 | sed -u "s/^/[$name] /"
   fi
 }
-wait_jobs() { for p in "${pids[@]}"; do wait "$p"; done; pids=(); }
+wait_jobs() {
+  wait
+  local failed; failed=$(cd "$OUT" && ls .failed_* 2>/dev/null | sed 's/^.failed_//' | tr '\n' ' ' || true)
+  if [[ -n "$failed" ]]; then echo "quickstart: failed: $failed(see the lines they printed above)" >&2; exit 1; fi
+}
+rm -f "$OUT"/.failed_*
 
 step "data: the toy instruction task (byte-level)"
 [[ -f data/toy_instruct/meta.json ]] || $PY data/toy_instruct/prepare.py
@@ -45,7 +50,7 @@ $PY train.py config/toy_student_init.py --out_dir=$OUT/init "${FAST[@]}"
 
 common=(--init_from=$OUT/init --teacher=$OUT/teacher "${FAST[@]}")
 seqkd() {  # SeqKD: the teacher's sampled responses become the training targets
-  $PY sample.py --init_from=$OUT/teacher --data_dir=data/toy_instruct --seqkd_out=$OUT/toy_instruct_seqkd --max_new_tokens=20
+  $PY sample.py --init_from=$OUT/teacher --data_dir=data/toy_instruct --seqkd_out=$OUT/toy_instruct_seqkd --max_new_tokens=20 "${SEQKD_FAST[@]}"
   $PY train.py config/toy_seqkd.py --out_dir=$OUT/seqkd --data_dir=$OUT/toy_instruct_seqkd "${common[@]}"
 }
 step "students: SFT, SeqKD, KD, ATKD, MiniLLM and its ablations ($JOBS at a time)"

@@ -38,6 +38,7 @@ batch_size = 256
 seed = 1337
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 seqkd_out = ''                 # write a SeqKD copy of data_dir with teacher-sampled responses
+seqkd_max_train = 0            # > 0: only the first N training prompts (quick runs); 0 = all
 DEFAULTS = defaults_from(globals())
 # -----------------------------------------------------------------------------
 
@@ -66,7 +67,8 @@ def write_seqkd(model, cfg, enc):
     eot, dtype = meta['eot_token'], np.dtype(meta['dtype'])
     for split in ('train', 'valid', 'test'):
         data = InstructSet(cfg.data_dir, split)
-        prompts = [data.prompt(i) for i in range(len(data))]
+        n = min(len(data), cfg.seqkd_max_train) if split == 'train' and cfg.seqkd_max_train > 0 else len(data)
+        prompts = [data.prompt(i) for i in range(n)]
         responses = sample_responses(model, prompts, eot, cfg, gen)
         index, tokens, off = [], [], 0
         with open(os.path.join(tmp, f'{split}.jsonl'), 'w') as f:
