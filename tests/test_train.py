@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,6 +65,13 @@ def test_seqkd_trains_on_teacher_samples(tiny_instruct, teacher, tmp_path):
                     '--max_iters=30', '--eval_interval=30', '--learning_rate=3e-3')
     val = losses(out, 'val_loss')
     assert val[-1] < val[0] - 0.5
+    few = str(tmp_path / 'seqkd_few')  # --seqkd_max_train: the first N training prompts, every valid/test one
+    sample.main([f'--init_from={teacher}', f'--data_dir={tiny_instruct}', f'--seqkd_out={few}',
+                 '--max_new_tokens=6', '--device=cpu', '--seqkd_max_train=5'])
+    for split, n in (('train', 5), ('valid', len(np.load(os.path.join(seq_dir, 'valid.idx.npy'))))):
+        assert len(np.load(os.path.join(few, f'{split}.idx.npy'))) == n
+        with open(os.path.join(few, f'{split}.jsonl')) as f:
+            assert sum(1 for _ in f) == n
 
 
 def test_minillm_reduces_per_token_reverse_kl(tiny_instruct, teacher, tmp_path):
