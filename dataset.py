@@ -102,23 +102,55 @@ class InstructSet:
         idx = torch.randint(len(self), (batch_size * world_size,), generator=generator)
         return idx[rank * batch_size:(rank + 1) * batch_size].tolist()
 
-    def sft_batch(self, indices, block_size, responses=None):
-        """Right-padded prompt+response rows. targets[t] is the token at t+1 where that token is
-        part of the response (eot included), else -1, so the loss sees response tokens only."""
-        rows, starts = [], []
+    def _sft_pieces(self, indices, block_size, responses=None):
+        """Per example: its input tokens and targets, at most block_size of each. targets[t] is the
+        token at t+1 where that token is part of the response (eot included), else -1."""
+        pieces = []
         for j, i in enumerate(indices):
             p = self.prompt(i)
             r = self.response(i) if responses is None else responses[j]
-            rows.append((p + r)[:block_size + 1])
-            starts.append(len(p))
-        T = max(len(r) for r in rows) - 1
-        x = torch.full((len(rows), T), self.eot, dtype=torch.long)
-        y = torch.full((len(rows), T), -1, dtype=torch.long)
-        for j, (row, s) in enumerate(zip(rows, starts)):
-            seq = torch.tensor(row)
-            x[j, :len(row) - 1] = seq[:-1]
-            y[j, s - 1:len(row) - 1] = seq[s:]
+            row = (p + r)[:block_size + 1]
+            pieces.append((row[:-1], ([-1] * (len(p) - 1) + row[len(p):])[:len(row) - 1]))
+        return pieces
+
+    def sft_batch(self, indices, block_size, responses=None):
+        """Right-padded prompt+response rows x [B, T] and targets y (-1 off the response), so the
+        loss sees response tokens only."""
+        pieces = self._sft_pieces(indices, block_size, responses)
+        T = max(len(xs) for xs, _ in pieces)
+        x = torch.full((len(pieces), T), self.eot, dtype=torch.long)
+        y = torch.full((len(pieces), T), -1, dtype=torch.long)
+        for j, (xs, ys) in enumerate(pieces):
+            x[j, :len(xs)], y[j, :len(ys)] = torch.tensor(xs), torch.tensor(ys)
         return x, y
+
+    def packed_sft_batch(self, indices, block_size, responses=None):
+        """The examples of sft_batch packed side by side into rows of at most block_size tokens
+        (first-fit decreasing), plus `segments` [B, T] numbering them (-1 on padding). With
+        GPT.forward(segments=...) the loss equals sft_batch's, without computing most of its padding:
+        on the toy task a padded batch is about 1/3 padding."""
+        pieces = self._sft_pieces(indices, block_size, responses)
+        rows, fill = [], []
+        for j in sorted(range(len(pieces)), key=lambda j: -len(pieces[j][0])):
+            n = len(pieces[j][0])
+            r = next((k for k, f in enumerate(fill) if f + n <= block_size), len(rows))
+            if r == len(rows):
+                rows.append([])
+                fill.append(0)
+            rows[r].append(j)
+            fill[r] += n
+        shape = (len(rows), max(fill))
+        x = torch.full(shape, self.eot, dtype=torch.long)
+        y = torch.full(shape, -1, dtype=torch.long)
+        segments = torch.full(shape, -1, dtype=torch.long)
+        for r, members in enumerate(rows):
+            c = 0
+            for j in members:
+                xs, ys = pieces[j]
+                x[r, c:c + len(xs)], y[r, c:c + len(xs)] = torch.tensor(xs), torch.tensor(ys)
+                segments[r, c:c + len(xs)] = j
+                c += len(xs)
+        return x, y, segments
 
     def prompt_batch(self, indices, pad=None):
         """Left-padded prompts and their attention mask, ready for model.generate."""

@@ -213,6 +213,19 @@ class GPT(nn.Module):
         return pos, self._cached_causal(T, past, key_valid, device)
 
     @staticmethod
+    def _packed_positions_and_mask(segments):
+        """Packed rows (several sequences side by side in one row, `segments` [B, T] numbering them):
+        each sequence restarts at position 0 and attends only to its own earlier tokens, so its
+        logits equal those it gets alone in a padded batch."""
+        B, T = segments.shape
+        idx = torch.arange(T, device=segments.device).expand(B, T)
+        starts = torch.ones_like(segments, dtype=torch.bool)
+        starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+        pos = idx - torch.cummax(torch.where(starts, idx, 0), dim=1).values
+        same = segments[:, :, None] == segments[:, None, :]
+        return pos, (same & torch.ones(T, T, dtype=torch.bool, device=segments.device).tril())[:, None]
+
+    @staticmethod
     def _cached_causal(T, past, key_valid, device):
         S = past + T
         q_idx = torch.arange(past, S, device=device)[:, None]
@@ -223,19 +236,25 @@ class GPT(nn.Module):
             allowed = allowed | (k_idx == q_idx)[None, None]       # never an empty row
         return allowed
 
-    def forward(self, idx, targets=None, attention_mask=None, cache=None, head_fn=None):
+    def forward(self, idx, targets=None, attention_mask=None, cache=None, head_fn=None, segments=None):
         """idx [B, T] -> logits [B, T, V] (and mean CE over targets != -1 when targets are given).
 
         attention_mask [B, T]: 1 for real tokens, 0 for (left) padding. With `cache`, idx holds
         only the new tokens and the cache is advanced. With `head_fn`, returns
-        head_fn(hidden [B, T, d], lm_head.weight) instead of logits.
+        head_fn(hidden [B, T, d], lm_head.weight) instead of logits. `segments` [B, T]: packed
+        rows, one id per sequence (dataset.InstructSet.sft_batch with pack=True); no cache.
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens is longer than block_size "
                              f"{self.config.block_size}: shorten the prompt or max_new_tokens")
-        pos, mask = self._positions_and_mask(T, attention_mask, cache, idx.device)
+        if segments is not None:
+            if cache is not None or attention_mask is not None:
+                raise ValueError("segments (packed rows) cannot be combined with a cache or an attention_mask")
+            pos, mask = self._packed_positions_and_mask(segments)
+        else:
+            pos, mask = self._positions_and_mask(T, attention_mask, cache, idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, mask, cache, i)

@@ -45,6 +45,7 @@ seed = 1337
 # data
 data_dir = 'data/toy_instruct'
 pt_data_dir = ''             # MiniLLM's L_PT corpus (an 'lm' dir or an instruct dir with train.bin)
+pack = True                  # sft/kd/seqkd: pack examples into rows (same loss, no compute on padding)
 # method
 method = 'sft'               # pretrain | sft | kd | seqkd | minillm
 teacher = ''                 # run dir / ckpt.pt / HF GPT-2 dir or name (kd, seqkd, minillm)
@@ -148,16 +149,16 @@ def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight):
     return head_fn
 
 
-def supervised_loss(cfg, model, teacher, x, y, kd_ratio=0.0):
-    """pretrain / sft / seqkd / kd (and L_PT) loss on one micro-batch; y = -1 where no loss.
-    Word-level KD (METHODS.md §1): (1 - kd_ratio) CE(gold) + kd_ratio * mean_t D(p_t || q_t)."""
+def supervised_loss(cfg, model, teacher, x, y, kd_ratio=0.0, segments=None):
+    """pretrain / sft / seqkd / kd (and L_PT) loss on one micro-batch; y = -1 where no loss;
+    `segments` for packed rows. Word-level KD (METHODS.md §1): (1 - kd_ratio) CE(gold) + kd_ratio * mean_t D(p_t || q_t)."""
     if teacher is None or kd_ratio <= 0:
         if not cfg.chunked:
-            return model(x, y)[1]
-        return model(x, head_fn=kd_head_fn(cfg, y, None, 1.0, 0.0))
+            return model(x, y, segments=segments)[1]
+        return model(x, head_fn=kd_head_fn(cfg, y, None, 1.0, 0.0), segments=segments)
     with torch.no_grad():
-        t_logits = teacher(x)
-    return model(x, head_fn=kd_head_fn(cfg, y, t_logits, 1.0 - kd_ratio, kd_ratio))
+        t_logits = teacher(x, segments=segments)
+    return model(x, head_fn=kd_head_fn(cfg, y, t_logits, 1.0 - kd_ratio, kd_ratio), segments=segments)
 
 
 # ----------------------------------------------------------------------------- MiniLLM
@@ -447,10 +448,12 @@ def main(argv):
                 return supervised_loss(cfg, model, teacher, x, y), x.numel(), {}
         if cfg.method != 'minillm':
             ids = train_data.sample_indices(cfg.batch_size, data_gen, cfg.rank, cfg.world_size)
-            x, y = train_data.sft_batch(ids, cfg.block_size)
-            x, y = x.to(cfg.device), y.to(cfg.device)
+            if cfg.pack:
+                x, y, seg = (t.to(cfg.device) for t in train_data.packed_sft_batch(ids, cfg.block_size))
+            else:
+                (x, y), seg = (t.to(cfg.device) for t in train_data.sft_batch(ids, cfg.block_size)), None
             with cfg.ctx:
-                loss = supervised_loss(cfg, model, teacher, x, y, cfg.kd_ratio if cfg.method != 'sft' else 0.0)
+                loss = supervised_loss(cfg, model, teacher, x, y, cfg.kd_ratio if cfg.method != 'sft' else 0.0, seg)
             return global_mean(cfg, loss, (y != -1).sum()), x.numel(), {}
         if not queue:  # a new rollout phase: ppo_epochs shuffled passes over a fresh (global) buffer
             buf = gather_rollouts(cfg, collect_rollouts(cfg, model, teacher, train_data, data_gen, sample_gen))
@@ -541,6 +544,7 @@ def main(argv):
         iter_num += 1
         if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
             total = rank_mean(cfg, total)  # the global batch's loss: the ranks' rescaled losses average to it
+            stats = {k: rank_mean(cfg, float(v)) for k, v in stats.items()}  # MiniLLM stats: mean over ranks
         if master and (iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters):
             dt = time.time() - t0
             t0 = time.time()

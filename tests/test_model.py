@@ -82,6 +82,31 @@ def test_padded_forward_equals_unpadded_rows():
             assert torch.allclose(batched[i, idx.shape[1] - len(p):], single, atol=1e-5)
 
 
+def test_packed_forward_equals_rows_alone():
+    m = tiny(3)
+    seqs = [[3, 1, 4, 1, 5], [9, 2, 6], [5, 3, 5, 8, 9, 7, 9], [3, 2]]
+    rows = [[0, 1], [2, 3]]  # two sequences per row, the second row ending in two pads
+    T = max(sum(len(seqs[j]) for j in r) for r in rows) + 2
+    idx = torch.zeros(len(rows), T, dtype=torch.long)
+    seg = torch.full((len(rows), T), -1, dtype=torch.long)
+    where = {}
+    for i, r in enumerate(rows):
+        c = 0
+        for j in r:
+            idx[i, c:c + len(seqs[j])], seg[i, c:c + len(seqs[j])] = torch.tensor(seqs[j]), j
+            where[j] = (i, c)
+            c += len(seqs[j])
+    pos, _ = GPT._packed_positions_and_mask(seg)
+    assert pos[0].tolist()[:8] == [0, 1, 2, 3, 4, 0, 1, 2]  # every sequence restarts at position 0
+    with torch.no_grad():
+        packed = m(idx, segments=seg)
+        for j, s in enumerate(seqs):
+            i, c = where[j]
+            assert torch.allclose(packed[i, c:c + len(s)], m(torch.tensor([s]))[0], atol=1e-5)
+    with pytest.raises(ValueError, match='segments'):
+        m(idx, segments=seg, attention_mask=torch.ones_like(idx))
+
+
 def test_chunked_prefill_with_cache_equals_full_forward():
     m = tiny(2)
     x = torch.randint(0, 61, (2, 20))

@@ -136,6 +136,39 @@ def test_rollout_phase_shapes_masks_and_weights(tiny_instruct, teacher):
         assert math.isclose(buf['advantages'][0, 0].item(), rew[1:].mean().item(), rel_tol=1e-5, abs_tol=1e-6)
 
 
+@pytest.mark.parametrize('extra', [['--method=sft'], ['--method=kd'], ['--method=kd', '--atkd=True'],
+                                   ['--method=kd', '--chunked_loss=True']])
+def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_instruct, teacher, extra):
+    from dataset import InstructSet
+    from checkpoint import load_model
+    cfg = configure(train.DEFAULTS, SMALL + extra)
+    cfg.chunked = cfg.chunked_loss is True
+    data = InstructSet(tiny_instruct, 'train')
+    ids = data.sample_indices(16, torch.Generator().manual_seed(0))
+    x, y = data.sft_batch(ids, cfg.block_size)
+    xp, yp, seg = data.packed_sft_batch(ids, cfg.block_size)
+    assert xp.shape[1] <= cfg.block_size and xp.numel() <= x.numel()
+    assert sorted(yp[yp != -1].tolist()) == sorted(y[y != -1].tolist())  # every target kept once
+    assert sorted(set(seg[seg >= 0].tolist())) == list(range(16))
+    student, _ = load_model(teacher)
+    teach, _ = load_model(teacher)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    kd_ratio = 0.5 if cfg.method == 'kd' else 0.0
+    results = []
+    for args in ((x, y, kd_ratio), (xp, yp, kd_ratio, seg)):
+        student.zero_grad()
+        loss = train.supervised_loss(cfg, student, teach, *args)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in student.parameters()]))
+    (padded, g_pad), (packed, g_pack) = results
+    assert math.isclose(packed, padded, rel_tol=1e-5), (packed, padded)
+    for a, b in zip(g_pad, g_pack):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
 def test_bad_input_is_one_clear_error(tiny_instruct, teacher, tmp_path):
     cases = [
         (['--no_such_key=1'], "unknown config key 'no_such_key'"),
