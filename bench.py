@@ -313,8 +313,9 @@ class StepClock:
         self._wrap(train, 'collect_rollouts', 'rollout', lambda args, out: out['mask'].sum().item())
         self._wrap(model.GPT, 'generate', 'generate', lambda args, out: 0)
         self._wrap(train, 'minillm_micro_loss', 'update', lambda args, out: float(out[1]))
-        # supervised_loss(cfg, model, teacher, x, y, ...): every token of x goes through the model
-        self._wrap(train, 'supervised_loss', 'supervised', lambda args, out: args[3].numel())
+        # supervised_loss(cfg, model, teacher, x, y, ...): the tokens with a loss (y != -1), the same
+        # count whether the batch is packed or padded
+        self._wrap(train, 'supervised_loss', 'supervised', lambda args, out: (args[4] != -1).sum().item())
         return self
 
     def _wrap(self, owner, name, label, count):
@@ -372,7 +373,8 @@ def bench_train(cfg):
         common = [f'--data_dir={data}', f'--seed={cfg.seed}'] + TRAIN_FLAGS
         quiet_train(common + shlex.split(cfg.teacher_args) + ['--method=sft', '--max_iters=1', f'--out_dir={teacher}'])
         student = common + shlex.split(cfg.train_args) + [f'--max_iters={cfg.train_iters}']
-        runs = {'sft': ['--method=sft'], 'kd': ['--method=kd', f'--teacher={teacher}'],
+        runs = {'sft': ['--method=sft'], 'sft, padded': ['--method=sft', '--pack=False'],
+                'kd': ['--method=kd', f'--teacher={teacher}'],
                 'minillm': ['--method=minillm', f'--teacher={teacher}', f'--pt_data_dir={data}', *shlex.split(cfg.minillm_args)]}
         steps = {m: [] for m in runs}
         for r in range(cfg.train_repeats):
@@ -387,11 +389,12 @@ def bench_train(cfg):
     def row(method, phase, cpu, wall, tok, what):
         rows.append(f'| {method} | {phase} | {cpu * 1e3:.0f} ms | {wall * 1e3:.0f} ms | {tok:.0f} | '
                     f'{tok / cpu:,.0f} ({tok / wall:,.0f}) | {what} |')
-    for method in ('sft', 'kd'):
+    for method in ('sft', 'sft, padded', 'kd'):
         s = steps[method]
         row(method, 'step', med([x['cpu'] for x in s]), med([x['wall'] for x in s]),
             med([x.get('supervised tokens', 0) for x in s]), 'one step: forward + backward + AdamW'
-            + (' + the teacher forward' if method == 'kd' else '') + '; prompt + response tokens')
+            + (' + the teacher forward' if method == 'kd' else '')
+            + ('; padded rows (`--pack=False`)' if 'padded' in method else '; packed rows') + '; response tokens')
     mc = configure(train.DEFAULTS, shlex.split(cfg.train_args) + shlex.split(cfg.minillm_args))
     s, per_rollout = steps['minillm'], mc.ppo_epochs * (mc.rollout_size // mc.batch_size)  # as train.py queues them
     roll = [x for x in s if 'rollout' in x]

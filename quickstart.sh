@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline of the MiniLLM paper's comparison on the embedded toy task, on CPU:
 # data -> teacher -> common student init -> SFT, KD, ATKD, SeqKD, MiniLLM (+ ablations) -> evaluation.
-#   bash quickstart.sh          # the full run (about 15 minutes on 2 CPU cores)
+#   bash quickstart.sh          # the full run (about 12 minutes on 2 CPU cores)
 #   bash quickstart.sh --fast   # a smoke run of every step (about 2 minutes)
 # The teacher trains alone on all cores; the students are small, so they train two at a time,
 # one thread each (JOBS=1 runs them one after the other). Each line of output names its job.
