@@ -94,21 +94,27 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_instruct, teacher, tmp_pat
         assert losses(half) == losses(full), method  # bit-for-bit on CPU
 
 
+def perturbed_student_and_teacher(teacher_dir):
+    """The teacher twice, the first copy nudged by seeded noise so that student and teacher differ."""
+    from checkpoint import load_model
+    student, _ = load_model(teacher_dir)
+    teach, _ = load_model(teacher_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return student, teach
+
+
 def test_rollout_phase_shapes_masks_and_weights(tiny_instruct, teacher):
     from dataset import InstructSet
-    from checkpoint import load_model
     cfg = configure(train.DEFAULTS, SMALL + ['--method=minillm', '--rollout_size=12',
                                              '--rollout_batch_size=5', '--max_new_tokens=7'])
     cfg.rank, cfg.world_size, cfg.all_done, cfg.ctx = 0, 1, None, torch.autocast('cpu', enabled=False)
     cfg.raw = lambda m: m
     data = InstructSet(tiny_instruct, 'train')
     cfg.eot = data.eot
-    student, _ = load_model(teacher)
-    teach, _ = load_model(teacher)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    student, teach = perturbed_student_and_teacher(teacher)
     buf = train.collect_rollouts(cfg, student, teach, data, torch.Generator().manual_seed(0),
                                  torch.Generator().manual_seed(1))
     mask = buf['mask']
@@ -140,7 +146,6 @@ def test_rollout_phase_shapes_masks_and_weights(tiny_instruct, teacher):
                                    ['--method=kd', '--chunked_loss=True']])
 def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_instruct, teacher, extra):
     from dataset import InstructSet
-    from checkpoint import load_model
     cfg = configure(train.DEFAULTS, SMALL + extra)
     cfg.chunked = cfg.chunked_loss is True
     data = InstructSet(tiny_instruct, 'train')
@@ -150,12 +155,7 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_instruct, teacher
     assert xp.shape[1] <= cfg.block_size and xp.numel() <= x.numel()
     assert sorted(yp[yp != -1].tolist()) == sorted(y[y != -1].tolist())  # every target kept once
     assert sorted(set(seg[seg >= 0].tolist())) == list(range(16))
-    student, _ = load_model(teacher)
-    teach, _ = load_model(teacher)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    student, teach = perturbed_student_and_teacher(teacher)
     kd_ratio = 0.5 if cfg.method == 'kd' else 0.0
     results = []
     for args in ((x, y, kd_ratio), (xp, yp, kd_ratio, seg)):
