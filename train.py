@@ -6,7 +6,7 @@ One training loop for every method of the MiniLLM paper's comparison:
     kd        word-level KD: (1 - kd_ratio) CE(gold) + kd_ratio * D(p_t || q_t) on gold prefixes
     seqkd     SFT on teacher-sampled responses (data made by `sample.py --seqkd_out`),
               plus word-level KD when kd_ratio > 0 (the public MiniLLM scripts do both)
-    minillm   sequence-level reverse KL by policy gradient (policy_gradient.py) + L_PT
+    minillm   sequence-level reverse KL by policy gradient (policy_gradient.py, rollout.py) + L_PT
     atkd=True swaps the KD term of kd/seqkd for ATKD's uncertainty-weighted TKD/DKD
 
     python train.py config/toy_sft.py --max_iters=500
@@ -26,12 +26,12 @@ import torch.nn.functional as F
 
 import kl
 import memory
-import policy_gradient as pg
 from checkpoint import (atomic_save, checkpoint_payload, load_sharded, load_student, load_teacher,
                         load_trainer_state, models_from_rank0, save_sharded)
 from configurator import UserError, configure, defaults_from, run
-from dataset import InstructSet, LMStream, load_meta, split_responses
+from dataset import InstructSet, LMStream, load_meta
 from model import GPT, GPTConfig
+from rollout import collect_rollouts, minillm_micro_loss
 
 # ----------------------------------------------------------------------------- config
 # I/O
@@ -159,87 +159,6 @@ def supervised_loss(cfg, model, teacher, x, y, kd_ratio=0.0, segments=None):
     with torch.no_grad():
         t_logits = teacher(x, segments=segments)
     return model(x, head_fn=kd_head_fn(cfg, y, t_logits, 1.0 - kd_ratio, kd_ratio), segments=segments)
-
-
-# ----------------------------------------------------------------------------- MiniLLM
-def rollout_batch(rows, eot, device):
-    """rows: (prompt tokens, response tokens) pairs -> prompts left-padded to Tp, responses
-    right-padded to Tr: tokens [B, Tp + Tr], attention mask, Tp, response mask [B, Tr]."""
-    Tp, Tr = max(len(p) for p, _ in rows), max(len(r) for _, r in rows)
-    seq = torch.full((len(rows), Tp + Tr), eot, dtype=torch.long)
-    amask = torch.zeros(len(rows), Tp + Tr, dtype=torch.long)
-    for j, (p, r) in enumerate(rows):
-        seq[j, Tp - len(p):Tp + len(r)] = torch.tensor(p + r, dtype=torch.long)
-        amask[j, Tp - len(p):Tp + len(r)] = 1
-    return seq.to(device), amask.to(device), Tp, amask[:, Tp:].bool().to(device)
-
-
-def response_logits(cfg, model, seq, amask, Tp):
-    """Logits [B, Tr, V] (fp32) that predict each response token."""
-    with cfg.ctx:
-        return model(seq, attention_mask=amask)[:, Tp - 1:-1].float()
-
-
-def gather_logp(logits, tokens):
-    return torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
-
-
-@torch.no_grad()
-def collect_rollouts(cfg, model, teacher, prompts, data_gen, sample_gen):
-    """One rollout phase (MiniLLM §2.3, Algorithm 1): sample responses from p~ = alpha p + (1 - alpha) q
-    with both KV caches, score them with the teacher and the frozen student q_old, and compute
-    rewards r_t = log p(y_t) - log q_old(y_t), advantages and log p~(y_t) once for all epochs."""
-    model.eval()
-    chosen = torch.randint(len(prompts), (cfg.rollout_size,), generator=data_gen).tolist()
-    per_rank = cfg.rollout_size // cfg.world_size
-    chosen = chosen[cfg.rank * per_rank:(cfg.rank + 1) * per_rank]
-    rows, parts = [], []
-    for s in range(0, per_rank, cfg.rollout_batch_size):
-        ids = chosen[s:s + cfg.rollout_batch_size]
-        p_idx, p_mask = prompts.prompt_batch(ids)
-        with cfg.ctx:
-            out = cfg.raw(model).generate(
-                p_idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.gen_temperature,
-                top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=prompts.eot,
-                attention_mask=p_mask.to(cfg.device), generator=sample_gen,
-                mix_model=teacher, mix_alpha=cfg.teacher_mix_alpha, all_done=cfg.all_done)
-        chunk = list(zip([prompts.prompt(i) for i in ids], split_responses(out.cpu(), p_idx.shape[1], prompts.eot)))
-        seq, amask, Tp, rmask = rollout_batch(chunk, prompts.eot, cfg.device)
-        tokens = seq[:, Tp:]
-        parts.append([gather_logp(response_logits(cfg, model, seq, amask, Tp), tokens),
-                      gather_logp(response_logits(cfg, teacher, seq, amask, Tp), tokens), rmask])
-        rows += chunk
-    Tr = max(p[2].shape[1] for p in parts)
-    logp_old, logp_teacher, mask = (torch.cat([F.pad(p[k], (0, Tr - p[k].shape[1])) for p in parts]) for k in range(3))
-    rewards = pg.token_rewards(logp_teacher, logp_old, mask)
-    if cfg.reward_scale or cfg.reward_clip:
-        rewards = pg.scale_and_clip_rewards(rewards, mask, scale=cfg.reward_scale or None, clip=cfg.reward_clip or None)
-    advantages = pg.compute_advantages(rewards, mask, cfg.returns_mode, cfg.length_norm, cfg.gamma,
-                                       include_current=not cfg.single_step or cfg.returns_mode == 'reference')
-    a = cfg.teacher_mix_alpha
-    logp_mix = (torch.logaddexp(logp_teacher + math.log(a), logp_old + math.log1p(-a)) if a > 0 else logp_old)
-    model.train()
-    return dict(rows=rows, logp_old=logp_old, logp_teacher=logp_teacher, logp_mix=logp_mix,
-                advantages=advantages, mask=mask)
-
-
-def minillm_micro_loss(cfg, model, teacher, buf, ids):
-    """MiniLLM loss on rollout rows `ids` (MiniLLM §2.2: L_Long(clipped) + L_Single); returns
-    (loss, response-token count, stats)."""
-    seq, amask, Tp, rmask = rollout_batch([buf['rows'][i] for i in ids], cfg.eot, cfg.device)
-    Tr = rmask.shape[1]
-    take = {k: buf[k][ids, :Tr] for k in ('logp_old', 'logp_teacher', 'logp_mix', 'advantages')}
-    s_logits = response_logits(cfg, model, seq, amask, Tp)
-    logp = gather_logp(s_logits, seq[:, Tp:])
-    t_logits = None
-    if cfg.single_step:
-        with torch.no_grad():
-            t_logits = response_logits(cfg, teacher, seq, amask, Tp)
-    loss, stats = pg.minillm_loss(
-        logp, take['logp_old'], take['logp_teacher'], rmask, s_logits, t_logits, logp_mix=take['logp_mix'],
-        single_step=cfg.single_step, teacher_mix_alpha=cfg.teacher_mix_alpha, clip_eps=cfg.clip_eps,
-        single_step_weighted=cfg.single_step_weighted, advantages=take['advantages'])
-    return loss, rmask.sum(), stats
 
 
 # ----------------------------------------------------------------------------- setup
@@ -557,6 +476,7 @@ def main(argv):
             tokens_seen = 0
         cfg.last_loss = total
     if cfg.own_group:
+        dist.barrier()  # no rank tears gloo down while another still talks to it (SIGABRT at exit otherwise)
         dist.destroy_process_group()
     return cfg
 

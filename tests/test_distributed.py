@@ -6,7 +6,6 @@ the same global batch (per-rank batch B x 2 ranks = batch 2B in one process).
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -94,16 +93,11 @@ def worker(paths):
     if rank == 0:
         with open(os.path.join(out, 'report.json'), 'w') as f:
             json.dump(reports, f)
+    dist.barrier()  # as train.main does: a rank that tears gloo down first can abort the other (seen on CPU)
     dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- fixtures
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def random_checkpoint(path, seed, **shape):
     torch.manual_seed(seed)
     model = GPT(GPTConfig(block_size=32, vocab_size=257, **shape))
@@ -119,8 +113,10 @@ def runs(tiny_instruct, tmp_path_factory):
                  teacher=random_checkpoint(str(root / 'teacher'), 1, n_layer=2, n_head=2, n_embd=32),
                  student=random_checkpoint(str(root / 'student'), 2, n_layer=2, n_head=2, n_embd=32))
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
-           f'--master_port={free_port()}', os.path.abspath(__file__), json.dumps(paths)]
+    # --standalone: torchrun binds a free port itself (picking one here and passing it on would race
+    # with anything else that binds a port before torchrun does)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.abspath(__file__), json.dumps(paths)]
     with open(root / 'torchrun.log', 'w+') as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
         try:
