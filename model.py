@@ -407,3 +407,20 @@ def flops_per_token(config, n_params):
     """Training FLOPs per token: 6N for the matmuls plus 12 * L * d * T for attention
     (PaLM appendix B accounting, as in nanoGPT)."""
     return 6 * n_params + 12 * config.n_layer * config.n_embd * config.block_size
+
+
+# Dense (no 2:4 sparsity) bf16 tensor-core peak of one GPU in FLOP/s, from NVIDIA's data sheets;
+# the first name contained in torch.cuda.get_device_name() wins, so 'H100 PCIe' precedes 'H100'.
+PEAK_BF16_FLOPS = (('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12))
+
+
+def peak_flops(device_name):
+    """The bf16 peak of the GPU called `device_name`, or 0.0 when it is not in PEAK_BF16_FLOPS
+    (train.py then logs no MFU unless given `peak_flops`)."""
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in device_name), 0.0)
+
+
+def mfu(tokens_per_s, config, n_params, peak):
+    """Model FLOPs utilisation (PaLM appendix B): the training FLOP/s the step achieves,
+    tokens/s * flops_per_token, as a fraction of one device's peak FLOP/s."""
+    return tokens_per_s * flops_per_token(config, n_params) / peak

@@ -30,7 +30,7 @@ from checkpoint import (atomic_save, checkpoint_payload, load_sharded, load_stud
                         load_trainer_state, models_from_rank0, save_sharded)
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, mfu, peak_flops
 from rollout import collect_rollouts, minillm_micro_loss
 
 # ----------------------------------------------------------------------------- config
@@ -107,6 +107,7 @@ parallel = 'none'            # 'none' | 'ddp' | 'fsdp' (launch with torchrun)
 fsdp_activation_checkpointing = False  # recompute each student block in backward: keep 1 block's activations, not all
 fsdp_cpu_offload = False     # FSDP2 CPUOffloadPolicy: shards, grads and AdamW in host RAM (CUDA only)
 gpu_memory_gb = 0.0          # > 0: stop at start when the per-GPU estimate (memory.py) does not fit
+peak_flops = 0.0             # one device's peak FLOP/s for the logged MFU; 0 = by GPU name (model.peak_flops), none on CPU
 DEFAULTS = defaults_from(globals())
 # -----------------------------------------------------------------------------
 
@@ -349,10 +350,13 @@ def main(argv):
         buf, queue = ckpt.get('rollout_buffer'), ckpt.get('rollout_queue', [])
         if buf is not None:
             buf = {k: v.to(cfg.device) if torch.is_tensor(v) else v for k, v in buf.items()}
+    # MFU counts the student's training FLOPs only (a KD teacher's forward and MiniLLM's generation
+    # take time but are not in flops_per_token), so it is the sft / pretrain step's figure of merit
+    peak = cfg.peak_flops or (peak_flops(torch.cuda.get_device_name(cfg.device)) if on_gpu else 0.0)
+    n_params = raw_model.num_params()
     if master:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        n = raw_model.num_params()
-        print(f"{cfg.method}: student {n / 1e6:.2f}M params"
+        print(f"{cfg.method}: student {n_params / 1e6:.2f}M params"
               + (f", teacher {teacher.num_params() / 1e6:.2f}M" if teacher is not None else '')
               + f", data {cfg.data_dir} ({meta['tokenizer']}), world {cfg.world_size}, device {cfg.device}")
     log_path = os.path.join(cfg.out_dir, 'log.jsonl')
@@ -469,10 +473,14 @@ def main(argv):
             t0 = time.time()
             per_iter = (time.time() - t_start) / (iter_num - it_start)
             extra = ' '.join(f"{k} {float(v):.3f}" for k, v in stats.items())
-            print(f"iter {iter_num}/{cfg.max_iters}: loss {total:.4f}, lr {lr:.2e}, "
-                  f"{tokens_seen * cfg.world_size / dt:,.0f} tok/s, ETA {per_iter * (cfg.max_iters - iter_num):.0f}s {extra}")
+            speed = dict(tokens_per_s=tokens_seen * cfg.world_size / dt)  # every rank's tokens
+            if peak:  # per device: this rank's tokens/s against one device's peak
+                speed['mfu'] = mfu(tokens_seen / dt, raw_model.config, n_params, peak)
+            print(f"iter {iter_num}/{cfg.max_iters}: loss {total:.4f}, lr {lr:.2e}, {speed['tokens_per_s']:,.0f} tok/s, "
+                  + (f"mfu {speed['mfu']:.1%}, " if peak else '')
+                  + f"ETA {per_iter * (cfg.max_iters - iter_num):.0f}s {extra}")
             with open(log_path, 'a') as f:
-                f.write(json.dumps(dict(iter=iter_num, loss=total, lr=lr, **{k: float(v) for k, v in stats.items()})) + '\n')
+                f.write(json.dumps(dict(iter=iter_num, loss=total, lr=lr, **speed, **{k: float(v) for k, v in stats.items()})) + '\n')
             tokens_seen = 0
         cfg.last_loss = total
     if cfg.own_group:

@@ -187,6 +187,19 @@ def test_param_count_and_flops_of_gpt2_preset():
     assert math.isclose(model.flops_per_token(m.config, m.num_params()) / 1e9, 0.85, rel_tol=0.05)
 
 
+def test_peak_flops_by_gpu_name_and_mfu():
+    assert model.peak_flops('NVIDIA H100 80GB HBM3') == 989e12
+    assert model.peak_flops('NVIDIA H100 PCIe') == 756e12   # not the SXM figure
+    assert model.peak_flops('NVIDIA H200') == 989e12
+    assert model.peak_flops('NVIDIA A100-SXM4-80GB') == 312e12
+    assert model.peak_flops('NVIDIA GeForce RTX 4090') == 0.0
+    cfg = model.preset_config('gpt2-medium')
+    # GPT-2 medium (~0.30B non-embedding params): 10k tokens/s is 6N + 12*L*d*T FLOPs per token each
+    n = 302_000_000
+    expected = 10_000 * (6 * n + 12 * 24 * 1024 * 1024) / 989e12
+    assert math.isclose(model.mfu(10_000, cfg, n, 989e12), expected, rel_tol=1e-12)
+
+
 def test_untied_head_and_pytorch_init(tmp_path):
     """tie_embeddings=False gives lm_head its own [V, d] weight; init='pytorch' keeps each module's
     default (Embedding N(0, 1), Linear U(+-1/sqrt(fan_in))); a checkpoint round-trips both."""

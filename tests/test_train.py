@@ -45,6 +45,23 @@ def test_sft_and_pretrain_losses_go_down(tiny_instruct, tmp_path):
         assert val[-1] < val[0] - 0.5, (method, val)
 
 
+def test_log_lines_carry_tokens_per_s_and_mfu(tiny_instruct, tmp_path):
+    """MFU = tokens/s * flops_per_token / peak (PaLM appendix B); on CPU only when peak_flops is given."""
+    from checkpoint import load_model
+    from model import flops_per_token
+    out = run_train(tmp_path, 'mfu', f'--data_dir={tiny_instruct}', '--max_iters=3', '--eval_interval=3',
+                    '--peak_flops=1e9')
+    rows = [r for r in map(json.loads, open(os.path.join(out, 'log.jsonl'))) if 'loss' in r]
+    m, _ = load_model(out)
+    assert len(rows) == 3
+    for r in rows:
+        assert r['tokens_per_s'] > 0
+        assert math.isclose(r['mfu'], r['tokens_per_s'] * flops_per_token(m.config, m.num_params()) / 1e9, rel_tol=1e-9)
+    plain = run_train(tmp_path, 'no_mfu', f'--data_dir={tiny_instruct}', '--max_iters=1', '--eval_interval=1')
+    rows = [r for r in map(json.loads, open(os.path.join(plain, 'log.jsonl'))) if 'loss' in r]
+    assert 'tokens_per_s' in rows[0] and 'mfu' not in rows[0]  # CPU: no peak to divide by
+
+
 @pytest.mark.parametrize('extra', [[], ['--atkd=True'], ['--divergence=reverse_kl'], ['--chunked_loss=True']])
 def test_kd_loss_goes_down(tiny_instruct, teacher, tmp_path, extra):
     out = run_train(tmp_path, 'kd', f'--data_dir={tiny_instruct}', '--method=kd', f'--teacher={teacher}',
