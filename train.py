@@ -435,6 +435,7 @@ def main(argv):
     while True:
         last = iter_num >= cfg.max_iters
         if iter_num % cfg.eval_interval == 0 or last:
+            t_eval = time.time()
             val_loss = evaluate_loss()
             improved = val_loss < best_val
             best_val = min(best_val, val_loss)
@@ -444,6 +445,7 @@ def main(argv):
                     f.write(json.dumps(dict(iter=iter_num, val_loss=val_loss)) + '\n')
             if iter_num > it_start and (improved or cfg.always_save_checkpoint or last):
                 save(val_loss)
+            t0 += time.time() - t_eval  # tokens/s and MFU are of training steps, not of eval and saving
         if last:
             break
         lr = get_lr(cfg, iter_num)
