@@ -1,5 +1,5 @@
 """
-Evaluation of students against their teacher (METHODS.md §5, MiniLLM §3):
+Evaluation of students against their teacher (MiniLLM, arXiv 2306.08543 §3):
 
     Rouge-L     F-measure with stemming, max over references, x100, on responses sampled with
                 tau = 1, top-p = 1; averaged over seeds
@@ -44,7 +44,7 @@ max_examples = 500           # the first N prompts of the split
 num_seeds = 3                # sampling passes per model (the paper averages 5)
 seed = 1234                  # pass s samples with seed + s, identically for every model
 max_new_tokens = 32
-temperature = 1.0            # METHODS.md §5: pure sampling
+temperature = 1.0            # pure sampling, as the paper evaluates
 top_p = 1.0
 batch_size = 256             # prompts per batch; scoring holds 2 x batch x max_new_tokens x vocab floats
 exaccerr_lengths = (4, 8, 16)  # the table's ExAccErr(l) columns; the .json has the whole curve
@@ -73,7 +73,7 @@ def _rouge_scorer():
 
 
 def rouge_l(prediction, references):
-    """Rouge-L (Lin, 2004), METHODS.md §5: F = 2PR / (P + R) with P = LCS/|pred|, R = LCS/|ref|
+    """Rouge-L (Lin, 2004): F = 2PR / (P + R) with P = LCS/|pred|, R = LCS/|ref|
     over stemmed words (the rouge-score package); max over `references`, x100. 0 when empty."""
     if isinstance(references, str):
         references = [references]
@@ -95,7 +95,7 @@ def dist_n(texts, n=4):
 
 
 def expected_calibration_error(confidences, correct, n_bins=10):
-    """ECE (Guo et al., 2017), METHODS.md §5: sum_b |acc_b - conf_b| * n_b / n over `n_bins`
+    """ECE (Guo et al., 2017): sum_b |acc_b - conf_b| * n_b / n over `n_bins`
     equal-width bins [b/n_bins, (b+1)/n_bins) (confidence 1 goes in the last bin)."""
     conf = torch.as_tensor(confidences, dtype=torch.float64).flatten()
     acc = torch.as_tensor(correct).flatten().to(torch.float64)
@@ -150,7 +150,7 @@ def response_mask(tokens, eot):
 
 @torch.no_grad()
 def token_calibration(model, data, indices, batch_size=64, device='cpu', n_bins=10, ctx=nullcontext()):
-    """Token-level calibration on gold responses (MiniLLM §3.3 / METHODS.md §5): at every response
+    """Token-level calibration on gold responses (MiniLLM §3.3): at every response
     position (eot included) confidence = max_v q(v | y_<t, x), correct = [argmax = gold token].
     Returns ECE, accuracy and mean confidence."""
     confs, hits = [], []

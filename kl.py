@@ -1,7 +1,7 @@
 """
 Token-level divergences between a teacher p and a student q, ATKD, and a chunked KD loss.
 
-Pure functions on tensors (METHODS.md §1-2). Argument order is always
+Pure functions on tensors; each names its paper. Argument order is always
 (student_logits, teacher_logits), shapes [..., V]; every divergence returns [...] (the
 vocabulary axis reduced). Everything is computed in log space in fp32 (fp64 stays fp64),
 with 0·log 0 = 0 so that -inf logits (a masked vocabulary) give finite values and gradients.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
-# token-level divergences (METHODS.md §1)
+# token-level divergences
 
 
 def _log_probs(student_logits, teacher_logits, temperature):
@@ -58,19 +58,21 @@ def _scaled(value, temperature, scale_by_tau2):
 
 
 def forward_kl(student_logits, teacher_logits, temperature=1.0, scale_by_tau2=False):
-    """Forward KL, METHODS.md §1: KL(p||q) = Σ_v p(v) (log p(v) − log q(v)); ∂/∂z_q = q − p."""
+    """Forward KL (word-level KD: Hinton et al., arXiv 1503.02531; Kim & Rush, arXiv 1606.07947 §3.1):
+    KL(p||q) = Σ_v p(v) (log p(v) − log q(v)); ∂/∂z_q = q − p."""
     log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
     return _scaled(_kl_from_logs(log_p, log_q), temperature, scale_by_tau2)
 
 
 def reverse_kl(student_logits, teacher_logits, temperature=1.0, scale_by_tau2=False):
-    """Reverse KL, METHODS.md §1 (MiniLLM, per token): KL(q||p) = Σ_v q(v) (log q(v) − log p(v))."""
+    """Reverse KL (MiniLLM, arXiv 2306.08543 §2, per token): KL(q||p) = Σ_v q(v) (log q(v) − log p(v))."""
     log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
     return _scaled(_kl_from_logs(log_q, log_p), temperature, scale_by_tau2)
 
 
 def jsd(student_logits, teacher_logits, beta=0.5, temperature=1.0, scale_by_tau2=False):
-    """Generalised JSD(β), METHODS.md §1: m = β p + (1−β) q; β KL(p||m) + (1−β) KL(q||m).
+    """Generalised JSD(β) (GKD: Agarwal et al., arXiv 2306.13649):
+    m = β p + (1−β) q; β KL(p||m) + (1−β) KL(q||m).
 
     Limits: JSD(β)/β -> KL(p||q) as β -> 0 and JSD(β)/(1−β) -> KL(q||p) as β -> 1, since the
     other term vanishes like β² (resp. (1−β)²); β = 0.5 is the symmetric JSD, at most log 2.
@@ -84,7 +86,8 @@ def jsd(student_logits, teacher_logits, beta=0.5, temperature=1.0, scale_by_tau2
 
 
 def skew_forward_kl(student_logits, teacher_logits, alpha=0.1, temperature=1.0, scale_by_tau2=False):
-    """Skew forward KL (DistiLLM, METHODS.md §1): KL(p || α p + (1−α) q); α = 0 is forward KL."""
+    """Skew forward KL (DistiLLM: Ko et al., arXiv 2402.03898):
+    KL(p || α p + (1−α) q); α = 0 is forward KL."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"skew_forward_kl needs 0 <= alpha <= 1, got {alpha}")
     log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
@@ -93,7 +96,8 @@ def skew_forward_kl(student_logits, teacher_logits, alpha=0.1, temperature=1.0, 
 
 
 def skew_reverse_kl(student_logits, teacher_logits, alpha=0.1, temperature=1.0, scale_by_tau2=False):
-    """Skew reverse KL (DistiLLM, METHODS.md §1): KL(q || α q + (1−α) p); α = 0 is reverse KL."""
+    """Skew reverse KL (DistiLLM: Ko et al., arXiv 2402.03898):
+    KL(q || α q + (1−α) p); α = 0 is reverse KL."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"skew_reverse_kl needs 0 <= alpha <= 1, got {alpha}")
     log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
@@ -102,7 +106,7 @@ def skew_reverse_kl(student_logits, teacher_logits, alpha=0.1, temperature=1.0, 
 
 
 def tvd(student_logits, teacher_logits, temperature=1.0, scale_by_tau2=False):
-    """Total variation distance, METHODS.md §1: ½ Σ_v |p(v) − q(v)|."""
+    """Total variation distance (f-divergence KD: Wen et al., arXiv 2307.15190): ½ Σ_v |p(v) − q(v)|."""
     log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
     value = 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
     return _scaled(value, temperature, scale_by_tau2)
@@ -130,7 +134,7 @@ def masked_mean(values, mask):
 
 
 # -----------------------------------------------------------------------------
-# ATKD: adaptive teaching (Zhong et al., arXiv 2402.11890; METHODS.md §2)
+# ATKD: adaptive teaching (Zhong et al., arXiv 2402.11890)
 
 
 def _target_split(log_probs, targets):
@@ -160,7 +164,7 @@ def _valid_targets(targets, vocab_size):
 
 
 def teacher_uncertainty(teacher_logits, targets, temperature=1.0):
-    """ATKD uncertainty (arXiv 2402.11890; METHODS.md §2): u = 1 − p(g), computed as
+    """ATKD uncertainty (arXiv 2402.11890): u = 1 − p(g), computed as
     exp(logsumexp_{v≠g} z_v − logsumexp_v z_v) with z = logits/τ.
 
     The teacher's mass off the target token g, exact when p(g) -> 1; detached; 0 at ignore targets.
@@ -176,7 +180,7 @@ def teacher_uncertainty(teacher_logits, targets, temperature=1.0):
 
 
 def atkd_parts(student_logits, teacher_logits, targets, reverse=False, temperature=1.0):
-    """ATKD decomposition (arXiv 2402.11890; METHODS.md §2): KL(p||q) = TKD + (1 − p(g))·DKD.
+    """ATKD decomposition (arXiv 2402.11890): KL(p||q) = TKD + (1 − p(g))·DKD.
 
     TKD = KL([p(g), 1−p(g)] || [q(g), 1−q(g)]), DKD = KL(p̂||q̂) over the renormalised
     non-target distributions; reverse=True swaps p and q inside both (then
@@ -204,7 +208,7 @@ def atkd_parts(student_logits, teacher_logits, targets, reverse=False, temperatu
 
 
 def atkd_token_weights(u, valid, k=0.5, lam=0.2):
-    """ATKD split (arXiv 2402.11890; METHODS.md §2): token weights with Σ w_tkd·TKD + w_dkd·DKD = L.
+    """ATKD split (arXiv 2402.11890): token weights with Σ w_tkd·TKD + w_dkd·DKD = L.
 
     Easy = valid tokens with u strictly below the k-quantile of u over the valid tokens (linear
     interpolation, torch.quantile); hard = the other valid tokens (ties at the quantile are hard).
@@ -234,7 +238,7 @@ def _weighted_sum(values, weights):
 
 def atkd_loss(student_logits, teacher_logits, targets, mask, k=0.5, lam=0.2, reverse=False,
               temperature=1.0):
-    """ATKD loss (arXiv 2402.11890; METHODS.md §2), a scalar:
+    """ATKD loss (arXiv 2402.11890), a scalar:
     L = λ·mean_easy(DKD) + (1 − λ)·mean_hard(TKD + DKD), easy = u below the k-quantile of u.
 
     mask [...] marks the valid tokens (None = all); targets may hold any value where mask is false.
@@ -257,7 +261,8 @@ def _valid_mask(mask, targets, vocab_size):
 
 
 # -----------------------------------------------------------------------------
-# chunked KD loss: never keep the [N, V] student logits alive (METHODS.md §1, memory wall)
+# chunked KD loss: never keep the [N, V] student logits alive (at LLM vocabularies they are the
+# memory wall)
 
 
 def _token_weights(valid, u, spec):
@@ -295,7 +300,7 @@ def _log_softmax_(x):
 
 
 def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
-    """(loss, ∂loss/∂logits) of one chunk for CE and forward/reverse KL, by hand (METHODS.md §1):
+    """(loss, ∂loss/∂logits) of one chunk for CE and forward/reverse KL, by hand:
     ∂CE/∂z = q − onehot(g);  ∂KL(p||q)/∂z = (q − p)/τ;
     ∂KL(q||p)/∂z = q ⊙ (log q − log p − KL)/τ  (times τ² with scale_by_tau2).
 
@@ -464,7 +469,7 @@ def chunked_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=
                     teacher_head_weight=None, mask=None, targets=None, divergence='forward_kl',
                     chunk_size=1024, temperature=1.0, atkd=False, atkd_k=0.5, atkd_lam=0.2,
                     atkd_reverse=False, div_kwargs=None, ce_weight=0.0, kd_weight=1.0):
-    """ce_weight·CE + kd_weight·KD over the mask (KD word-level loss, METHODS.md §1), chunked.
+    """ce_weight·CE + kd_weight·KD over the mask (word-level KD, Kim & Rush arXiv 1606.07947 §3.1), chunked.
 
     hidden [..., d] are the student's final hidden states, head_weight [V, d] its lm_head
     (logits = hidden @ head_weight.T). The teacher is teacher_logits [..., V] or

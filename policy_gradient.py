@@ -24,7 +24,7 @@ train.py and sample.py. Conventions:
 The paper's stabilisers are switches of `minillm_loss` (the ablations of its Table 4):
 single-step decomposition, teacher-mixed sampling with importance weights, length normalisation,
 and PPO-style ratio clipping. Where the public reference code differs from the paper
-(METHODS.md §3) the choice is `returns_mode='paper' | 'reference'` plus the small options below.
+(microsoft/LMOps, minillm/) the choice is `returns_mode='paper' | 'reference'` plus the small options below.
 """
 
 import math
@@ -153,7 +153,7 @@ def whiten(values, mask, eps=1e-8):
 
 
 def reference_returns(rewards, mask, gamma=0.95, include_current=True, length_norm=True, whitened=True):
-    """Long-term advantage of the MiniLLM reference code (METHODS.md §3, differs from the paper):
+    """Long-term advantage of the MiniLLM reference code (microsoft/LMOps, minillm/; differs from the paper):
     A_t = whiten( Σ_{t' ≥ t} γ^(t'−t) r_t' / (L − t) ), with γ = 0.95; L − t is the number of remaining
     tokens including t (1-based: T − t + 1), and whitening is over the batch's valid tokens.
 
@@ -293,7 +293,7 @@ def policy_loss(logp, logp_old, advantages, weights, mask, clip_eps=0.2):
 
 def pretrain_mix_loss(lm_loss, kd_loss=None, kd_ratio=0.5):
     """L_PT of MiniLLM §2.2 as in the reference code: (1 − r) · LM loss + r · word-level KD loss on the
-    pre-training corpus, r = kd_ratio = 0.5 (METHODS.md §1 KD). Without kd_loss it is the LM loss.
+    pre-training corpus, r = kd_ratio = 0.5 (word-level KD). Without kd_loss it is the LM loss.
     """
     if kd_loss is None:
         return lm_loss

@@ -49,7 +49,7 @@ pack = True                  # sft/kd/seqkd: pack examples into rows (same loss,
 # method
 method = 'sft'               # pretrain | sft | kd | seqkd | minillm
 teacher = ''                 # run dir / ckpt.pt / HF GPT-2 dir or name (kd, seqkd, minillm)
-kd_ratio = 0.5               # kd: (1 - r) CE + r KD  (METHODS.md §1, r = 0.5)
+kd_ratio = 0.5               # kd: (1 - r) CE + r KD  (word-level KD, r = 0.5)
 divergence = 'forward_kl'    # any key of kl.DIVERGENCES
 kd_temperature = 1.0
 atkd = False                 # ATKD (arXiv 2402.11890) instead of plain KD
@@ -57,7 +57,7 @@ atkd_k = 0.5                 # easy/hard split at this quantile of the teacher's
 atkd_lambda = 0.2            # weight of the easy tokens' DKD
 chunked_loss = 'auto'        # 'auto' (when vocab > 8192) | True | False: never hold [N, V] logits for backward
 loss_chunk_size = 1024
-# minillm (METHODS.md §3; defaults of the reference code for GPT-2 in config/minillm_gpt2.py)
+# minillm (arXiv 2306.08543 §2; defaults of the reference code for GPT-2 in config/minillm_gpt2.py)
 rollout_size = 64            # prompts sampled per rollout phase (global, over all ranks)
 rollout_batch_size = 64      # prompts generated at once
 ppo_epochs = 4               # passes over each rollout buffer
@@ -152,7 +152,8 @@ def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight):
 
 def supervised_loss(cfg, model, teacher, x, y, kd_ratio=0.0, segments=None):
     """pretrain / sft / seqkd / kd (and L_PT) loss on one micro-batch; y = -1 where no loss;
-    `segments` for packed rows. Word-level KD (METHODS.md §1): (1 - kd_ratio) CE(gold) + kd_ratio * mean_t D(p_t || q_t)."""
+    `segments` for packed rows. Word-level KD (Kim & Rush, arXiv 1606.07947 §3.1):
+    (1 - kd_ratio) CE(gold) + kd_ratio * mean_t D(p_t || q_t)."""
     if teacher is None or kd_ratio <= 0:
         if not cfg.chunked:
             return model(x, y, segments=segments)[1]

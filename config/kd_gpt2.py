@@ -1,4 +1,4 @@
-# Word-level KD baseline (METHODS.md §1): (1 - kd_ratio) CE(gold) + kd_ratio * KL(p_t || q_t)
+# Word-level KD baseline (Kim & Rush, arXiv 1606.07947): (1 - kd_ratio) CE(gold) + kd_ratio * KL(p_t || q_t)
 # on gold prefixes, GPT-2 XL teacher -> GPT-2 student.
 #   torchrun --nproc_per_node=8 train.py config/kd_gpt2.py
 exec(open('config/sft_gpt2.py').read())

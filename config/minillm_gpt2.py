@@ -1,4 +1,4 @@
-# MiniLLM (METHODS.md §3): GPT-2 XL teacher -> GPT-2 student initialised from its SFT.
+# MiniLLM (arXiv 2306.08543 §2): GPT-2 XL teacher -> GPT-2 student initialised from its SFT.
 # Defaults of the public reference scripts for the GPT-2 family, with the paper's formulation
 # of the returns (config/minillm_gpt2_refcode.py switches to the reference code's).
 #   python data/dolly/prepare.py && python data/openwebtext/prepare.py

@@ -1,5 +1,5 @@
 # MiniLLM with the choices of the public reference code where it differs from the paper
-# (METHODS.md §3): returns include r_t, are discounted (gamma 0.95), divided by the remaining
+# (microsoft/LMOps, minillm/): returns include r_t, are discounted (gamma 0.95), divided by the remaining
 # length and whitened; the single-step term is unweighted; rewards doubled and clipped at 100.
 exec(open('config/minillm_gpt2.py').read())
 out_dir = 'out/minillm_gpt2_refcode'

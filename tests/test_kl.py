@@ -1,7 +1,7 @@
 """
 Tests for kl.py: every divergence against an independent float64 computation, the closed-form
-gradients of METHODS.md §1, the exact ATKD identity and split (§2), numerical edge cases, and
-the chunked loss against the plain one in value and gradient.
+gradients (q − p, q ⊙ (log q − log p − KL)), the exact ATKD identity and split, numerical edge
+cases, and the chunked loss against the plain one in value and gradient.
 """
 
 import math
@@ -98,7 +98,7 @@ def test_divergence_of_a_distribution_with_itself_is_zero(name):
 
 def test_jsd_limits_recover_forward_and_reverse_kl():
     # m = βp + (1−β)q: the KL(q||m) term is O(β²) as β -> 0, so JSD/β -> KL(p||q);
-    # symmetrically JSD/(1−β) -> KL(q||p) as β -> 1 (METHODS.md §1 table).
+    # symmetrically JSD/(1−β) -> KL(q||p) as β -> 1 (GKD, arXiv 2306.13649).
     s, t = random_logits(6, 10, seed=6), random_logits(6, 10, seed=7)
     eps = 1e-6
     torch.testing.assert_close(kl.jsd(s, t, beta=eps) / eps, kl.forward_kl(s, t), rtol=1e-4, atol=0)

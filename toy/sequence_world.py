@@ -177,7 +177,8 @@ def sample_rollouts(student, teacher, n, alpha, generator):
 # the two distillation objectives (and the exact reverse KL as a reference)
 
 def forward_kl_kd_loss(teacher, student, ys):
-    """Word-level KD on teacher prefixes, exactly: Σ_y p(y) Σ_t KL(p_t‖q_t)(y_<t)  (METHODS.md §1, KD).
+    """Word-level KD on teacher prefixes, exactly: Σ_y p(y) Σ_t KL(p_t‖q_t)(y_<t)
+    (word-level KD, Kim & Rush arXiv 1606.07947 §3.1).
 
     Weighting each enumerated sequence by p(y) weights every prefix by its teacher probability.
     By the chain rule it equals the sequence-level forward KL(p‖q) (MiniLLM §2.1, the standard-KD

@@ -1,5 +1,6 @@
 """
-databricks-dolly-15k as instruction data for the GPT-2 runs (MiniLLM §4 / METHODS.md §4).
+databricks-dolly-15k as instruction data for the GPT-2 runs
+(MiniLLM arXiv 2306.08543, experimental setup §3.1).
 
     python data/dolly/prepare.py [--input dolly.jsonl] [--seed 0] [--n_valid 1000] [--n_test 500]
         [--max_prompt_tokens 256] [--max_response_tokens 0] [--out_dir data/dolly]

@@ -1,6 +1,6 @@
 """
 OpenWebText as the plain-text corpus D_PT for MiniLLM's L_PT term on the GPT-2 runs
-(METHODS.md §4), tokenized with GPT-2 into train.bin / val.bin.
+(MiniLLM arXiv 2306.08543, experimental setup §3.1), tokenized with GPT-2 into train.bin / val.bin.
 
     python data/openwebtext/prepare.py [--max_docs 100000] [--val_every 200] [--out_dir DIR]
     python data/openwebtext/prepare.py --input some.txt more_texts/ ...
