@@ -242,7 +242,7 @@ class GPT(nn.Module):
         attention_mask [B, T]: 1 for real tokens, 0 for (left) padding. With `cache`, idx holds
         only the new tokens and the cache is advanced. With `head_fn`, returns
         head_fn(hidden [B, T, d], lm_head.weight) instead of logits. `segments` [B, T]: packed
-        rows, one id per sequence (dataset.InstructSet.sft_batch with pack=True); no cache.
+        rows, one id per sequence, -1 on padding (dataset.InstructSet.packed_sft_batch); no cache.
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
