@@ -1,18 +1,28 @@
 """
-The GPT-2 architecture, nanoGPT style: learned positions, pre-LayerNorm blocks, GELU MLP, tied
-input/output embeddings. Adds what distillation needs on top of a plain LM:
+One decoder-only transformer for every family people distil (GPT-2, OPT, LLaMA / Llama-3, Mistral,
+Qwen2 / Qwen2.5 / Qwen3), configured by a handful of switches in `GPTConfig` rather than one class
+per family (a family is a set of switches: `FAMILIES`). Pre-norm blocks throughout; the switches:
 
+    norm      LayerNorm (GPT-2, OPT) | RMSNorm (LLaMA, Mistral, Qwen)
+    pos       learned positions (GPT-2; OPT with an offset of 2) | rotary (RoPE: θ, Llama-3 scaling)
+    mlp       GELU (GPT-2) | ReLU (OPT) | SwiGLU with its own intermediate size (LLaMA, Mistral, Qwen)
+    heads     n_kv_head < n_head: grouped-query attention (the KV cache holds only the KV heads);
+              head_dim when it is not n_embd / n_head (Qwen3)
+    biases    everywhere (GPT-2, OPT) | none | q/k/v only (Qwen2); Qwen3's RMSNorm on q and k
+    head      tied to the input embedding or not; embedding rows beyond the tokenizer's vocabulary
+              (Qwen2.5: 151,936 rows for 151,665 tokens) are padding the logits never include
+
+On top of a plain LM it has what distillation needs:
 - `forward(..., head_fn=...)` hands the final hidden states and the `lm_head` weight to a loss
   (kl.chunked_kd_loss) so the full [N, V] logits never have to exist; doing it inside `forward`
   keeps DDP/FSDP hooks in charge of the parameters.
-- batched prompts of different lengths by left padding + an attention mask, with a key/value cache;
+- batched prompts of different lengths by left padding + an attention mask, with a key/value cache
+  (positions, learned or rotary, counted per row from its first real token);
 - `generate(...)`, optionally drawing tokens from a mixture with a second model (MiniLLM §2.2,
   teacher-mixed sampling) with both caches stepped in the same loop;
-- `from_pretrained`: Hugging Face GPT-2 checkpoints (local dir or hub name).
+- `from_pretrained`: Hugging Face checkpoints of every family above (hf.py does the conversion).
 """
-import json
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -23,45 +33,95 @@ import torch.nn.functional as F
 @dataclass
 class GPTConfig:
     block_size: int = 1024
-    vocab_size: int = 50257
+    vocab_size: int = 50257      # embedding / lm_head rows (may include padding rows, see tokenizer_vocab)
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool = True            # biases in every Linear and LayerNorm (GPT-2, OPT)
     tie_embeddings: bool = True  # lm_head shares wte's weight (GPT-2); False: a separate [V, d] head
     init: str = 'gpt2'           # 'gpt2' | 'pytorch' (module defaults; the tiny toy models learn faster)
+    n_kv_head: int = 0           # 0 = n_head; fewer: grouped-query attention
+    head_dim: int = 0            # 0 = n_embd // n_head
+    norm: str = 'layernorm'      # 'layernorm' | 'rmsnorm'
+    norm_eps: float = 1e-5
+    pos: str = 'learned'         # 'learned' | 'rope'
+    pos_offset: int = 0          # OPT: learned position ids start at 2
+    rope_theta: float = 10000.0
+    rope_scaling: dict = None    # None | {'rope_type': 'linear', 'factor'} | {'rope_type': 'llama3', 'factor',
+                                 #   'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'}
+    mlp: str = 'gelu'            # 'gelu' (tanh approximation) | 'relu' | 'swiglu'
+    intermediate_size: int = 0   # 0 = 4 * n_embd
+    qkv_bias: bool = None        # None: as `bias`; Qwen2: True with bias=False
+    qk_norm: bool = False        # Qwen3: RMSNorm over head_dim on q and k, before RoPE
+    tokenizer_vocab: int = 0     # 0 = vocab_size; else logits cover token ids < tokenizer_vocab only
+
+    def __post_init__(self):
+        for key, allowed in (('norm', ('layernorm', 'rmsnorm')), ('pos', ('learned', 'rope')),
+                             ('mlp', ('gelu', 'relu', 'swiglu'))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if self.n_kv_head and self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
+        if not self.head_dim and self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}: set head_dim")
+        if self.tokenizer_vocab > self.vocab_size:
+            raise ValueError(f"tokenizer_vocab {self.tokenizer_vocab} exceeds the {self.vocab_size} embedding rows")
+
+    @property
+    def kv_heads(self):
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hd(self):
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def ffn(self):
+        return self.intermediate_size or 4 * self.n_embd
+
+    @property
+    def logit_vocab(self):
+        return self.tokenizer_vocab or self.vocab_size
 
 
-# (n_layer, n_head, n_embd, block_size). The GPT-2 rows are OpenAI's released sizes; the 6.7B and
-# 13B rows are the usual OPT/LLaMA-class shapes, for memory planning and FSDP runs.
+# The switches that make a family (GPTConfig fields; the shape fields come from the checkpoint).
+FAMILIES = {
+    'gpt2': dict(),
+    'opt': dict(mlp='relu', pos_offset=2),
+    'llama': dict(norm='rmsnorm', pos='rope', mlp='swiglu', bias=False),
+    'mistral': dict(norm='rmsnorm', pos='rope', mlp='swiglu', bias=False),
+    'qwen2': dict(norm='rmsnorm', pos='rope', mlp='swiglu', bias=False, qkv_bias=True),
+    'qwen3': dict(norm='rmsnorm', pos='rope', mlp='swiglu', bias=False, qk_norm=True),
+}
+
+# Named shapes as plain data (GPTConfig fields). The GPT-2 rows are OpenAI's released sizes; the
+# 6.7B and 13B rows are the usual OPT/LLaMA-class widths, for memory planning.
 PRESETS = {
-    'gpt2':        (12, 12, 768, 1024),
-    'gpt2-medium': (24, 16, 1024, 1024),
-    'gpt2-large':  (36, 20, 1280, 1024),
-    'gpt2-xl':     (48, 25, 1600, 1024),
-    'gpt-6.7b':    (32, 32, 4096, 2048),
-    'gpt-13b':     (40, 40, 5120, 2048),
+    'gpt2':        dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
+    'gpt2-large':  dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
+    'gpt2-xl':     dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
+    'gpt-6.7b':    dict(n_layer=32, n_head=32, n_embd=4096, block_size=2048),
+    'gpt-13b':     dict(n_layer=40, n_head=40, n_embd=5120, block_size=2048),
 }
 
 
 def preset_config(name, **overrides):
-    n_layer, n_head, n_embd, block_size = PRESETS[name]
-    cfg = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size)
-    cfg.update(overrides)
-    return GPTConfig(**cfg)
+    return GPTConfig(**{**PRESETS[name], **overrides})
 
 
 class KVCache:
     """Preallocated keys/values for every layer plus, per row, which key slots are real tokens.
 
-    `valid` [B, S] marks non-padding keys; `n_valid` [B] counts them so that the next token's
-    position id is right for left-padded rows.
+    Keys and values are stored for the n_kv_head key/value heads only (grouped-query attention
+    shares each of them between n_head / n_kv_head query heads), keys after RoPE. `valid` [B, S]
+    marks non-padding keys; `n_valid` [B] counts them so that the next token's position id is
+    right for left-padded rows.
     """
 
     def __init__(self, config, batch_size, max_len, device, dtype):
-        hd = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, max_len, hd)
+        shape = (batch_size, config.kv_heads, max_len, config.hd)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
@@ -74,21 +134,89 @@ class KVCache:
         return self.valid.shape[1]
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich, arXiv 1910.07467, Eq. 4): x / sqrt(mean(x^2) + eps) * g, computed
+    in fp32 and cast back before the gain, as LLaMA, Mistral and Qwen do (so bf16 logits match)."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def make_norm(config, dim):
+    if config.norm == 'rmsnorm':
+        return RMSNorm(dim, config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_inv_freq(config, device=None):
+    """RoPE's inverse frequencies theta^(-2i/d), i < d/2 (RoFormer, Su et al., arXiv 2104.09864,
+    §3.2.2, Eq. 15), rescaled by `rope_scaling`: 'linear' divides them by the factor (positions
+    interpolated, Chen et al., arXiv 2306.15595, Eq. 4); 'llama3' divides only the low frequencies
+    (wavelength above original_max / low_freq_factor) by the factor, keeps the high ones (wavelength
+    below original_max / high_freq_factor) and interpolates smoothly between (Llama 3, arXiv
+    2407.21783 §3.3.2, the rule of Meta's released code)."""
+    d = config.hd
+    inv = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, device=device, dtype=torch.int64).float() / d))
+    scaling = config.rope_scaling or {}
+    kind = scaling.get('rope_type', scaling.get('type', 'default'))
+    if kind == 'linear':
+        inv = inv / scaling['factor']
+    elif kind == 'llama3':
+        factor, lo, hi = scaling['factor'], scaling['low_freq_factor'], scaling['high_freq_factor']
+        old = scaling['original_max_position_embeddings']
+        wavelen = 2 * math.pi / inv
+        smooth = ((old / wavelen - lo) / (hi - lo)).clamp(0, 1)   # 0 below lo, 1 above hi
+        scaled = (1 - smooth) * inv / factor + smooth * inv
+        inv = torch.where(wavelen > old / lo, inv / factor, torch.where(wavelen < old / hi, inv, scaled))
+    elif kind != 'default':
+        raise ValueError(f"rope_scaling type {kind!r} is not supported (default, linear, llama3)")
+    return inv
+
+
+def rope_cos_sin(config, pos, dtype):
+    """cos and sin [B or 1, 1, T, head_dim] of positions `pos` [B or 1, T], in fp32 then `dtype`."""
+    angles = pos[..., None].float() * rope_inv_freq(config, pos.device)   # [B, T, d/2]
+    angles = torch.cat([angles, angles], dim=-1)[:, None]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each pair (x_i, x_{i+d/2}) of x [B, H, T, d] by its position's angle (RoFormer
+    Eq. 34, in the half-split layout of LLaMA's and Qwen's released weights)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.n_head, self.n_kv_head, self.hd = config.n_head, config.kv_heads, config.hd
+        qkv_bias = config.bias if config.qkv_bias is None else config.qkv_bias
+        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.hd, bias=qkv_bias)
+        self.c_proj = nn.Linear(self.n_head * self.hd, config.n_embd, bias=config.bias)
+        if config.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(self.hd, config.norm_eps), RMSNorm(self.hd, config.norm_eps)
+        self.qk_norm = config.qk_norm
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x, mask, cache=None, layer=None):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+    def forward(self, x, mask, rope=None, cache=None, layer=None):
+        B, T, _ = x.shape
+        q, k, v = self.c_attn(x).split([self.n_head * self.hd, self.n_kv_head * self.hd, self.n_kv_head * self.hd], dim=2)
+        q, k, v = q.view(B, T, -1, self.hd), k.view(B, T, -1, self.hd), v.view(B, T, -1, self.hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             if cache.k[layer].dtype != k.dtype:  # FSDP mixed precision: fp32 weights stored, bf16 computed
                 cache.k[layer], cache.v[layer] = cache.k[layer].to(k.dtype), cache.v[layer].to(k.dtype)
@@ -98,38 +226,50 @@ class CausalSelfAttention(nn.Module):
             k = cache.k[layer][:, :, :start + T]
             v = cache.v[layer][:, :, :start + T]
         dropout = self.dropout if self.training else 0.0
+        gqa = self.n_kv_head != self.n_head  # query head i reads key/value head i // (n_head / n_kv_head)
         if isinstance(mask, str):  # 'causal' or 'none': let SDPA pick its fastest kernel
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=mask == 'causal')
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=mask == 'causal', enable_gqa=gqa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.hd)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
+    """GELU / ReLU: c_proj(act(c_fc x)). SwiGLU (Shazeer, arXiv 2002.05202, Eq. 6):
+    c_proj(silu(x W_gate) * (x W_up)), with W_gate and W_up stacked in c_fc's rows (gate first)."""
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        width = 2 * config.ffn if self.kind == 'swiglu' else config.ffn
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.c_proj = nn.Linear(config.ffn, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        # GPT-2 was trained with the tanh approximation of GELU; exact GELU would not match its logits
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate='tanh')))
+        h = self.c_fc(x)
+        if self.kind == 'swiglu':
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == 'relu':
+            h = F.relu(h)
+        else:  # GPT-2 was trained with the tanh approximation of GELU; exact GELU would not match its logits
+            h = F.gelu(h, approximate='tanh')
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, mask, cache=None, layer=None):
-        x = x + self.attn(self.ln_1(x), mask, cache, layer)
+    def forward(self, x, mask, rope=None, cache=None, layer=None):
+        x = x + self.attn(self.ln_1(x), mask, rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -138,13 +278,13 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-        ))
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.pos == 'learned':
+            modules['wpe'] = nn.Embedding(config.block_size + config.pos_offset, config.n_embd)
+        modules.update(drop=nn.Dropout(config.dropout),
+                       h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                       ln_f=make_norm(config, config.n_embd))
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # tied, as in GPT-2
@@ -160,7 +300,9 @@ class GPT(nn.Module):
         if self.config.init not in ('gpt2', 'pytorch'):
             raise ValueError(f"init must be 'gpt2' or 'pytorch', got {self.config.init!r}")
         for module in self.modules():
-            if self.config.init == 'pytorch':
+            if isinstance(module, RMSNorm):
+                torch.nn.init.ones_(module.weight)
+            elif self.config.init == 'pytorch':
                 if module is not self and hasattr(module, 'reset_parameters'):
                     module.reset_parameters()
             elif isinstance(module, nn.Linear):
@@ -180,10 +322,15 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding=True):
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and 'wpe' in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
+    def head_weight(self):
+        """lm_head's rows of the real vocabulary: padding rows beyond tokenizer_vocab get no logit,
+        so they are never sampled and carry no probability mass in any loss."""
+        w = self.lm_head.weight
+        return w[:self.config.tokenizer_vocab] if self.config.tokenizer_vocab else w
     # ----------------------------------------------------------------------------------------
     def _positions_and_mask(self, T, attention_mask, cache, device):
         """Position ids [B or 1, T] and the attention mask for T new tokens.
@@ -237,11 +384,12 @@ class GPT(nn.Module):
         return allowed
 
     def forward(self, idx, targets=None, attention_mask=None, cache=None, head_fn=None, segments=None):
-        """idx [B, T] -> logits [B, T, V] (and mean CE over targets != -1 when targets are given).
+        """idx [B, T] -> logits [B, T, V] (and mean CE over targets != -1 when targets are given);
+        V = config.logit_vocab, the real vocabulary (padding rows of the embedding are left out).
 
         attention_mask [B, T]: 1 for real tokens, 0 for (left) padding. With `cache`, idx holds
         only the new tokens and the cache is advanced. With `head_fn`, returns
-        head_fn(hidden [B, T, d], lm_head.weight) instead of logits. `segments` [B, T]: packed
+        head_fn(hidden [B, T, d], head weight [V, d]) instead of logits. `segments` [B, T]: packed
         rows, one id per sequence, -1 on padding (dataset.InstructSet.packed_sft_batch); no cache.
         """
         B, T = idx.shape
@@ -255,15 +403,21 @@ class GPT(nn.Module):
             pos, mask = self._packed_positions_and_mask(segments)
         else:
             pos, mask = self._positions_and_mask(T, attention_mask, cache, idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.config.pos == 'learned':
+            x = x + self.transformer.wpe(pos + self.config.pos_offset)
+        else:
+            rope = rope_cos_sin(self.config, pos, x.dtype)
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, mask, cache, i)
+            x = block(x, mask, rope, cache, i)
         if cache is not None:
             cache.length += T
         x = self.transformer.ln_f(x)
         if head_fn is not None:
-            return head_fn(x, self.lm_head.weight)
-        logits = self.lm_head(x)
+            return head_fn(x, self.head_weight())
+        logits = F.linear(x, self.head_weight())
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
@@ -272,7 +426,8 @@ class GPT(nn.Module):
     # ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
-                 attention_mask=None, generator=None, mix_model=None, mix_alpha=0.0, all_done=None):
+                 attention_mask=None, generator=None, mix_model=None, mix_alpha=0.0, all_done=None,
+                 no_repeat_ngram_size=0):
         """Sample up to `max_new_tokens` after each (left-padded) prompt, with a KV cache.
 
         Returns [B, T + n] token ids; a row that emitted `eos_id` is filled with `eos_id` after it.
@@ -280,6 +435,8 @@ class GPT(nn.Module):
         must agree across ranks, since every decoding step all-gathers parameters. With `mix_model` and `mix_alpha` > 0, tokens are drawn from
         p~ = alpha * softmax(mix_model) + (1 - alpha) * softmax(self): MiniLLM §2.2, teacher-mixed
         sampling, Eq. p~(y_t|y<t,x) = alpha p(y_t|y<t,x) + (1 - alpha) q_theta(y_t|y<t,x).
+        `no_repeat_ngram_size` n > 0: a token that would complete an n-gram already present in the
+        row's real tokens (prompt and response) gets no probability (the MiniLLM evaluation uses 6).
         """
         B, T = idx.shape
         n = min(max_new_tokens, self.config.block_size - T)
@@ -294,11 +451,17 @@ class GPT(nn.Module):
             models.append((mix_model, KVCache(mix_model.config, B, T + n, idx.device, mix_dtype)))
         out = torch.full((B, T + n), eos_id if eos_id is not None else 0, dtype=idx.dtype, device=idx.device)
         out[:, :T] = idx
+        real = torch.ones(B, T + n, dtype=torch.bool, device=idx.device)
+        if attention_mask is not None:
+            real[:, :T] = attention_mask.bool()
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         step_in, step_mask = idx, attention_mask
         for t in range(n):
             logits = [m(step_in, attention_mask=step_mask, cache=c, head_fn=last_position_logits) for m, c in models]
             step_mask = None
+            if no_repeat_ngram_size > 0:
+                banned = repeated_ngram_mask(out[:, :T + t], real[:, :T + t], no_repeat_ngram_size, logits[0].shape[-1])
+                logits = [z.masked_fill(banned, float('-inf')) for z in logits]
             nxt = sample_next(logits, temperature, top_k, top_p, generator, mix_alpha if len(models) > 1 else 0.0)
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
@@ -311,47 +474,33 @@ class GPT(nn.Module):
 
     # ----------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_dir, dropout=0.0):
-        """Load Hugging Face GPT-2 weights from a local directory (config.json plus
-        model.safetensors or pytorch_model.bin) or, when online, by hub name (gpt2, gpt2-medium,
-        gpt2-large, gpt2-xl)."""
-        path = name_or_dir
-        if not os.path.isdir(path):
-            if name_or_dir not in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'):
-                raise ValueError(f"{name_or_dir!r} is neither a directory nor a GPT-2 hub name "
-                                 f"(gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
-            from huggingface_hub import snapshot_download  # only when online
-            path = snapshot_download(name_or_dir, allow_patterns=['config.json', 'model.safetensors'])
-        with open(os.path.join(path, 'config.json')) as f:
-            hf = json.load(f)
-        config = GPTConfig(block_size=hf['n_positions'], vocab_size=hf['vocab_size'], n_layer=hf['n_layer'],
-                           n_head=hf['n_head'], n_embd=hf['n_embd'], dropout=dropout, bias=True)
-        model = cls(config)
-        model.load_state_dict(hf_gpt2_state_dict(read_hf_weights(path)))
-        return model
+    def from_pretrained(cls, name_or_dir, dropout=0.0, dtype=None):
+        """A Hugging Face checkpoint (local directory or, online, hub name) of any supported family:
+        gpt2, opt, llama, mistral, qwen2, qwen3. The conversion lives in hf.py."""
+        import hf
+        return hf.from_pretrained(name_or_dir, dropout=dropout, dtype=dtype)
 
 
-def read_hf_weights(path):
-    st, pt = os.path.join(path, 'model.safetensors'), os.path.join(path, 'pytorch_model.bin')
-    if os.path.exists(st):
-        from safetensors.torch import load_file
-        return load_file(st)
-    if os.path.exists(pt):
-        return torch.load(pt, map_location='cpu', weights_only=True)
-    raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
+def repeated_ngram_mask(tokens, real, n, vocab):
+    """[B, vocab] True for the tokens that would repeat an n-gram of each row's real tokens.
 
-
-def hf_gpt2_state_dict(sd):
-    """Map Hugging Face GPT2LMHeadModel names/layouts to ours. HF stores the attention and MLP
-    projections as Conv1D ([in, out]); nn.Linear wants [out, in], hence the transposes."""
-    sd = {k[len('transformer.'):] if k.startswith('transformer.') else k: v for k, v in sd.items()}
-    sd = {k: v for k, v in sd.items() if not k.endswith(('.attn.bias', '.attn.masked_bias')) and k != 'lm_head.weight'}
-    conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-    out = {}
-    for k, v in sd.items():
-        out['transformer.' + k] = v.t().contiguous() if k.endswith(conv1d) else v
-    out['lm_head.weight'] = out['transformer.wte.weight']
-    return out
+    The banned tokens of a row are those that followed an earlier occurrence of its last n - 1
+    tokens (the rule of Hugging Face's NoRepeatNGramLogitsProcessor, used by the MiniLLM
+    evaluation). Windows that touch padding (`real` False) do not count.
+    """
+    B, L = tokens.shape
+    banned = torch.zeros(B, vocab, dtype=torch.bool, device=tokens.device)
+    if L < n:
+        return banned
+    grams = tokens.unfold(1, n, 1)                      # [B, L - n + 1, n]
+    ok = real.unfold(1, n, 1).all(-1)
+    last = tokens[:, L - n + 1:]                          # the n - 1 tokens the next one extends
+    hit = (grams[:, :, :-1] == last[:, None]).all(-1) & ok & real[:, L - n + 1:].all(-1, keepdim=True)
+    rows, cols = hit.nonzero(as_tuple=True)
+    nxt = grams[rows, cols, -1]
+    keep = nxt < vocab
+    banned[rows[keep], nxt[keep]] = True
+    return banned
 
 
 def last_position_logits(hidden, weight):
