@@ -1,0 +1,151 @@
+"""
+Check a course step: run its checks against your exercise file and say what passed.
+
+    python course/check.py 3                 # step 3's checks on course/step3_*/exercise.py
+    python course/check.py 3 --extension     # the step's extension exercise
+    python course/check.py all               # every step, in order
+    python course/check.py 3 --exercise ~/alice/exercise.py     # someone else's file (teachers)
+    python course/check.py --solutions all   # every check against the project's own functions (CI)
+
+The expected numbers come from the project's own code (kl.py, policy_gradient.py, toy/), so the
+exercises follow the code. Exit status 0 when every check passed, 1 when one failed, 2 on bad usage.
+"""
+
+import argparse
+import glob
+import importlib.util
+import os
+import sys
+import time
+
+COURSE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(COURSE)
+for path in (ROOT, COURSE):  # the project's flat modules, and grading.py
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import torch  # noqa: E402
+
+from grading import Failure, NotImplementedYet  # noqa: E402
+
+STEPS = (1, 2, 3, 4, 5, 6)
+
+
+def step_dir(n):
+    found = sorted(glob.glob(os.path.join(COURSE, f"step{n}_*")))
+    if not found:
+        raise SystemExit(f"course/step{n}_* is missing")
+    return found[0]
+
+
+def load_file(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_checks(n):
+    return load_file(os.path.join(step_dir(n), "checks.py"), f"course_step{n}_checks")
+
+
+def load_exercise(n, path):
+    """The student's module, or a Failure that says in one line why it does not import."""
+    if not os.path.isfile(path):
+        raise Failure(f"{path} does not exist")
+    try:
+        return load_file(path, f"course_step{n}_exercise")
+    except SyntaxError as e:
+        raise Failure(f"{os.path.relpath(path)} does not import: SyntaxError line {e.lineno}: {e.msg}") from None
+    except Exception as e:
+        raise Failure(f"{os.path.relpath(path)} does not import: {type(e).__name__}: {e}") from None
+
+
+def title_of(check):
+    return (check.__doc__ or check.__name__).strip().splitlines()[0]
+
+
+def run_checks(n, checks, module, label, out=print):
+    """Run checks in order, stop at the first failure; returns True when all passed."""
+    passed = 0
+    for check in checks:
+        t0 = time.perf_counter()
+        try:
+            note = check(module)
+        except NotImplementedYet as e:
+            out(f"  todo  {title_of(check)}")
+            out(f"step {n}: function {e.name} is not implemented yet")
+            return False
+        except Failure as e:
+            out(f"  FAIL  {title_of(check)}")
+            out(f"        {e}")
+            out(f"step {n}{label}: {passed} of {len(checks)} checks passed; the first wrong number is above")
+            return False
+        passed += 1
+        seconds = time.perf_counter() - t0
+        out(f"  pass  {title_of(check)}" + (f"  ({seconds:.1f} s)" if seconds >= 1 else ""))
+        for line in (note or "").splitlines():
+            out(f"        {line}")
+    out(f"step {n}{label}: all {len(checks)} checks passed")
+    return True
+
+
+def run_step(n, solutions=False, extension=False, exercise=None, out=print):
+    """Check one step; True when every check passed."""
+    torch.manual_seed(0)
+    checks = load_checks(n)
+    if solutions:
+        module, where = checks.solution(), "the project's own functions"
+        groups = [("", checks.CHECKS), (" extension", checks.EXTENSION)]
+    else:
+        path = exercise or os.path.join(step_dir(n), "exercise.py")
+        where = os.path.relpath(path)
+        try:
+            module = load_exercise(n, path)
+        except Failure as e:
+            out(f"step {n}: {e}")
+            return False
+        groups = [(" extension", checks.EXTENSION)] if extension else [("", checks.CHECKS)]
+    out(f"step {n}: {checks.TITLE} ({where})")
+    ok = True
+    for label, group in groups:
+        if label and solutions:
+            out(f"step {n} extension: {checks.EXTENSION_TITLE}")
+        ok = run_checks(n, group, module, label, out) and ok
+    if ok and not solutions and not extension:
+        out(f"next: the extension, python course/check.py {n} --extension")
+    return ok
+
+
+def main(argv=None, out=print):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("step", help="a step number (1-6) or 'all'")
+    ap.add_argument("--extension", action="store_true", help="check the step's extension exercise")
+    ap.add_argument("--solutions", action="store_true",
+                    help="teachers and CI: run every check (and extension) against the project's own functions")
+    ap.add_argument("--exercise", help="check this file instead of course/stepN_*/exercise.py (one step)")
+    args = ap.parse_args(argv)
+    if args.step == "all":
+        steps = STEPS
+    elif args.step.isdigit() and int(args.step) in STEPS:
+        steps = (int(args.step),)
+    else:
+        ap.error(f"step must be one of {', '.join(map(str, STEPS))} or 'all', got {args.step!r}")
+    if args.exercise and len(steps) != 1:
+        ap.error("--exercise checks one file: give one step number with it")
+    if args.exercise and args.solutions:
+        ap.error("--solutions checks the project's own functions: leave out --exercise")
+    torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and the check stays on one core
+    results = []
+    for n in steps:
+        results.append(run_step(n, args.solutions, args.extension, args.exercise, out))
+        if len(steps) > 1:
+            out("")
+    if len(steps) > 1:
+        out(f"{sum(results)} of {len(steps)} steps passed")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
