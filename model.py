@@ -436,7 +436,8 @@ class GPT(nn.Module):
         p~ = alpha * softmax(mix_model) + (1 - alpha) * softmax(self): MiniLLM §2.2, teacher-mixed
         sampling, Eq. p~(y_t|y<t,x) = alpha p(y_t|y<t,x) + (1 - alpha) q_theta(y_t|y<t,x).
         `no_repeat_ngram_size` n > 0: a token that would complete an n-gram already present in the
-        row's real tokens (prompt and response) gets no probability (the MiniLLM evaluation uses 6).
+        row's real tokens (prompt and response) gets no probability (the MiniLLM evaluation uses 6);
+        a row whose every token would repeat one keeps its distribution rather than have none.
         """
         B, T = idx.shape
         n = min(max_new_tokens, self.config.block_size - T)
@@ -461,6 +462,7 @@ class GPT(nn.Module):
             step_mask = None
             if no_repeat_ngram_size > 0:
                 banned = repeated_ngram_mask(out[:, :T + t], real[:, :T + t], no_repeat_ngram_size, logits[0].shape[-1])
+                banned &= ~banned.all(-1, keepdim=True)
                 logits = [z.masked_fill(banned, float('-inf')) for z in logits]
             nxt = sample_next(logits, temperature, top_k, top_p, generator, mix_alpha if len(models) > 1 else 0.0)
             if eos_id is not None:
@@ -553,9 +555,10 @@ def _filtered_logprobs(logits, temperature, top_k, top_p):
 
 
 def flops_per_token(config, n_params):
-    """Training FLOPs per token: 6N for the matmuls plus 12 * L * d * T for attention
-    (PaLM appendix B accounting, as in nanoGPT)."""
-    return 6 * n_params + 12 * config.n_layer * config.n_embd * config.block_size
+    """Training FLOPs per token: 6N for the matmuls plus 12 * L * (n_head * head_dim) * T for the
+    attention scores and their weighted sum (PaLM, arXiv 2204.02311, appendix B, as in nanoGPT;
+    with grouped-query attention every query head still attends, so n_head counts)."""
+    return 6 * n_params + 12 * config.n_layer * config.n_head * config.hd * config.block_size
 
 
 # Dense (no 2:4 sparsity) bf16 tensor-core peak of one GPU in FLOP/s, from NVIDIA's data sheets;

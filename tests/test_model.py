@@ -2,16 +2,35 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import model
 from model import GPT, GPTConfig, KVCache, next_token_logprobs
 
 
-def tiny(seed=0, **kw):
+# every family's switches on a tiny shape: the cache, padding and packing tests run on each
+FAMILY_SHAPES = {
+    'gpt2': dict(n_head=2),
+    'opt': dict(n_head=2, **model.FAMILIES['opt'], intermediate_size=48),
+    'llama3': dict(n_head=4, n_kv_head=2, **model.FAMILIES['llama'], intermediate_size=48, tie_embeddings=False,
+                   rope_theta=500.0, rope_scaling=dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0,
+                                                       high_freq_factor=4.0, original_max_position_embeddings=16)),
+    'qwen2': dict(n_head=4, n_kv_head=1, **model.FAMILIES['qwen2'], intermediate_size=48),
+    'qwen3': dict(n_head=4, n_kv_head=2, head_dim=12, **model.FAMILIES['qwen3'], intermediate_size=48, tie_embeddings=False),
+}
+families = pytest.mark.parametrize('family', list(FAMILY_SHAPES))
+
+
+def tiny(seed=0, family='gpt2', **kw):
     torch.manual_seed(seed)
-    cfg = dict(block_size=48, vocab_size=61, n_layer=2, n_head=2, n_embd=32)
+    cfg = dict(block_size=48, vocab_size=61, n_layer=2, n_embd=32, **FAMILY_SHAPES[family])
     cfg.update(kw)
-    return GPT(GPTConfig(**cfg)).eval()
+    m = GPT(GPTConfig(**cfg)).eval()
+    with torch.no_grad():  # norms and biases off their init, so every switch shows in the logits
+        for name, p in m.named_parameters():
+            if 'norm' in name or 'ln_' in name or name.endswith('bias'):
+                p.add_(0.1 * torch.randn_like(p))
+    return m
 
 
 def left_pad(rows, pad=0):
@@ -62,8 +81,9 @@ def greedy_reference(m, prompt, n, eos_id=None):
     return seq[len(prompt):]
 
 
-def test_kv_cache_greedy_equals_recompute_with_left_padding():
-    m = tiny()
+@families
+def test_kv_cache_greedy_equals_recompute_with_left_padding(family):
+    m = tiny(family=family)
     prompts = [[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40], [7, 7, 7, 7, 7]]
     idx, mask = left_pad(prompts)
     out = m.generate(idx, 12, temperature=0, attention_mask=mask)
@@ -71,8 +91,9 @@ def test_kv_cache_greedy_equals_recompute_with_left_padding():
         assert out[i, idx.shape[1]:].tolist() == greedy_reference(m, p, 12)
 
 
-def test_padded_forward_equals_unpadded_rows():
-    m = tiny(1)
+@families
+def test_padded_forward_equals_unpadded_rows(family):
+    m = tiny(1, family=family)
     prompts = [[3, 1, 4, 1, 5, 9, 2], [2, 7]]
     idx, mask = left_pad(prompts)
     with torch.no_grad():
@@ -82,8 +103,9 @@ def test_padded_forward_equals_unpadded_rows():
             assert torch.allclose(batched[i, idx.shape[1] - len(p):], single, atol=1e-5)
 
 
-def test_packed_forward_equals_rows_alone():
-    m = tiny(3)
+@families
+def test_packed_forward_equals_rows_alone(family):
+    m = tiny(3, family=family)
     seqs = [[3, 1, 4, 1, 5], [9, 2, 6], [5, 3, 5, 8, 9, 7, 9], [3, 2]]
     rows = [[0, 1], [2, 3]]  # two sequences per row, the second row ending in two pads
     T = max(sum(len(seqs[j]) for j in r) for r in rows) + 2
@@ -107,8 +129,9 @@ def test_packed_forward_equals_rows_alone():
         m(idx, segments=seg, attention_mask=torch.ones_like(idx))
 
 
-def test_chunked_prefill_with_cache_equals_full_forward():
-    m = tiny(2)
+@families
+def test_chunked_prefill_with_cache_equals_full_forward(family):
+    m = tiny(2, family=family)
     x = torch.randint(0, 61, (2, 20))
     cache = KVCache(m.config, 2, 20, 'cpu', torch.float32)
     with torch.no_grad():
@@ -119,8 +142,9 @@ def test_chunked_prefill_with_cache_equals_full_forward():
     assert torch.allclose(torch.cat([a, b, c], 1), full, atol=1e-5)
 
 
-def test_eos_stops_rows_and_pads_with_eos():
-    m = tiny(3)
+@families
+def test_eos_stops_rows_and_pads_with_eos(family):
+    m = tiny(3, family=family)
     idx, mask = left_pad([[1, 2, 3], [4, 5]])
     free = m.generate(idx, 10, temperature=0, attention_mask=mask)
     eos = int(free[0, 3])  # row 0's first generated token: row 0 stops at once
@@ -221,3 +245,69 @@ def test_untied_head_and_pytorch_init(tmp_path):
     assert not m2.config.tie_embeddings and m2.lm_head.weight is not m2.transformer.wte.weight
     idx = torch.randint(257, (2, 9))
     assert torch.equal(m(idx), m2(idx))
+
+
+def test_gqa_cache_holds_only_kv_heads_and_rope_needs_no_positions_table():
+    m = tiny(family='qwen3')
+    cache = KVCache(m.config, 3, 10, 'cpu', torch.float32)
+    assert cache.k[0].shape == (3, 2, 10, 12)                      # n_kv_head 2, head_dim 12 (not 32 / 4)
+    assert 'wpe' not in m.transformer and m.num_params() == m.num_params(non_embedding=False)
+    assert m.transformer.h[0].attn.c_attn.weight.shape == ((4 + 2 * 2) * 12, 32)
+    assert m.transformer.h[0].attn.c_proj.weight.shape == (32, 4 * 12)
+    opt = tiny(family='opt')
+    assert opt.transformer.wpe.weight.shape == (48 + 2, 32)        # OPT's two offset rows
+    # attention FLOPs count every query head at its head_dim: 12 * L * (n_head * head_dim) * T
+    assert model.flops_per_token(m.config, 0) == 12 * 2 * 4 * 12 * 48
+
+
+def test_rope_scaling_llama3_closed_form():
+    """Llama 3's rule on three frequencies: a high one kept, a low one divided by the factor, one
+    in between interpolated with smooth = (L_old / wavelength - lo) / (hi - lo)."""
+    cfg = GPTConfig(n_embd=6, n_head=1, pos='rope', rope_theta=100.0,
+                    rope_scaling=dict(rope_type='llama3', factor=4.0, low_freq_factor=1.0, high_freq_factor=2.0,
+                                      original_max_position_embeddings=40))
+    base = torch.tensor([1.0, 100 ** (-2 / 6), 100 ** (-4 / 6)])
+    wavelen = 2 * math.pi / base                                   # 6.28, 29.2, 135.3 against 40/2 = 20 and 40/1 = 40
+    smooth = (40 / wavelen[1] - 1.0) / (2.0 - 1.0)
+    expected = torch.tensor([base[0], (1 - smooth) * base[1] / 4 + smooth * base[1], base[2] / 4])
+    assert torch.allclose(model.rope_inv_freq(cfg), expected, rtol=1e-6)
+    lin = GPTConfig(n_embd=6, n_head=1, pos='rope', rope_theta=100.0, rope_scaling=dict(rope_type='linear', factor=2.0))
+    assert torch.allclose(model.rope_inv_freq(lin), base / 2)
+    with pytest.raises(ValueError, match='yarn'):
+        model.rope_inv_freq(GPTConfig(n_embd=6, n_head=1, pos='rope', rope_scaling=dict(rope_type='yarn', factor=2.0)))
+
+
+def test_padded_vocabulary_rows_get_no_logit_and_are_never_sampled():
+    m = tiny(7, family='qwen2', vocab_size=64, tokenizer_vocab=61)
+    with torch.no_grad():
+        m.lm_head.weight[61:] = 100.0                              # padding rows that would win every draw
+        m.transformer.h[0].attn.c_attn.bias.zero_()
+    idx = torch.randint(0, 61, (4, 5))
+    assert m(idx).shape == (4, 5, 61)
+    out = m.generate(idx, 20, generator=torch.Generator().manual_seed(0))
+    assert out.max().item() < 61
+    full = F.linear(m(idx, head_fn=lambda h, w: h), m.lm_head.weight)
+    assert torch.allclose(m(idx), full[..., :61])
+    with pytest.raises(ValueError, match='tokenizer_vocab'):
+        GPTConfig(vocab_size=10, tokenizer_vocab=11)
+
+
+def test_no_repeat_ngram_equals_transformers_processor_and_never_repeats():
+    transformers = pytest.importorskip('transformers')
+    proc = transformers.NoRepeatNGramLogitsProcessor(3)
+    torch.manual_seed(0)
+    seqs = torch.randint(0, 4, (64, 12))                           # small alphabet: many repeated trigrams
+    for L in range(1, 13):
+        ours = model.repeated_ngram_mask(seqs[:, :L], torch.ones(64, L, dtype=torch.bool), 3, 4)
+        ref = proc(seqs[:, :L], torch.zeros(64, 4)).isinf()
+        assert torch.equal(ours, ref), L
+    assert model.repeated_ngram_mask(torch.tensor([[1, 2, 3, 1, 2]]), torch.ones(1, 5, dtype=torch.bool), 3, 5)[0].nonzero().flatten().tolist() == [3]
+    # padding never forms an n-gram: the banned token 3 followed (1, 2) only inside the pad
+    pad = torch.tensor([[1, 2, 3, 1, 2]]), torch.tensor([[False, False, False, True, True]])
+    assert not model.repeated_ngram_mask(*pad, 3, 5).any()
+    m = tiny(8, vocab_size=11)
+    idx, mask = left_pad([[1, 2, 3], [4]])
+    out = m.generate(idx, 20, attention_mask=mask, no_repeat_ngram_size=2, generator=torch.Generator().manual_seed(1))
+    for row, skip in zip(out.tolist(), (0, 2)):
+        grams = [tuple(row[skip:][i:i + 2]) for i in range(len(row) - skip - 1)]
+        assert len(grams) == len(set(grams))
