@@ -275,3 +275,178 @@ def test_openwebtext_prepare_from_local_files(tmp_path):
         assert np.fromfile(out / name, dtype=np.uint16).tolist() == expected
     owt_prepare.main(["--input", str(src), "--max_docs", "2", "--out_dir", str(out)])
     assert json.loads((out / "meta.json").read_text())["documents"] == {"train": 1, "val": 1}
+
+
+# ---------------------------------------------------------------- the reference's split and test sets
+
+
+def ref_record(i, output=None, with_prompt=True, input_text=""):
+    """A record as the MiniLLM reference's processed files hold it (prompt with '<n>' for newlines)."""
+    r = {"instruction": f"Task {i}: say something.", "input": input_text,
+         "output": output if output is not None else f"Reply {i}."}
+    if with_prompt:
+        r["prompt"] = f"Reference prompt {i}<n>### Response:<n>"
+    return r
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def test_dolly_split_dir_reproduces_the_reference_split(tmp_path):
+    ref = tmp_path / "full" / "gpt2"
+    ref.mkdir(parents=True)
+    files = {"train": [ref_record(i) for i in range(7)], "valid": [ref_record(i) for i in range(10, 13)]}
+    for split, records in files.items():
+        write_jsonl(ref / f"{split}.jsonl", records)
+    test_file = write_jsonl(tmp_path / "valid.jsonl", [ref_record(i, output=[f"Gold {i}.", f"Also {i}."])
+                                                        for i in range(20, 24)])
+    out = tmp_path / "out"
+    dolly_prepare.main(["--split_dir", str(ref), "--test_input", test_file, "--out_dir", str(out)])
+    files["test"] = [json.loads(line) for line in open(test_file)]
+    for split, records in files.items():
+        examples, _, _ = check_instruct_split(out, split, "gpt2")
+        assert [e["prompt"] for e in examples] == [r["prompt"].replace("<n>", "\n") for r in records]
+        outputs = [r["output"] if isinstance(r["output"], list) else [r["output"]] for r in records]
+        assert [e["references"] for e in examples] == outputs
+        assert [e["response"] for e in examples] == [o[0] for o in outputs]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["split"] == "reference" and meta["counts"] == {"train": 7, "valid": 3, "test": 4}
+    # test.jsonl inside the split dir serves when --test_input is not given; without either it stops
+    with pytest.raises(SystemExit, match="--test_input"):
+        dolly_prepare.main(["--split_dir", str(ref), "--out_dir", str(tmp_path / "o2")])
+    write_jsonl(ref / "test.jsonl", [ref_record(30)])
+    dolly_prepare.main(["--split_dir", str(ref), "--out_dir", str(tmp_path / "o3")])
+    assert read_instruct_split(tmp_path / "o3", "test")[0][0]["response"] == "Reply 30."
+
+
+def words(n):
+    """Text of exactly n GPT-2 tokens ('a' then ' a' n - 1 times)."""
+    return "a" + " a" * (n - 1)
+
+
+def test_words_helper_counts_gpt2_tokens():
+    enc = get_encoding("gpt2")
+    assert [len(enc.encode_ordinary(words(n))) for n in (1, 10, 11)] == [1, 10, 11]
+
+
+@pytest.mark.parametrize("name", ["self_inst", "vicuna", "sni", "unni"])
+def test_test_set_prepare_from_local_jsonl(tmp_path, name, capsys):
+    import importlib
+    prepare = importlib.import_module(f"data.{name}.prepare")
+    records = [ref_record(0, output=words(10)), ref_record(1, output=words(11)),
+               ref_record(2, output=words(30), with_prompt=False, input_text="Some input."),
+               ref_record(3, output=""),                                       # no response: skipped
+               ref_record(4, output=words(12), with_prompt=False, input_text="word " * 300),  # long prompt
+               ref_record(5, output=[words(11), "short"])]                     # two references
+    src = write_jsonl(tmp_path / "valid.jsonl", records)
+    out = tmp_path / name
+    prepare.main(["--input", src, "--out_dir", str(out)])
+    examples, _, idx = check_instruct_split(out, "test", "gpt2")
+    filtered = name in ("sni", "unni")   # responses of >= 11 tokens, as the paper
+    kept = [1, 2, 5] if filtered else [0, 1, 2, 5]
+    assert [e["response"] for e in examples] == [records[i]["output"] if isinstance(records[i]["output"], str)
+                                                 else records[i]["output"][0] for i in kept]
+    assert examples[kept.index(1)]["prompt"] == "Reference prompt 1\n### Response:\n"   # the file's own prompt
+    assert examples[kept.index(2)]["prompt"].endswith(
+        "### Instruction:\nTask 2: say something.\n\n### Input:\nSome input.\n\n### Response:\n")
+    assert examples[-1]["references"] == [words(11), "short"]
+    if filtered:
+        assert (idx[:, 2] - 1).min() == 11   # tokens of each response, eot not counted
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["counts"] == {"test": len(kept)} and meta["template"] == "alpaca"
+    assert meta["min_response_tokens"] == (11 if filtered else 0)
+    assert "prompts over 256 tokens dropped" in capsys.readouterr().out
+    prepare.main(["--input", src, "--out_dir", str(out), "--max_examples", "2", "--min_response_tokens", "30"])
+    assert [e["response"] for e in read_instruct_split(out, "test")[0]] == [words(30)]
+
+
+def test_unni_keeps_the_first_10000_by_default():
+    from data.unni import prepare as unni
+    from data.sni import prepare as sni
+    assert unni.HF_NAME == "MiniLLM/uinst" and unni.HF_FILE == "11_/valid.jsonl"
+    assert sni.HF_NAME == "MiniLLM/sinst" and sni.HF_FILE == "11_/valid.jsonl"
+    parsed = []
+    original = unni.prepare_test_set
+    try:
+        unni.prepare_test_set = lambda *a, **kw: parsed.append(kw)
+        unni.main([])
+    finally:
+        unni.prepare_test_set = original
+    assert parsed == [dict(min_response_tokens=11, max_examples=10000)]
+
+
+def test_test_set_prepare_errors(tmp_path):
+    from data.vicuna import prepare as vicuna
+    src = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "x", "output": 3}])
+    with pytest.raises(SystemExit, match="record 1: expected string fields"):
+        vicuna.main(["--input", src, "--out_dir", str(tmp_path / "o")])
+    src = write_jsonl(tmp_path / "empty.jsonl", [ref_record(0, output="")])
+    with pytest.raises(SystemExit, match="no example"):
+        vicuna.main(["--input", src, "--out_dir", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="tokenizer_config.json"):
+        vicuna.main(["--input", src, "--template", "chat", "--tokenizer", str(tmp_path), "--out_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- prompt templates
+
+CHATML = ("{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+          "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+          "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+LLAMA3 = ("{{ bos_token }}{% for message in messages %}"
+          "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim "
+          "+ '<|eot_id|>' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+
+def write_tokenizer_config(path, template, **extra):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, **extra}))
+    return str(path)
+
+
+def test_chat_template_gives_the_exact_prompt(tmp_path):
+    from data.common import prompt_formatter
+    fmt = prompt_formatter("chat", write_tokenizer_config(tmp_path / "qwen", CHATML, eos_token="<|im_end|>"))
+    assert fmt("Name a colour.", "") == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n")
+    assert fmt("Translate to French.", " Good morning. ") == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nTranslate to French.\n\nGood morning.<|im_end|>\n<|im_start|>assistant\n")
+    # special tokens from tokenizer_config.json (AddedToken dicts too); a list of named templates
+    llama = write_tokenizer_config(tmp_path / "llama", [{"name": "tool_use", "template": "x"},
+                                                        {"name": "default", "template": LLAMA3}],
+                                   bos_token={"content": "<|begin_of_text|>", "lstrip": False})
+    assert prompt_formatter("chat", llama)("Hi", "") == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert prompt_formatter("alpaca", None)("Hi", "") == (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nHi\n\n### Response:\n")
+
+
+def test_chat_template_equals_transformers_rendering(tmp_path):
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from data.common import chat_user_message, render_chat_prompt
+    special = {"bos_token": "<s>", "eos_token": "</s>"}
+    for template in (CHATML, LLAMA3):
+        message = chat_user_message("Summarise: the cat sat.", "It was on the mat.")
+        ours = render_chat_prompt(template, message, special)
+        theirs, _ = render_jinja_template([[{"role": "user", "content": message}]], chat_template=template,
+                                          add_generation_prompt=True, **special)
+        assert ours == theirs[0]
+
+
+def test_chat_template_is_sandboxed_and_errors_are_one_line(tmp_path):
+    from data.common import prompt_formatter, render_chat_prompt
+    with pytest.raises(SystemExit, match="failed to render .SecurityError"):
+        render_chat_prompt("{{ ''.__class__.__mro__[1].__subclasses__() }}", "hi")
+    with pytest.raises(SystemExit, match="failed to render.*system messages only"):
+        render_chat_prompt("{{ raise_exception('system messages only') }}", "hi")
+    with pytest.raises(SystemExit, match="no chat_template"):
+        prompt_formatter("chat", write_tokenizer_config(tmp_path / "base", None))

@@ -1,0 +1,27 @@
+"""
+Vicuna: the 80 questions of the Vicuna evaluation (lm-sys vicuna-blog-eval), an evaluation set of
+MiniLLM (arXiv 2306.08543, §3.1 and Table 1).
+
+    python data/vicuna/prepare.py [--input valid.jsonl] [--template alpaca|chat] [--tokenizer gpt2]
+        [--max_prompt_tokens 256] [--out_dir data/vicuna]
+
+Without --input it loads valid.jsonl of the MiniLLM authors' hub dataset MiniLLM/Vicuna through
+`datasets` (network); --input takes that file (or any .json/.jsonl with instruction, input, output)
+offline. Writes the split 'test' (data/common.write_instruct_split) and meta.json.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+
+from data.common import prepare_test_set  # noqa: E402
+
+HF_NAME, HF_FILE = "MiniLLM/Vicuna", "valid.jsonl"
+
+
+def main(argv=None):
+    return prepare_test_set(argv, __doc__, HF_NAME, HF_FILE, Path(__file__).resolve().parent)
+
+
+if __name__ == "__main__":
+    main()
