@@ -86,7 +86,7 @@ def run_checks(n, checks, module, label, out=print):
         out(f"  pass  {title_of(check)}" + (f"  ({seconds:.1f} s)" if seconds >= 1 else ""))
         for line in (note or "").splitlines():
             out(f"        {line}")
-    out(f"step {n}{label}: all {len(checks)} checks passed")
+    out(f"step {n}{label}: {len(checks)} of {len(checks)} checks passed")
     return True
 
 
