@@ -31,8 +31,6 @@ FAMILIES = ('gpt2', 'opt', 'llama', 'mistral', 'qwen2', 'qwen3')
 ARCHITECTURES = {'gpt2': 'GPT2LMHeadModel', 'opt': 'OPTForCausalLM', 'llama': 'LlamaForCausalLM',
                  'mistral': 'MistralForCausalLM', 'qwen2': 'Qwen2ForCausalLM', 'qwen3': 'Qwen3ForCausalLM'}
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
-TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'vocab.json',
-                   'merges.txt', 'tokenizer.model', '*.tiktoken', 'chat_template.jinja')
 
 # Our module names -> the family's, per block and outside the blocks. A tuple is several HF
 # tensors stacked along dim 0 into our one (q | k | v; SwiGLU's gate | up).
@@ -300,6 +298,7 @@ def local_dir(name_or_dir):
         return name_or_dir
     if not re.fullmatch(r'[\w.-]+(/[\w.-]+)?', name_or_dir) or name_or_dir.startswith('.'):
         raise UserError(f"{name_or_dir!r} is neither a directory nor a Hugging Face hub name (org/name)")
+    from tokenizer import TOKENIZER_FILES
     try:
         from huggingface_hub import list_repo_files, snapshot_download
         files = list_repo_files(name_or_dir)
@@ -335,8 +334,11 @@ def from_pretrained(name_or_dir, dropout=0.0, dtype=None):
 
 
 def has_tokenizer_files(path):
-    return any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES if '*' not in f) or any(
-        f.endswith('.tiktoken') for f in os.listdir(path))
+    """Whether a checkpoint directory carries its tokenizer (then tokenizer.get_encoding reads it)."""
+    import glob
+    from tokenizer import TOKENIZER_FILES
+    return any(glob.glob(os.path.join(glob.escape(path), pattern)) for pattern in TOKENIZER_FILES
+               if pattern not in ('tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja'))
 
 
 # ----------------------------------------------------------------------------- GPTConfig -> config.json
@@ -431,18 +433,20 @@ def parse_size(size):
 
 
 def special_token_ids(tokenizer_spec):
-    """bos / eos / pad ids: eos is the tokenizer's end of text; a Hugging Face tokenizer directory's
-    own generation_config.json / config.json give bos and pad (and a list of eos ids) when it has them."""
+    """bos / eos ids of the tokenizer (tokenizer.get_encoding: bos None for GPT-2, Qwen and the
+    named encodings) and, from a Hugging Face directory's generation_config.json, its pad id and
+    its list of eos ids (Llama-3-Instruct stops at any of three) when that list holds our eos."""
     import tokenizer
-    ids = {'eos_token_id': tokenizer.get_encoding(tokenizer_spec).eot_token}
-    if isinstance(tokenizer_spec, str) and os.path.isdir(tokenizer_spec):
-        for name in ('config.json', 'generation_config.json'):  # the second wins, as in transformers' generate
-            if os.path.exists(os.path.join(tokenizer_spec, name)):
-                with open(os.path.join(tokenizer_spec, name)) as f:
-                    ids.update({k: v for k, v in json.load(f).items()
-                                if k in ('bos_token_id', 'eos_token_id', 'pad_token_id') and v is not None})
-    ids.setdefault('bos_token_id', ids['eos_token_id'] if isinstance(ids['eos_token_id'], int) else ids['eos_token_id'][0])
-    return ids
+    enc = tokenizer.get_encoding(tokenizer_spec)
+    ids = {'bos_token_id': enc.bos_token, 'eos_token_id': enc.eot_token}
+    source = os.path.join(enc.source_dir, 'generation_config.json') if getattr(enc, 'source_dir', None) else ''
+    if os.path.exists(source):
+        with open(source) as f:
+            gen = json.load(f)
+        if isinstance(gen.get('eos_token_id'), list) and enc.eot_token in gen['eos_token_id']:
+            ids['eos_token_id'] = gen['eos_token_id']
+        ids['pad_token_id'] = gen.get('pad_token_id')
+    return {k: v for k, v in ids.items() if v is not None}
 
 
 def export_hf(model, tokenizer_spec, out_dir, max_shard_size='5GB'):
@@ -486,8 +490,7 @@ def export_hf(model, tokenizer_spec, out_dir, max_shard_size='5GB'):
                        {'metadata': {'total_size': total}, 'weight_map': weight_map})
         write_json(os.path.join(tmp, 'config.json'), hf_config(model.config, model_type, dtype, special))
         write_json(os.path.join(tmp, 'generation_config.json'), dict(special))
-        if hasattr(tokenizer, 'write_hf_tokenizer_files'):  # TODO(tokenizer helper): always, once it exists
-            tokenizer.write_hf_tokenizer_files(tokenizer_spec, tmp)
+        tokenizer.write_hf_tokenizer_files(tokenizer_spec, tmp)
         old = f"{out_dir}.old.{os.getpid()}"
         if os.path.exists(out_dir):
             os.replace(out_dir, old)
