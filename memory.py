@@ -2,7 +2,11 @@
 Per-GPU memory of a distillation run, estimated before anything is allocated, so that a 13B run
 fails in its first second with a clear message instead of an out-of-memory error an hour in.
 
-    python memory.py        # the README table: 124M .. 13B students at 8 and 64 GPUs
+    python memory.py        # the README table: the real student/teacher pairs of config/ at 8 and 64 GPUs
+
+Shapes are model.GPTConfig's (every family: GPT-2, OPT, LLaMA, Mistral, Qwen2, Qwen3): grouped-query
+attention (n_kv_head, head_dim), the MLP kind and its intermediate size, LayerNorm or RMSNorm,
+learned or rotary positions, the biases, q/k norms, tied or untied head, padded vocabulary rows.
 
 What is counted (bytes per GPU; P = student parameters, P_t = teacher parameters, S = the number
 of shards: world_size under FSDP, 1 otherwise; b = param dtype bytes, 2 for bf16):
@@ -15,71 +19,153 @@ of shards: world_size under FSDP, 1 otherwise; b = param dtype bytes, 2 for bf16
                                               4 P_t without (an fp32 replica, autocast in forward)
     ddp_buckets DDP's gradient buckets        4 P       (DDP only)
   transient, training step
-    unsharded   FSDP: the all-gathered compute copies of the root (embeddings, ln_f) and of two
-                blocks (the one running and the one prefetched), for student and teacher, with
-                the student blocks' gradients before the reduce-scatter; without FSDP: autocast's
+    unsharded   FSDP: the all-gathered compute copies of the root (embeddings, head, final norm) and
+                of two blocks (the one running and the one prefetched), for student and teacher,
+                with the student's gradients before the reduce-scatter; without FSDP: autocast's
                 b-byte weight copies
-    activations Korthikanti et al. 2022 (arXiv 2205.05198) §4.1, Eq. 1 with a fused attention kernel
-                (no a s^2 score matrices): 34 s B h bytes per layer for B sequences of s tokens,
-                width h. With activation checkpointing each layer keeps only its input (2 s B h)
-                and one layer is recomputed at a time (+ 34 s B h).
+    activations what autograd keeps for backward, counted tensor by tensor as Korthikanti et al.
+                2022 (arXiv 2205.05198) §4.1 do for their Eq. 1, for model.py's block with a fused
+                attention kernel (no s^2 score matrices; see `block_activation_bytes`). For
+                GPT-2's block with dropout this is the paper's 34 s B h bytes per layer (Eq. 1
+                without the 5 a s^2 B score terms) plus LayerNorm's statistics and the kernel's
+                log-sum-exp ((16 + 4 a) s B bytes). With activation checkpointing each layer keeps
+                only its input (b s B h) and one layer is recomputed at a time.
     logits      the loss head: fp32 student logits, their softmax and gradient for min(B s,
-                chunk) tokens (the chunked loss) + the teacher's b-byte logits for B s tokens
+                chunk) tokens (the chunked loss) + the teacher's b-byte logits for B s tokens,
+                over the real vocabulary (tokenizer_vocab columns)
   transient, MiniLLM rollout phase (not at the same time as a training step)
-    kv_cache    2 (k, v) L B_r s h b bytes per model, student and teacher (teacher-mixed sampling)
+    kv_cache    2 (k, v) L B_r s n_kv_head head_dim b bytes per model, student and teacher
+                (teacher-mixed sampling)
 
 Peak = static + max(training transient, rollout transient). Not counted: the CUDA context
 (~0.5-1 GiB), allocator fragmentation, communication buffers beyond the above; `fits` keeps 10%
-headroom for them.
+headroom for them. Activations assume the whole forward in the compute dtype (FSDP's bf16
+MixedPrecisionPolicy); under DDP's autocast the fp32 residual stream adds a little.
 """
-from dataclasses import dataclass
+import os
+from types import SimpleNamespace
 
 from configurator import UserError
 
 GiB = 1024 ** 3
 
 
-@dataclass
-class Shape:
-    """The fields of model.GPTConfig that set a GPT's size (any object with them will do)."""
-    n_layer: int
-    n_head: int
-    n_embd: int
-    vocab_size: int = 50257
-    block_size: int = 1024
-    bias: bool = True
+# ----------------------------------------------------------------------------- shapes
+def dims(cfg):
+    """The sizes a GPTConfig-like `cfg` implies (missing fields take GPTConfig's defaults: GPT-2).
+    Returns d, n_head, n_kv_head, head_dim, intermediate size, and the MLP's first-layer width."""
+    d, H = cfg.n_embd, cfg.n_head
+    kv = getattr(cfg, 'n_kv_head', 0) or H
+    hd = getattr(cfg, 'head_dim', 0) or d // H
+    ffn = getattr(cfg, 'intermediate_size', 0) or 4 * d
+    width = 2 * ffn if getattr(cfg, 'mlp', 'gelu') == 'swiglu' else ffn   # SwiGLU: gate and up stacked
+    return d, H, kv, hd, ffn, width
 
 
-def block_params(n_embd, bias=True):
-    """One GPT-2 block: ln_1, c_attn (d -> 3d), attn c_proj (d -> d), ln_2, c_fc (d -> 4d), mlp
-    c_proj (4d -> d) = 12 d^2 weights + 13 d biases and LayerNorm parameters (2 d without biases)."""
-    d = n_embd
-    return 12 * d * d + (13 * d if bias else 2 * d)
+def _norm_params(cfg, dim):
+    """LayerNorm: weight (+ bias); RMSNorm: weight only."""
+    rms = getattr(cfg, 'norm', 'layernorm') == 'rmsnorm'
+    return dim if rms or not cfg.bias else 2 * dim
 
 
-def root_params(shape):
-    """Parameters outside the blocks: wte/lm_head (V d, twice when untied), wpe (block_size d), ln_f."""
-    d = shape.n_embd
-    heads = 1 if getattr(shape, 'tie_embeddings', True) else 2
-    return heads * shape.vocab_size * d + shape.block_size * d + (2 * d if shape.bias else d)
+def block_params(cfg):
+    """One block: ln_1; c_attn d -> (n_head + 2 n_kv_head) head_dim (+ q/k/v biases when qkv_bias,
+    or bias); q_norm, k_norm [head_dim] (Qwen3); attention c_proj n_head head_dim -> d; ln_2; c_fc
+    d -> I (GELU, ReLU) or 2 I (SwiGLU's gate and up); mlp c_proj I -> d; c_proj/c_fc biases when
+    bias. GPT-2's block: 12 d^2 + 13 d."""
+    d, H, kv, hd, ffn, width = dims(cfg)
+    qkv_bias = cfg.bias if getattr(cfg, 'qkv_bias', None) is None else cfg.qkv_bias
+    qkv = (H + 2 * kv) * hd
+    attn = d * qkv + (qkv if qkv_bias else 0) + H * hd * d + (d if cfg.bias else 0)
+    attn += 2 * hd if getattr(cfg, 'qk_norm', False) else 0
+    mlp = d * width + ffn * d + ((width + d) if cfg.bias else 0)
+    return 2 * _norm_params(cfg, d) + attn + mlp
 
 
-def count_params(shape):
-    """All parameters of a GPT of this shape, tied embeddings counted once (= sum of numel of
-    GPT(config).parameters())."""
-    return root_params(shape) + shape.n_layer * block_params(shape.n_embd, shape.bias)
+def root_params(cfg):
+    """Parameters outside the blocks: wte (vocab_size rows, padding included), lm_head (once more
+    when untied), wpe (block_size + pos_offset rows, learned positions only), ln_f."""
+    d = cfg.n_embd
+    heads = 1 if getattr(cfg, 'tie_embeddings', True) else 2
+    wpe = (cfg.block_size + getattr(cfg, 'pos_offset', 0)) * d if getattr(cfg, 'pos', 'learned') == 'learned' else 0
+    return heads * cfg.vocab_size * d + wpe + _norm_params(cfg, d)
 
 
+def count_params(cfg):
+    """All parameters of a GPT of this config, tied embeddings counted once (= sum of numel of
+    model.GPT(config).parameters(), and of the Hugging Face model of the same config.json)."""
+    return root_params(cfg) + cfg.n_layer * block_params(cfg)
+
+
+def logit_vocab(cfg):
+    """Columns of the logits: the real vocabulary (embedding rows beyond it are padding)."""
+    return getattr(cfg, 'tokenizer_vocab', 0) or cfg.vocab_size
+
+
+# ----------------------------------------------------------------------------- activations
+def _norm_activation_bytes(cfg, dim, b, stat_bytes):
+    """What one norm over `dim` keeps per row: LayerNorm its input and mean, 1/std (fp32 on CUDA:
+    stat_bytes 4); model.RMSNorm its fp32 copy of the input, fp32 1/rms and the normalised row
+    before the gain (in b bytes, for the gain's gradient)."""
+    if getattr(cfg, 'norm', 'layernorm') == 'rmsnorm':
+        return (4 if b < 4 else 0) * dim + 4 + b * dim   # in fp32 x.float() is x itself: no copy
+    return b * dim + 2 * stat_bytes
+
+
+def block_activation_bytes(cfg, b=2, dropout=0.0, stat_bytes=4):
+    """Bytes one block keeps for backward per token (Korthikanti et al. 2022 §4.1's method: every
+    tensor an op saves, for model.Block's ops), with a fused attention kernel (flash /
+    memory-efficient: keeps q, k, v, its output and fp32 log-sum-exp per head, no score matrix):
+
+      ln_1; c_attn's input (b d); c_attn's fused output ((n_head + 2 n_kv_head) head_dim b: v is a
+      view of it, so all of it stays alive); with RoPE the rotated q and k ((n_head + n_kv_head)
+      head_dim b); q/k norms (Qwen3) as RMSNorms over head_dim per head; the attention output
+      (n_head head_dim b, also c_proj's input) and its log-sum-exp (4 n_head); ln_2; c_fc's input
+      (b d); GELU: c_fc's output and GELU's (2 I b); ReLU: its output (I b); SwiGLU: c_fc's output,
+      silu(gate) and the product (4 I b); dropout masks (d bytes each) after both residual branches.
+    """
+    d, H, kv, hd, ffn, width = dims(cfg)
+    norm = _norm_activation_bytes(cfg, d, b, stat_bytes)
+    attn = norm + b * d + b * (H + 2 * kv) * hd + b * H * hd + 4 * H
+    if getattr(cfg, 'pos', 'learned') == 'rope':
+        attn += b * (H + kv) * hd
+    if getattr(cfg, 'qk_norm', False):
+        attn += (H + kv) * _norm_activation_bytes(cfg, hd, b, stat_bytes)
+    mlp_kind = getattr(cfg, 'mlp', 'gelu')
+    mlp = norm + b * d + {'gelu': 2 * ffn, 'relu': ffn, 'swiglu': 4 * ffn}[mlp_kind] * b
+    masks = 2 * d if dropout > 0 else 0
+    return attn + mlp + masks
+
+
+def activation_bytes(cfg, tokens, b=2, dropout=0.0, checkpointing=False, stat_bytes=4):
+    """The training forward's activations for `tokens` tokens: every block's (or, with activation
+    checkpointing, every block's input plus one block recomputed at a time), the RoPE tables (per
+    row: left padding and packing give each row its own positions), ln_f and the head's input."""
+    d, _, _, hd, _, _ = dims(cfg)
+    per_block = block_activation_bytes(cfg, b, dropout, stat_bytes) * tokens
+    blocks = cfg.n_layer * b * d * tokens + per_block if checkpointing else cfg.n_layer * per_block
+    rope = 2 * b * hd * tokens if getattr(cfg, 'pos', 'learned') == 'rope' else 0
+    final = (_norm_activation_bytes(cfg, d, b, stat_bytes) + b * d) * tokens
+    return blocks + rope + final
+
+
+def kv_cache_bytes(cfg, rows, seq_len, b=2):
+    """model.KVCache: keys and values of the n_kv_head key/value heads only, every layer."""
+    _, _, kv, hd, _, _ = dims(cfg)
+    return 2 * cfg.n_layer * rows * seq_len * kv * hd * b
+
+
+# ----------------------------------------------------------------------------- a run's peak
 def estimate_memory(student, teacher=None, world_size=1, parallel='fsdp', batch_size=4, seq_len=512,
                     param_bytes=2, activation_checkpointing=False, cpu_offload=False,
-                    rollout_batch_size=0, chunk_size=1024):
+                    rollout_batch_size=0, chunk_size=1024, dropout=0.0, pt_batch_size=0, pt_kd=False):
     """Per-GPU bytes of each part of a training run (see the module docstring for the model).
-    Activations: Korthikanti et al. 2022 §4.1, Eq. 1, s b h (34 + 5 a s / h) bytes per layer,
-    without the 5 a s / h attention-score term (SDPA's fused kernels never store the scores).
 
     student, teacher: GPTConfig-like shapes (teacher None: no teacher). batch_size: sequences per
     GPU per micro-step; seq_len: tokens per sequence; rollout_batch_size: prompts generated at once
-    per GPU (0: no rollouts); chunk_size: tokens per chunk of the chunked loss (None: not chunked).
+    per GPU (0: no rollouts); chunk_size: tokens per chunk of the chunked loss (None: not chunked);
+    pt_batch_size: MiniLLM's L_PT sequences per GPU, in the same backward as the policy loss (their
+    activations add up), with the teacher's logits on them when pt_kd (pt_kd_ratio > 0).
     Returns a dict of bytes with 'total' = the estimated peak.
     """
     if parallel not in ('none', 'ddp', 'fsdp'):
@@ -98,27 +184,23 @@ def estimate_memory(student, teacher=None, world_size=1, parallel='fsdp', batch_
         """What a model needs whole at one time to run: see 'unsharded' in the module docstring."""
         if not fsdp:
             return param_bytes * count_params(shape) if param_bytes < 4 else 0.0
-        per_block = param_bytes + (param_bytes + 4 if with_grads else 0)
-        return root_params(shape) * (param_bytes + (4 if with_grads else 0)) + 2 * block_params(shape.n_embd, shape.bias) * per_block
+        grad = param_bytes + 4 if with_grads else 0   # compute-dtype gradient, then its fp32 copy to reduce
+        return root_params(shape) * (param_bytes + grad) + 2 * block_params(shape) * (param_bytes + grad)
 
-    h, L, tokens = student.n_embd, student.n_layer, batch_size * seq_len
-    per_layer = 34 * tokens * h * param_bytes / 2   # Korthikanti et al.'s 34 assumes 2-byte activations
-    if activation_checkpointing:
-        mem['activations'] = L * 2 * tokens * h * param_bytes / 2 + per_layer
-    else:
-        mem['activations'] = L * per_layer
-    mem['logits'] = 3 * 4 * min(tokens, chunk_size or tokens) * student.vocab_size
+    tokens, pt_tokens = batch_size * seq_len, pt_batch_size * seq_len
+    mem['activations'] = float(activation_bytes(student, tokens + pt_tokens, param_bytes, dropout,
+                                                activation_checkpointing))
+    mem['logits'] = 3 * 4 * min(tokens, chunk_size or tokens) * logit_vocab(student)
     if teacher is not None:
-        mem['logits'] += param_bytes * tokens * teacher.vocab_size
-    train = unsharded(student, True) + (unsharded(teacher, False) if teacher is not None else 0)
-    train += mem['activations'] + mem['logits']
+        mem['logits'] += param_bytes * (tokens + (pt_tokens if pt_kd else 0)) * logit_vocab(teacher)
+    mem['unsharded'] = unsharded(student, True) + (unsharded(teacher, False) if teacher is not None else 0)
+    train = mem['unsharded'] + mem['activations'] + mem['logits']
     mem['kv_cache'] = 0.0
     if rollout_batch_size:
         for shape in (student, teacher) if teacher is not None else (student,):
-            mem['kv_cache'] += 2 * shape.n_layer * rollout_batch_size * seq_len * shape.n_embd * param_bytes
+            mem['kv_cache'] += kv_cache_bytes(shape, rollout_batch_size, seq_len, param_bytes)
     rollout = mem['kv_cache'] + unsharded(student, False) + (unsharded(teacher, False) if teacher is not None else 0)
     static = sum(mem[k] for k in ('params', 'grads', 'optimizer', 'teacher', 'ddp_buckets'))
-    mem['unsharded'] = unsharded(student, True) + (unsharded(teacher, False) if teacher is not None else 0)
     mem['total'] = static + max(train, rollout)
     return mem
 
@@ -134,14 +216,32 @@ def describe(mem):
     return f"~{mem['total'] / GiB:.1f} GiB per GPU ({parts})"
 
 
+DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
+
+
+def estimate_run(cfg, student, teacher, world_size=None):
+    """estimate_memory for train.py's config `cfg` at `world_size` GPUs (default cfg.world_size).
+    Uses cfg.ptdtype / cfg.chunked when train.py has set them, else derives them from cfg.dtype and
+    cfg.chunked_loss as train.py does."""
+    world = world_size or cfg.world_size
+    minillm = cfg.method == 'minillm'
+    rollout_rows = min(cfg.rollout_batch_size, cfg.rollout_size // world) if minillm else 0
+    pt_rows = cfg.pt_batch_size if minillm and cfg.pt_data_dir and cfg.pt_weight > 0 else 0
+    param_bytes = cfg.ptdtype.itemsize if hasattr(cfg, 'ptdtype') else DTYPE_BYTES[cfg.dtype]
+    chunked = getattr(cfg, 'chunked', None)
+    if chunked is None:
+        chunked = logit_vocab(student) > 8192 if cfg.chunked_loss == 'auto' else bool(cfg.chunked_loss)
+    return estimate_memory(student, teacher, world, cfg.parallel, batch_size=cfg.batch_size,
+                           seq_len=cfg.block_size, param_bytes=param_bytes,
+                           activation_checkpointing=cfg.fsdp_activation_checkpointing, cpu_offload=cfg.fsdp_cpu_offload,
+                           rollout_batch_size=rollout_rows, chunk_size=cfg.loss_chunk_size if chunked else None,
+                           dropout=cfg.dropout, pt_batch_size=pt_rows, pt_kd=pt_rows > 0 and cfg.pt_kd_ratio > 0)
+
+
 def check_run(cfg, student, teacher):
     """train.py's estimate for its config `cfg` (student/teacher: GPTConfigs): printed on rank 0,
     and a UserError when it does not fit in cfg.gpu_memory_gb (0 = no check)."""
-    rollout_rows = min(cfg.rollout_batch_size, cfg.rollout_size // cfg.world_size) if cfg.method == 'minillm' else 0
-    est = estimate_memory(student, teacher, cfg.world_size, cfg.parallel, batch_size=cfg.batch_size,
-                          seq_len=cfg.block_size, param_bytes=cfg.ptdtype.itemsize,
-                          activation_checkpointing=cfg.fsdp_activation_checkpointing, cpu_offload=cfg.fsdp_cpu_offload,
-                          rollout_batch_size=rollout_rows, chunk_size=cfg.loss_chunk_size if cfg.chunked else None)
+    est = estimate_run(cfg, student, teacher)
     if cfg.rank == 0 and (cfg.parallel != 'none' or cfg.gpu_memory_gb > 0):
         print(f"memory estimate ({cfg.parallel}, world {cfg.world_size}): {describe(est)}")
     if cfg.gpu_memory_gb > 0 and not fits(est, cfg.gpu_memory_gb):
@@ -152,29 +252,67 @@ def check_run(cfg, student, teacher):
     return est
 
 
-# Student/teacher pairs of the README table. The 30B-class teacher of the 13B student has
-# LLaMA-30B's width and depth (60 layers, d = 6656) with GPT-2's vocabulary.
-TABLE_MODELS = {
-    '124M': Shape(12, 12, 768), '1.5B': Shape(48, 25, 1600), '6.7B': Shape(32, 32, 4096, block_size=2048),
-    '13B': Shape(40, 40, 5120, block_size=2048), '30B': Shape(60, 52, 6656, block_size=2048),
-}
-TABLE_PAIRS = [('124M', '1.5B'), ('1.5B', '6.7B'), ('6.7B', '13B'), ('13B', '30B')]
+# ----------------------------------------------------------------------------- the README table
+# The MiniLLM runs of config/ (student training, frozen teacher, rollouts) and the SFT of their
+# teachers (the largest model trained): (model trained, teacher or None, config file, overrides).
+# model.PRESETS holds the shapes of the checkpoints the configs name in init_from / teacher.
+TABLE_RUNS = [
+    ('opt-1.3b', 'opt-13b', 'config/minillm_opt.py', []),
+    ('opt-2.7b', 'opt-13b', 'config/minillm_opt.py', ['--init_from=out/sft_opt_2.7b', '--out_dir=out/minillm_opt_2.7b']),
+    ('opt-6.7b', 'opt-13b', 'config/minillm_opt.py', ['--init_from=out/sft_opt_6.7b', '--out_dir=out/minillm_opt_6.7b']),
+    ('llama-7b', 'llama-13b', 'config/minillm_llama.py', []),
+    ('qwen2.5-1.5b', 'qwen2.5-7b', 'config/minillm_qwen2.5.py', []),
+    ('qwen2.5-14b', 'qwen2.5-32b', 'config/minillm_13b_fsdp.py', []),
+    ('opt-13b', None, 'config/sft_opt_13b.py', []),
+    ('llama-13b', None, 'config/sft_llama_13b.py', []),
+    ('qwen2.5-7b', None, 'config/sft_qwen2.5_7b.py', []),
+]
 
 
-def markdown_table(world_sizes=(8, 64), batch_size=4, seq_len=512, rollout_batch_size=8):
-    """The README's per-GPU memory table for FSDP2 (bf16 compute, fp32 master weights and AdamW)."""
-    rows = ["| student | teacher | GPUs | params+grads+AdamW | teacher | activations (no AC / AC) "
+def table_run(student, teacher, config_file, overrides):
+    """train.py's config for one TABLE_RUNS row and the GPTConfigs of its student and teacher."""
+    import train
+    from model import preset_config
+    cwd = os.getcwd()
+    os.chdir(os.path.dirname(os.path.abspath(__file__)))  # config files exec() each other by repo-relative paths
+    try:
+        cfg = train.configure(train.DEFAULTS, [config_file] + list(overrides))
+    finally:
+        os.chdir(cwd)
+    return cfg, preset_config(student), preset_config(teacher) if teacher else None
+
+
+def on_gpus(cfg, world_size, written_for=8):
+    """A copy of `cfg` (written for `written_for` GPUs) run on `world_size` GPUs with the same global
+    batch: per GPU batch_size and pt_batch_size x written_for / world_size sequences (at least 1)."""
+    out = SimpleNamespace(**vars(cfg))
+    for key in ('batch_size', 'pt_batch_size'):
+        setattr(out, key, max(1, getattr(cfg, key) * written_for // world_size))
+    out.world_size = world_size
+    return out
+
+
+def markdown_table(world_sizes=(8, 64)):
+    """The README's per-GPU memory table for the runs of TABLE_RUNS, each with its own config's
+    batch, sequence length and rollout sizes (written for 8 GPUs; on more, the same global batch),
+    bf16 FSDP2, without and with activation checkpointing."""
+    rows = ["| student | teacher | config | GPUs | params+grads+AdamW | teacher | activations (no AC / AC) "
             "| rollout KV | peak, no AC | peak, AC |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for s, t in TABLE_PAIRS:
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    g = lambda x: f"{x / GiB:.1f}"  # noqa: E731
+    for student, teacher, config_file, overrides in TABLE_RUNS:
+        cfg, s, t = table_run(student, teacher, config_file, overrides)
         for w in world_sizes:
-            kw = dict(world_size=w, batch_size=batch_size, seq_len=seq_len, rollout_batch_size=rollout_batch_size)
-            plain = estimate_memory(TABLE_MODELS[s], TABLE_MODELS[t], **kw)
-            ac = estimate_memory(TABLE_MODELS[s], TABLE_MODELS[t], activation_checkpointing=True, **kw)
-            g = lambda x: f"{x / GiB:.1f}"
-            rows.append(f"| {s} | {t} | {w} | {g(plain['params'] + plain['grads'] + plain['optimizer'])} "
-                        f"| {g(plain['teacher'])} | {g(plain['activations'])} / {g(ac['activations'])} "
-                        f"| {g(plain['kv_cache'])} | {g(plain['total'])} | {g(ac['total'])} |")
+            run = on_gpus(cfg, w)
+            run.fsdp_activation_checkpointing = False
+            plain = estimate_run(run, s, t)
+            run.fsdp_activation_checkpointing = True
+            ac = estimate_run(run, s, t)
+            name = os.path.basename(config_file) + (' ' + overrides[0] if overrides else '')
+            rows.append(f"| {student} | {teacher or '-'} | `{name}` | {w} "
+                        f"| {g(plain['params'] + plain['grads'] + plain['optimizer'])} | {g(plain['teacher'])} "
+                        f"| {g(plain['activations'])} / {g(ac['activations'])} | {g(plain['kv_cache'])} "
+                        f"| {g(plain['total'])} | {g(ac['total'])} |")
     return '\n'.join(rows)
 
 

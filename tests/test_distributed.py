@@ -15,11 +15,10 @@ import torch
 if __name__ == '__main__':  # a torchrun worker: make the repo importable as the tests' conftest does
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import memory
 import train
 from checkpoint import atomic_save, checkpoint_payload, consolidate, load_model
 from configurator import UserError
-from model import GPT, GPTConfig, preset_config
+from model import GPT, GPTConfig
 
 B = 4  # sequences per rank per step
 COMMON = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--eval_interval=100', '--eval_iters=1',
@@ -31,6 +30,12 @@ CASES = {
     'kd': ['--method=kd', '--max_iters=3', '--init_from={student}'],   # a checkpoint, loaded after sharding
     'minillm': ['--method=minillm', '--rollout_size=16', '--ppo_epochs=2', '--max_new_tokens=6',
                 '--gen_temperature=0.0', '--max_iters=6', '--init_from={student}'],
+    # a llama-family student from a Hugging Face directory (GQA, RoPE, SwiGLU, RMSNorm, untied head;
+    # 264 embedding rows) and teacher (300 rows), both padded around the data's 257 tokens
+    'llamakd': ['--method=kd', '--max_iters=3', '--init_from={llama_student}', '--teacher={llama_teacher}'],
+    'llamaminillm': ['--method=minillm', '--rollout_size=16', '--ppo_epochs=2', '--max_new_tokens=6',
+                     '--gen_temperature=0.0', '--max_iters=6', '--init_from={llama_student}',
+                     '--teacher={llama_teacher}'],
 }
 
 
@@ -68,6 +73,10 @@ def worker(paths):
         run(f'{parallel}full_minillm', *sampled)
         run(f'{parallel}half_minillm', *sampled, '--max_iters=3')
         run(f'{parallel}half_minillm', *sampled, '--init_from=resume')
+    # the llama student with dropout: 4 steps, and 2 + 2 resumed from FSDP's dcp/
+    run('fsdpllamafull_llamakd', '--parallel=fsdp', '--dropout=0.1', '--max_iters=4')
+    run('fsdpllamahalf_llamakd', '--parallel=fsdp', '--dropout=0.1', '--max_iters=2')
+    run('fsdpllamahalf_llamakd', '--parallel=fsdp', '--dropout=0.1', '--max_iters=4', '--init_from=resume')
     run('bf16_minillm', '--parallel=fsdp', '--dtype=bfloat16', '--max_iters=2')
     try:
         run('offload_kd', '--parallel=fsdp', '--fsdp_cpu_offload=True')
@@ -105,13 +114,25 @@ def random_checkpoint(path, seed, **shape):
     return path
 
 
+def hf_llama(path, seed, rows):
+    """A tiny random Llama checkpoint written by transformers (the test reference)."""
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=64, vocab_size=rows)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope='module')
 def runs(tiny_instruct, tmp_path_factory):
     """The torchrun launch (2 ranks) and, alongside, the single-process references. Returns (paths, reports)."""
     root = tmp_path_factory.mktemp('dist')
     paths = dict(data=tiny_instruct, out=str(root),
                  teacher=random_checkpoint(str(root / 'teacher'), 1, n_layer=2, n_head=2, n_embd=32),
-                 student=random_checkpoint(str(root / 'student'), 2, n_layer=2, n_head=2, n_embd=32))
+                 student=random_checkpoint(str(root / 'student'), 2, n_layer=2, n_head=2, n_embd=32),
+                 llama_student=hf_llama(str(root / 'llama_student'), 3, rows=264),
+                 llama_teacher=hf_llama(str(root / 'llama_teacher'), 4, rows=300))
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     # --standalone: torchrun binds a free port itself (picking one here and passing it on would race
     # with anything else that binds a port before torchrun does)
@@ -151,18 +172,49 @@ def test_resume_continues_exactly(runs, parallel):
     assert len(resumed) == len(full) == 6
     assert resumed == full  # bit for bit: weights, AdamW state, rollout buffer and queue, every rank's RNGs
     written = sorted(os.listdir(f"{paths['out']}/{parallel}half_minillm"))
-    assert written == (['ckpt.pt', 'log.jsonl'] if parallel == 'ddp' else ['dcp', 'log.jsonl'])
+    assert written == (['best.pt', 'ckpt.pt', 'log.jsonl'] if parallel == 'ddp' else ['dcp', 'dcp_best', 'log.jsonl'])
 
 
 def test_consolidated_fsdp_checkpoint_matches_the_single_process_weights(runs):
     paths, _ = runs
+    sharded, _ = load_model(f"{paths['out']}/fsdp_minillm")  # the run dir as it is: its best, from dcp_best/
     path = consolidate(f"{paths['out']}/fsdp_minillm")
     model, tok = load_model(path)  # what sample.py and evaluate.py call
+    assert torch.load(f"{paths['out']}/fsdp_minillm/best.pt", weights_only=True)['best']['iter'] == 6  # = the last
+    assert all(torch.equal(a, b) for a, b in zip(sharded.state_dict().values(), model.state_dict().values()))
     single, _ = load_model(f"{paths['out']}/single_minillm")
     assert tok == 'byte' and torch.load(path, weights_only=False)['iter_num'] == 6
     assert model.transformer.wte.weight is model.lm_head.weight
     for (k, a), b in zip(model.state_dict().items(), single.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
+
+
+def test_fsdp_resume_of_a_llama_student_continues_exactly(runs):
+    paths, _ = runs
+    full, resumed = (losses(f"{paths['out']}/fsdpllama{v}_llamakd") for v in ('full', 'half'))
+    assert len(full) == 4 and resumed == full  # bit for bit, dropout RNGs included
+
+
+def test_consolidation_and_export_of_an_fsdp_llama_run(runs, tmp_path):
+    from conftest import ROOT
+    transformers = pytest.importorskip('transformers')
+    paths, _ = runs
+    run_dir = f"{paths['out']}/fsdp_llamakd"
+    model, tok = load_model(consolidate(run_dir))
+    single, _ = load_model(f"{paths['out']}/single_llamakd")
+    assert tok == 'byte' and (model.config.vocab_size, model.config.tokenizer_vocab, model.config.kv_heads) == (264, 257, 2)
+    for (k, a), b in zip(model.state_dict().items(), single.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
+    out = str(tmp_path / 'hf')
+    r = subprocess.run([sys.executable, 'checkpoint.py', '--export_hf', run_dir, out], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    sharded, _ = load_model(run_dir)  # what the export read: the run's shards, in one process
+    assert theirs.config.model_type == 'llama' and theirs.config.num_key_value_heads == 2
+    idx = torch.randint(0, 257, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (theirs(idx).logits[..., :257] - sharded.eval()(idx)).abs().max().item() < 1e-5
 
 
 def test_each_fsdp_rank_holds_half_the_weights_loaded_from_rank0(runs):
@@ -182,57 +234,6 @@ def test_activation_checkpointing_bf16_and_offload_under_fsdp(runs):
     bf16, fp32 = losses(f"{paths['out']}/bf16_minillm"), losses(f"{paths['out']}/fsdp_minillm")[:2]
     assert bf16 == pytest.approx(fp32, rel=2e-2)  # rollouts with a bf16 KV cache under FSDP mixed precision
     assert 'fsdp_cpu_offload needs CUDA' in reports[0]['offload_error']
-
-
-# ----------------------------------------------------------------------------- memory estimate
-def test_parameter_count_matches_the_model():
-    for bias, tie in ((True, True), (False, True), (True, False)):
-        cfg = GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=32, bias=bias, tie_embeddings=tie)
-        assert memory.count_params(cfg) == sum(p.numel() for p in GPT(cfg).parameters())
-    assert memory.count_params(preset_config('gpt2', vocab_size=50257)) == 124_439_808  # GPT-2 small
-
-
-def test_memory_estimate_closed_forms():
-    s13 = preset_config('gpt-13b', vocab_size=50257)
-    P = memory.count_params(s13)
-    for w in (8, 64):
-        m = memory.estimate_memory(s13, world_size=w, batch_size=2, seq_len=512)
-        assert m['params'] + m['grads'] + m['optimizer'] == 16 * P / w  # fp32 weights, grads, 2 Adam moments
-    plain = memory.estimate_memory(s13, world_size=8, batch_size=2, seq_len=512)
-    ac = memory.estimate_memory(s13, world_size=8, batch_size=2, seq_len=512, activation_checkpointing=True)
-    sbh = 2 * 512 * 5120
-    assert plain['activations'] == 40 * 34 * sbh and ac['activations'] == 40 * 2 * sbh + 34 * sbh
-    ddp = memory.estimate_memory(s13, world_size=8, parallel='ddp', param_bytes=4, batch_size=1, seq_len=8)
-    assert ddp['params'] + ddp['grads'] + ddp['optimizer'] + ddp['ddp_buckets'] == 20 * P
-    teacher = memory.TABLE_MODELS['30B']
-    t = memory.estimate_memory(s13, teacher, world_size=64, rollout_batch_size=8, seq_len=512)
-    assert t['teacher'] == 2 * memory.count_params(teacher) / 64
-    assert t['kv_cache'] == 2 * 2 * 8 * 512 * (40 * 5120 + 60 * 6656)
-    assert not memory.fits(plain, 24) and memory.fits(plain, 80)
-
-
-def test_13b_config_fits_80gb_gpus_from_8_on(capsys):
-    cfg = train.configure(train.DEFAULTS, [os.path.join(os.path.dirname(train.__file__), 'config/minillm_13b_fsdp.py')])
-    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == (40, 40, 5120) and cfg.parallel == 'fsdp'
-    cfg.rank, cfg.ptdtype, cfg.chunked = 0, torch.bfloat16, True
-    student, teacher = preset_config('gpt-13b', vocab_size=50257), memory.TABLE_MODELS['30B']
-    for world in (8, 64):
-        cfg.world_size = world
-        est = memory.check_run(cfg, student, teacher)
-        assert est['params'] == 4 * memory.count_params(student) / world
-    assert 'memory estimate (fsdp, world 64)' in capsys.readouterr().out
-    cfg.world_size = 4
-    with pytest.raises(UserError, match='does not fit in 90% of gpu_memory_gb=80: use more GPUs'):
-        memory.check_run(cfg, student, teacher)
-
-
-def test_memory_check_stops_a_run_that_cannot_fit(tiny_instruct, tmp_path):
-    with pytest.raises(UserError, match='does not fit in 90% of gpu_memory_gb=1e-06'):
-        train.main(COMMON + [f'--data_dir={tiny_instruct}', f'--out_dir={tmp_path}', '--gpu_memory_gb=0.000001'])
-    with pytest.raises(UserError, match="need parallel='fsdp'"):
-        train.main(COMMON + [f'--data_dir={tiny_instruct}', '--fsdp_activation_checkpointing=True'])
-    with pytest.raises(UserError, match='needs a torchrun launch'):
-        train.main(COMMON + [f'--data_dir={tiny_instruct}', '--parallel=fsdp'])
 
 
 if __name__ == '__main__':
