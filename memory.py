@@ -29,7 +29,8 @@ of shards: world_size under FSDP, 1 otherwise; b = param dtype bytes, 2 for bf16
                 GPT-2's block with dropout this is the paper's 34 s B h bytes per layer (Eq. 1
                 without the 5 a s^2 B score terms) plus LayerNorm's statistics and the kernel's
                 log-sum-exp ((16 + 4 a) s B bytes). With activation checkpointing each layer keeps
-                only its input (b s B h) and one layer is recomputed at a time.
+                only its input (b s B h) and one layer is recomputed at a time. MiniLLM's L_PT
+                batch shares the policy loss's backward: its tokens count too.
     logits      the loss head: fp32 student logits, their softmax and gradient for min(B s,
                 chunk) tokens (the chunked loss) + the teacher's b-byte logits for B s tokens,
                 over the real vocabulary (tokenizer_vocab columns)
@@ -123,6 +124,10 @@ def block_activation_bytes(cfg, b=2, dropout=0.0, stat_bytes=4):
       (n_head head_dim b, also c_proj's input) and its log-sum-exp (4 n_head); ln_2; c_fc's input
       (b d); GELU: c_fc's output and GELU's (2 I b); ReLU: its output (I b); SwiGLU: c_fc's output,
       silu(gate) and the product (4 I b); dropout masks (d bytes each) after both residual branches.
+
+    tests/test_memory.py checks this against the tensors autograd saves (CPU's fused kernel). On
+    CUDA, SDPA with enable_gqa and an explicit mask (padding, packing) has no fused kernel and falls
+    back to the math one, which keeps B n_head s^2 attention probabilities: not counted here.
     """
     d, H, kv, hd, ffn, width = dims(cfg)
     norm = _norm_activation_bytes(cfg, d, b, stat_bytes)
