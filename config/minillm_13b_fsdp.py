@@ -1,7 +1,8 @@
 # MiniLLM at scale: a real 13B-class student, Qwen2.5-14B-Instruct (48 layers, d = 5120, 8 KV
 # heads), distilled from Qwen2.5-32B-Instruct (64 layers) with FSDP2, both as released (already
 # instruction-tuned: no SFT stage), with the recipe of config/minillm_qwen2.5.py on 8 GPUs of 80 GB:
-#   python data/dolly/prepare.py --tokenizer=$(huggingface-cli download Qwen/Qwen2.5-14B-Instruct --quiet) --template=chat --out_dir=data/dolly_qwen2.5
+#   python data/dolly/prepare.py --tokenizer=Qwen/Qwen2.5-14B-Instruct --template=chat --out_dir=data/dolly_qwen2.5
+# (every Qwen2.5 model has the same tokenizer: the data of config/minillm_qwen2.5.py serve as they are)
 #   torchrun --nproc_per_node=8 train.py config/minillm_13b_fsdp.py
 # or on 8 nodes of 8, the same 64 sequences per step as 1 per GPU:
 #   torchrun --nnodes=8 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HEAD:29500 train.py \

@@ -1,6 +1,6 @@
 # MiniLLM (arXiv 2306.08543 §2) on the paper's LLaMA pair: LLaMA-13B teacher -> LLaMA-7B student,
 # both after their SFT on Dolly (config/sft_llama_13b.py, config/sft_llama_7b.py).
-#   python data/openwebtext/prepare.py --tokenizer=$(huggingface-cli download huggyllama/llama-7b --quiet) --max_docs=1000000 --out_dir=data/openwebtext_llama
+#   python data/openwebtext/prepare.py --tokenizer=huggyllama/llama-7b --max_docs=1000000 --out_dir=data/openwebtext_llama
 #   torchrun --nproc_per_node=8 train.py config/minillm_llama.py
 # Reference script minillm/scripts/llama/minillm/train_7B_13B.sh (microsoft/LMOps): the OPT recipe
 # (config/minillm_opt.py: 64 rollouts per phase, 64 sequences per step) with a cosine schedule to

@@ -16,7 +16,7 @@
 # the overrides of config/minillm_gpt2_refcode.py (returns_mode, gamma, single_step_weighted,
 # pt_kd_ratio 0.5, reward_scale 0.5, reward_clip 100). The reference's L_PT corpus is the RoBERTa
 # pre-training data; here OpenWebText in OPT's tokenizer:
-#   python data/openwebtext/prepare.py --tokenizer=$(huggingface-cli download facebook/opt-1.3b --quiet) --max_docs=1000000 --out_dir=data/openwebtext_opt
+#   python data/openwebtext/prepare.py --tokenizer=facebook/opt-1.3b --max_docs=1000000 --out_dir=data/openwebtext_opt
 method = 'minillm'
 init_from = 'out/sft_opt_1.3b'
 teacher = 'out/sft_opt_13b'

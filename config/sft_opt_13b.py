@@ -4,7 +4,7 @@
 # 1e-7, no warm-up, weight decay 0.01, AdamW's default betas, clip 1, 10 epochs, 32 sequences of
 # <= 512 tokens per step (there 2 per GPU x 4 accumulation x 4 data-parallel groups of 16 V100s in
 # tensor parallel 4; here 4 per GPU x 8 GPUs), gradient checkpointing, OPT's own dropout 0.1.
-#   python data/dolly/prepare.py --tokenizer=$(huggingface-cli download facebook/opt-13b --quiet) --out_dir=data/dolly_opt
+#   python data/dolly/prepare.py --tokenizer=facebook/opt-13b --out_dir=data/dolly_opt
 #   torchrun --nproc_per_node=8 train.py config/sft_opt_13b.py
 method = 'sft'
 init_from = 'facebook/opt-13b'     # Hugging Face hub name (downloaded on first use) or a local directory
