@@ -77,12 +77,41 @@ def checkpoint_payload(model, tokenizer, **extra):
     return dict(model=model_state(model), model_args=asdict(model.config), tokenizer=tokenizer, **extra)
 
 
-def load_model(spec, device='cpu', expect_vocab=None, expect_tokenizer=None, dropout=None):
-    """A GPT from a run directory / ckpt.pt of ours, or a Hugging Face GPT-2 (directory with
-    config.json, or a hub name such as 'gpt2-xl'). Returns (model, tokenizer_name)."""
-    hf_dir = os.path.isdir(spec) and os.path.exists(os.path.join(spec, 'config.json'))
-    if hf_dir or spec in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'):
-        model, tok = GPT.from_pretrained(spec), 'gpt2'
+def is_hub_name(spec):
+    """'org/name' that is no local path (its first part no local directory), or one of GPT-2's names."""
+    parts = spec.split('/')
+    return not os.path.exists(spec) and (spec in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl') or (
+        len(parts) == 2 and all(parts) and not spec.startswith(('.', '~')) and not os.path.isdir(parts[0])
+        and not spec.endswith('.pt')))
+
+
+def vocabulary_fingerprint(tokenizer_spec):
+    """tokenizer.tokenizer_fingerprint of a named encoding or a directory here, else None."""
+    import tokenizer
+    if tokenizer_spec in tokenizer.ENCODINGS or os.path.isdir(tokenizer_spec):
+        return tokenizer.tokenizer_fingerprint(tokenizer.get_encoding(tokenizer_spec))
+    return None
+
+
+def load_model(spec, device='cpu', expect_vocab=None, expect_tokenizer=None, dropout=None, dtype=None):
+    """A GPT from a run directory / .pt of ours, or a Hugging Face checkpoint of any family hf.py
+    reads (a directory with config.json, or a hub name such as 'Qwen/Qwen2.5-0.5B'; that one in
+    `dtype`, None: as stored). Returns (model, tokenizer): ours records it; a Hugging Face directory is its
+    own tokenizer (tokenizer.get_encoding reads it) when it holds tokenizer files, else None (then
+    only the vocabulary is checked).
+
+    expect_vocab: the data's vocabulary. A model with more embedding rows than that (Qwen2.5-7B's
+    152,064 rows for 151,665 tokens) gets config.tokenizer_vocab = expect_vocab: the extra rows
+    are padding, outside every logit; fewer rows than tokens is an error."""
+    if (os.path.isdir(spec) and os.path.exists(os.path.join(spec, 'config.json'))) or is_hub_name(spec):
+        import hf
+        try:
+            path = hf.local_dir(spec)
+        except UserError as e:  # 'out/run' of a run not trained yet reads as 'org/name' too
+            raise UserError(f"no checkpoint at {spec}: train it first ({config_that_writes(spec)}), or name a "
+                            f"Hugging Face checkpoint ({e})") from None
+        model = hf.from_pretrained(path, dropout=dropout or 0.0, dtype=dtype)
+        tok = path if hf.has_tokenizer_files(path) else None
     else:
         ckpt = load_checkpoint(spec)
         args = dict(ckpt['model_args'])
@@ -96,11 +125,16 @@ def load_model(spec, device='cpu', expect_vocab=None, expect_tokenizer=None, dro
                             f"{str(e).splitlines()[0]}") from None
         tok = ckpt.get('tokenizer')
     if expect_tokenizer is not None and tok is not None and tok != expect_tokenizer:
-        raise UserError(f"{spec} uses the '{tok}' tokenizer but the data uses '{expect_tokenizer}': "
+        import tokenizer  # two names, one vocabulary? ('qwen' and a Qwen2.5 directory: yes)
+        tokenizer.check_same_tokenizer(tok, vocabulary_fingerprint(tok), expect_tokenizer,
+                                       vocabulary_fingerprint(expect_tokenizer), what=spec)
+    rows, real = model.config.vocab_size, model.config.tokenizer_vocab
+    if expect_vocab is not None and (rows < expect_vocab or real not in (0, expect_vocab)):
+        have = f"a {real}-token vocabulary" if real else f"{rows} embedding rows"
+        raise UserError(f"{spec} has {have} but the data's tokenizer has {expect_vocab} tokens: "
                         f"teacher, student and data must share one tokenizer")
-    if expect_vocab is not None and model.config.vocab_size != expect_vocab:
-        raise UserError(f"{spec} has vocab_size {model.config.vocab_size} but the data/other model has "
-                        f"{expect_vocab}: they must share one tokenizer")
+    if expect_vocab is not None and rows > expect_vocab:
+        model.config.tokenizer_vocab = expect_vocab
     return model.to(device), tok
 
 
@@ -117,9 +151,11 @@ def load_student(cfg, vocab, tok):
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
                               tie_embeddings=cfg.tie_embeddings, init=cfg.init))
     else:
-        model, _ = load_model(cfg.init_from, expect_vocab=vocab, expect_tokenizer=tok, dropout=cfg.dropout)
-    if model.config.vocab_size != vocab:
-        raise UserError(f"model vocab_size {model.config.vocab_size} does not match the data's {vocab} ({tok})")
+        # fp32 master weights whatever the checkpoint stores (a hub model in bf16 would train badly)
+        model, _ = load_model(cfg.init_from, expect_vocab=vocab, expect_tokenizer=tok, dropout=cfg.dropout,
+                              dtype=torch.float32)
+    if model.config.logit_vocab != vocab:
+        raise UserError(f"model vocabulary {model.config.logit_vocab} does not match the data's {vocab} ({tok})")
     return model, ckpt
 
 
@@ -128,8 +164,9 @@ def load_teacher(cfg, vocab, tok):
     if not (cfg.method in ('kd', 'minillm') or (cfg.method == 'seqkd' and cfg.kd_ratio > 0) or cfg.pt_kd_ratio > 0):
         return None
     if not cfg.teacher:
-        raise UserError(f"method '{cfg.method}' needs a teacher: set --teacher=<run dir or HF GPT-2>")
-    teacher, _ = load_model(cfg.teacher, expect_vocab=vocab, expect_tokenizer=tok)
+        raise UserError(f"method '{cfg.method}' needs a teacher: set --teacher=<run dir, HF directory or hub name>")
+    # a Hugging Face teacher in the dtype it computes in (frozen: no fp32 master copy needed)
+    teacher, _ = load_model(cfg.teacher, expect_vocab=vocab, expect_tokenizer=tok, dtype=getattr(cfg, 'ptdtype', None))
     return teacher.requires_grad_(False).eval()
 
 # ----------------------------------------------------------------------------- sharded (FSDP)
@@ -232,9 +269,25 @@ def models_from_rank0(build):
     return models, weights
 
 
+def export_run(spec, out_dir, max_shard_size='5GB'):
+    """A model of ours (any load_model spec: a run directory, an FSDP run's shards read in one
+    process, a .pt) as a Hugging Face checkpoint in out_dir (hf.export_hf), with its tokenizer."""
+    import hf
+    model, tok = load_model(spec)
+    if tok is None:
+        raise UserError(f"{spec} records no tokenizer: export a run of ours (or a Hugging Face directory with its tokenizer files)")
+    return hf.export_hf(model, tok, out_dir, max_shard_size=max_shard_size)
+
+
+USAGE = ("usage: python checkpoint.py --consolidate out/<run>  (an FSDP run directory with dcp/)\n"
+         "       python checkpoint.py --export_hf out/<run> <out dir> [--max_shard_size=5GB]")
+
+
 def main(argv):
-    if len(argv) != 2 or argv[0] != '--consolidate':
-        raise UserError("usage: python checkpoint.py --consolidate out/<run>  (an FSDP run directory with dcp/)")
+    if argv[:1] == ['--export_hf'] and len(argv) in (3, 4):
+        shard = argv[3].split('=', 1)[1] if len(argv) == 4 and argv[3].startswith('--max_shard_size=') else None
+        if len(argv) == 4 and shard is None:
+            raise UserError(USAGE)
     print(f"wrote {consolidate(argv[1])}")
 
 

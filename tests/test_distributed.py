@@ -30,6 +30,12 @@ CASES = {
     'kd': ['--method=kd', '--max_iters=3', '--init_from={student}'],   # a checkpoint, loaded after sharding
     'minillm': ['--method=minillm', '--rollout_size=16', '--ppo_epochs=2', '--max_new_tokens=6',
                 '--gen_temperature=0.0', '--max_iters=6', '--init_from={student}'],
+    # a llama-family student from a Hugging Face directory (GQA, RoPE, SwiGLU, RMSNorm, untied head;
+    # 264 embedding rows) and teacher (300 rows), both padded around the data's 257 tokens
+    'llamakd': ['--method=kd', '--max_iters=3', '--init_from={llama_student}', '--teacher={llama_teacher}'],
+    'llamaminillm': ['--method=minillm', '--rollout_size=16', '--ppo_epochs=2', '--max_new_tokens=6',
+                     '--gen_temperature=0.0', '--max_iters=6', '--init_from={llama_student}',
+                     '--teacher={llama_teacher}'],
 }
 
 
@@ -67,6 +73,10 @@ def worker(paths):
         run(f'{parallel}full_minillm', *sampled)
         run(f'{parallel}half_minillm', *sampled, '--max_iters=3')
         run(f'{parallel}half_minillm', *sampled, '--init_from=resume')
+    # the llama student with dropout: 4 steps, and 2 + 2 resumed from FSDP's dcp/
+    run('fsdpllamafull_llamakd', '--parallel=fsdp', '--dropout=0.1', '--max_iters=4')
+    run('fsdpllamahalf_llamakd', '--parallel=fsdp', '--dropout=0.1', '--max_iters=2')
+    run('fsdpllamahalf_llamakd', '--parallel=fsdp', '--dropout=0.1', '--max_iters=4', '--init_from=resume')
     run('bf16_minillm', '--parallel=fsdp', '--dtype=bfloat16', '--max_iters=2')
     try:
         run('offload_kd', '--parallel=fsdp', '--fsdp_cpu_offload=True')
@@ -104,13 +114,25 @@ def random_checkpoint(path, seed, **shape):
     return path
 
 
+def hf_llama(path, seed, rows):
+    """A tiny random Llama checkpoint written by transformers (the test reference)."""
+    transformers = pytest.importorskip('transformers')
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=64, vocab_size=rows)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope='module')
 def runs(tiny_instruct, tmp_path_factory):
     """The torchrun launch (2 ranks) and, alongside, the single-process references. Returns (paths, reports)."""
     root = tmp_path_factory.mktemp('dist')
     paths = dict(data=tiny_instruct, out=str(root),
                  teacher=random_checkpoint(str(root / 'teacher'), 1, n_layer=2, n_head=2, n_embd=32),
-                 student=random_checkpoint(str(root / 'student'), 2, n_layer=2, n_head=2, n_embd=32))
+                 student=random_checkpoint(str(root / 'student'), 2, n_layer=2, n_head=2, n_embd=32),
+                 llama_student=hf_llama(str(root / 'llama_student'), 3, rows=264),
+                 llama_teacher=hf_llama(str(root / 'llama_teacher'), 4, rows=300))
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     # --standalone: torchrun binds a free port itself (picking one here and passing it on would race
     # with anything else that binds a port before torchrun does)
@@ -150,18 +172,49 @@ def test_resume_continues_exactly(runs, parallel):
     assert len(resumed) == len(full) == 6
     assert resumed == full  # bit for bit: weights, AdamW state, rollout buffer and queue, every rank's RNGs
     written = sorted(os.listdir(f"{paths['out']}/{parallel}half_minillm"))
-    assert written == (['ckpt.pt', 'log.jsonl'] if parallel == 'ddp' else ['dcp', 'log.jsonl'])
+    assert written == (['best.pt', 'ckpt.pt', 'log.jsonl'] if parallel == 'ddp' else ['dcp', 'dcp_best', 'log.jsonl'])
 
 
 def test_consolidated_fsdp_checkpoint_matches_the_single_process_weights(runs):
     paths, _ = runs
+    sharded, _ = load_model(f"{paths['out']}/fsdp_minillm")  # the run dir as it is: its best, from dcp_best/
     path = consolidate(f"{paths['out']}/fsdp_minillm")
     model, tok = load_model(path)  # what sample.py and evaluate.py call
+    assert torch.load(f"{paths['out']}/fsdp_minillm/best.pt", weights_only=True)['best']['iter'] == 6  # = the last
+    assert all(torch.equal(a, b) for a, b in zip(sharded.state_dict().values(), model.state_dict().values()))
     single, _ = load_model(f"{paths['out']}/single_minillm")
     assert tok == 'byte' and torch.load(path, weights_only=False)['iter_num'] == 6
     assert model.transformer.wte.weight is model.lm_head.weight
     for (k, a), b in zip(model.state_dict().items(), single.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
+
+
+def test_fsdp_resume_of_a_llama_student_continues_exactly(runs):
+    paths, _ = runs
+    full, resumed = (losses(f"{paths['out']}/fsdpllama{v}_llamakd") for v in ('full', 'half'))
+    assert len(full) == 4 and resumed == full  # bit for bit, dropout RNGs included
+
+
+def test_consolidation_and_export_of_an_fsdp_llama_run(runs, tmp_path):
+    from conftest import ROOT
+    transformers = pytest.importorskip('transformers')
+    paths, _ = runs
+    run_dir = f"{paths['out']}/fsdp_llamakd"
+    model, tok = load_model(consolidate(run_dir))
+    single, _ = load_model(f"{paths['out']}/single_llamakd")
+    assert tok == 'byte' and (model.config.vocab_size, model.config.tokenizer_vocab, model.config.kv_heads) == (264, 257, 2)
+    for (k, a), b in zip(model.state_dict().items(), single.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
+    out = str(tmp_path / 'hf')
+    r = subprocess.run([sys.executable, 'checkpoint.py', '--export_hf', run_dir, out], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    sharded, _ = load_model(run_dir)  # what the export read: the run's shards, in one process
+    assert theirs.config.model_type == 'llama' and theirs.config.num_key_value_heads == 2
+    idx = torch.randint(0, 257, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (theirs(idx).logits[..., :257] - sharded.eval()(idx)).abs().max().item() < 1e-5
 
 
 def test_each_fsdp_rank_holds_half_the_weights_loaded_from_rank0(runs):
