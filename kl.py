@@ -207,27 +207,52 @@ def atkd_parts(student_logits, teacher_logits, targets, reverse=False, temperatu
     return torch.where(in_range, tkd, zero), torch.where(in_range, dkd, zero), u
 
 
-def atkd_token_weights(u, valid, k=0.5, lam=0.2):
-    """ATKD split (arXiv 2402.11890): token weights with Σ w_tkd·TKD + w_dkd·DKD = L.
+def atkd_token_weights(u, valid, hard_fraction=0.5, lam=0.2, sequence_ids=None):
+    """ATKD split (arXiv 2402.11890 §4): token weights with Σ w_tkd·TKD + w_dkd·DKD = L.
 
-    Easy = valid tokens with u strictly below the k-quantile of u over the valid tokens (linear
-    interpolation, torch.quantile); hard = the other valid tokens (ties at the quantile are hard).
-    L = λ·mean_easy(DKD) + (1 − λ)·mean_hard(TKD + DKD). An empty group (e.g. all u equal, so
-    no token is below the quantile) contributes 0: its term is dropped and the other is not
-    reweighted, so with all u equal L = (1 − λ)·mean(TKD + DKD).
+    The paper's k (`hard_fraction`) is the share of tokens, most uncertain first, taught as hard:
+    hard = valid tokens with u at or above a threshold θ (ties are hard), easy = the others.
+    L = λ·mean_easy(DKD) + (1 − λ)·mean_hard(TKD + DKD); an empty group contributes 0 (its term
+    is dropped, the other is not reweighted).
+
+    sequence_ids [...] (the ATKD repository's rule, WHU-ZQH/ATKD distill_trainer.py: its per-device
+    batch is one sequence): each sequence is split and averaged on its own, θ_s = the lower
+    (1 − k)-quantile of its u (at k = 0.5 exactly torch.median, the lower middle value), and
+    L = mean over the sequences with a valid token of L_s, what gradient accumulation over
+    one-sequence batches gives. sequence_ids None: one split of the whole batch, θ = the
+    (1 − k)-quantile of all valid u by linear interpolation, group means over the batch.
     """
-    if not 0 <= k <= 1 or not 0 <= lam <= 1:
-        raise ValueError(f"atkd needs 0 <= k <= 1 and 0 <= lam <= 1, got k={k}, lam={lam}")
+    if not 0 <= hard_fraction <= 1 or not 0 <= lam <= 1:
+        raise ValueError(f"atkd needs 0 <= hard_fraction <= 1 and 0 <= lam <= 1, got "
+                         f"hard_fraction={hard_fraction}, lam={lam}")
     zero, valid = torch.zeros_like(u), valid.bool()
     if not valid.any():
         return zero, zero
-    threshold = torch.quantile(u[valid], k)
-    easy = valid & (u < threshold)
-    hard = valid & ~easy
-    per_easy = lam / easy.sum().clamp(min=1).to(u.dtype)
-    per_hard = (1 - lam) / hard.sum().clamp(min=1).to(u.dtype)
-    w_tkd = torch.where(hard, per_hard, zero)
-    w_dkd = torch.where(easy, per_easy, w_tkd)
+    if sequence_ids is None:
+        easy = valid & (u < torch.quantile(u[valid], 1 - hard_fraction))
+        hard = valid & ~easy
+        per_easy = lam / easy.sum().clamp(min=1).to(u.dtype)
+        per_hard = (1 - lam) / hard.sum().clamp(min=1).to(u.dtype)
+        w_tkd = torch.where(hard, per_hard, zero)
+        return w_tkd, torch.where(easy, per_easy, w_tkd)
+    if sequence_ids.shape != u.shape:
+        raise ValueError(f"sequence_ids {tuple(sequence_ids.shape)} must have the shape of u {tuple(u.shape)}")
+    uv = u[valid]
+    _, seq, counts = torch.unique(sequence_ids[valid], return_inverse=True, return_counts=True)
+    # sort by (sequence, u): each sequence's values in order, its θ_s at its lower quantile rank
+    order = torch.argsort(uv, stable=True)
+    order = order[torch.argsort(seq[order], stable=True)]
+    starts = counts.cumsum(0) - counts
+    # the rank torch.quantile(interpolation='lower') takes: floor((1 − k)(n − 1))
+    rank = torch.floor((1 - hard_fraction) * (counts - 1).to(torch.float64)).long()
+    easy_v = uv < uv[order][starts + rank][seq]
+    n_easy = torch.zeros_like(counts).scatter_add_(0, seq, easy_v.long())
+    n_seq = counts.numel()
+    per_easy = lam / (n_seq * n_easy.clamp(min=1).to(u.dtype))
+    per_hard = (1 - lam) / (n_seq * (counts - n_easy).clamp(min=1).to(u.dtype))
+    w_tkd, w_dkd = zero.clone(), zero.clone()
+    w_tkd[valid] = torch.where(easy_v, 0.0, per_hard[seq]).to(u.dtype)
+    w_dkd[valid] = torch.where(easy_v, per_easy[seq], per_hard[seq]).to(u.dtype)
     return w_tkd, w_dkd
 
 
@@ -236,16 +261,17 @@ def _weighted_sum(values, weights):
     return torch.where(weights != 0, values * weights, torch.zeros_like(values)).sum()
 
 
-def atkd_loss(student_logits, teacher_logits, targets, mask, k=0.5, lam=0.2, reverse=False,
-              temperature=1.0):
-    """ATKD loss (arXiv 2402.11890), a scalar:
-    L = λ·mean_easy(DKD) + (1 − λ)·mean_hard(TKD + DKD), easy = u below the k-quantile of u.
+def atkd_loss(student_logits, teacher_logits, targets, mask, hard_fraction=0.5, lam=0.2, reverse=False,
+              temperature=1.0, sequence_ids=None):
+    """ATKD loss (arXiv 2402.11890 §4), a scalar:
+    L = λ·mean_easy(DKD) + (1 − λ)·mean_hard(TKD + DKD), hard = the `hard_fraction` most uncertain
+    tokens (u = 1 − p(g)); per sequence when sequence_ids are given (atkd_token_weights).
 
     mask [...] marks the valid tokens (None = all); targets may hold any value where mask is false.
     """
     tkd, dkd, u = atkd_parts(student_logits, teacher_logits, targets, reverse, temperature)
     valid = _valid_mask(mask, targets, student_logits.shape[-1])
-    w_tkd, w_dkd = atkd_token_weights(u, valid, k, lam)
+    w_tkd, w_dkd = atkd_token_weights(u, valid, hard_fraction, lam, sequence_ids)
     return _weighted_sum(tkd, w_tkd) + _weighted_sum(dkd, w_dkd)
 
 
@@ -265,12 +291,14 @@ def _valid_mask(mask, targets, vocab_size):
 # memory wall)
 
 
-def _token_weights(valid, u, spec):
+def _token_weights(flat, u, spec):
     """Per-token weights whose weighted sums of token losses give the total loss exactly."""
+    valid = flat['valid']
     plain = valid.to(spec['loss_dtype']) / valid.sum().clamp(min=1)
     weights = {'ce': spec['ce_weight'] * plain if spec['ce_weight'] else None}
     if spec['kd_weight'] and spec['atkd']:
-        w_tkd, w_dkd = atkd_token_weights(u, valid, spec['atkd_k'], spec['atkd_lam'])
+        w_tkd, w_dkd = atkd_token_weights(u, flat['atkd_valid'], spec['atkd_hard_fraction'], spec['atkd_lam'],
+                                          flat['atkd_sequence_ids'])
         weights.update(tkd=spec['kd_weight'] * w_tkd, dkd=spec['kd_weight'] * w_dkd)
     elif spec['kd_weight']:
         weights['kd'] = spec['kd_weight'] * plain
@@ -410,12 +438,12 @@ class _ChunkedLoss(torch.autograd.Function):
 
 
 _TENSOR_ARGS = ('hidden', 'head_weight', 'teacher_logits', 'teacher_hidden', 'teacher_head_weight',
-                'mask', 'targets')
+                'mask', 'targets', 'atkd_sequence_ids')
 
 
 def _prepare(args):
     """Validate the arguments of chunked/plain_kd_loss (a dict); flatten leading dims to N tokens."""
-    hidden, head_weight, teacher_logits, teacher_hidden, teacher_head, mask, targets = (
+    hidden, head_weight, teacher_logits, teacher_hidden, teacher_head, mask, targets, sequence_ids = (
         args[k] for k in _TENSOR_ARGS)
     spec = {k: v for k, v in args.items() if k not in _TENSOR_ARGS}
     if hidden.dim() < 2 or head_weight.dim() != 2 or head_weight.shape[1] != hidden.shape[-1]:
@@ -441,14 +469,20 @@ def _prepare(args):
         raise ValueError(f"chunk_size must be a positive int, got {spec['chunk_size']!r}")
     if mask is not None and mask.shape != lead:
         raise ValueError(f"mask {tuple(mask.shape)} must have the leading shape {tuple(lead)} of hidden")
+    if sequence_ids is not None and sequence_ids.shape != lead:
+        raise ValueError(f"atkd_sequence_ids {tuple(sequence_ids.shape)} must have the leading shape "
+                         f"{tuple(lead)} of hidden")
     if not spec['temperature'] > 0:
         raise ValueError(f"temperature must be > 0, got {spec['temperature']}")
     if mask is None:
         mask = torch.ones(lead, dtype=torch.bool, device=hidden.device)
     mask = mask.reshape(-1)
+    atkd_valid = mask
     if targets is not None:
         targets = targets.reshape(-1)
-        mask = _valid_mask(mask, targets, vocab_size)
+        mask = atkd_valid = _valid_mask(mask, targets, vocab_size)
+        if spec['atkd_eos_id'] is not None:  # the ATKD repository pads with EOS: an EOS target is padding there
+            atkd_valid = mask & (targets != spec['atkd_eos_id'])
         targets = targets.clamp(0, vocab_size - 1).long()
     device_type = hidden.device.type
     spec['div_kwargs'] = dict(spec['div_kwargs'] or {})
@@ -461,21 +495,26 @@ def _prepare(args):
         and set(spec['div_kwargs']) <= {'scale_by_tau2'})
     flat = {name: x.reshape(-1, x.shape[-1]) if x is not None else None for name, x in
             (('hidden', hidden), ('teacher_logits', teacher_logits), ('teacher_hidden', teacher_hidden))}
-    flat.update(valid=mask.bool(), targets=targets)
+    flat.update(valid=mask.bool(), targets=targets, atkd_valid=atkd_valid.bool(),
+                atkd_sequence_ids=sequence_ids.reshape(-1) if sequence_ids is not None else None)
     return spec, flat
 
 
 def chunked_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=None,
                     teacher_head_weight=None, mask=None, targets=None, divergence='forward_kl',
-                    chunk_size=1024, temperature=1.0, atkd=False, atkd_k=0.5, atkd_lam=0.2,
-                    atkd_reverse=False, div_kwargs=None, ce_weight=0.0, kd_weight=1.0):
+                    chunk_size=1024, temperature=1.0, atkd=False, atkd_hard_fraction=0.5, atkd_lam=0.2,
+                    atkd_reverse=False, atkd_sequence_ids=None, atkd_eos_id=None, div_kwargs=None,
+                    ce_weight=0.0, kd_weight=1.0):
     """ce_weight·CE + kd_weight·KD over the mask (word-level KD, Kim & Rush arXiv 1606.07947 §3.1), chunked.
 
     hidden [..., d] are the student's final hidden states, head_weight [V, d] its lm_head
     (logits = hidden @ head_weight.T). The teacher is teacher_logits [..., V] or
     teacher_hidden [..., d_t] with teacher_head_weight [V, d_t]; it gets no gradient.
     KD = masked_mean(divergence(...)) or, with atkd=True, atkd_loss(...); CE (temperature 1)
-    is averaged over the mask. Equal in value and gradient to plain_kd_loss, but the [N, V]
+    is averaged over the mask. ATKD's split (atkd_token_weights) is per sequence when
+    atkd_sequence_ids [...] number the tokens' sequences (else one split of the batch), and leaves
+    out the positions whose target is atkd_eos_id (None: none), as its repository, which pads
+    with EOS; CE keeps them. Equal in value and gradient to plain_kd_loss, but the [N, V]
     student logits exist only chunk_size rows at a time, forward and backward. With
     atkd=True and a teacher given by hidden states, the teacher logits are computed twice
     (one pass for u over the whole batch, which the quantile needs, then the loss pass).
@@ -499,7 +538,7 @@ def chunked_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=
         u = torch.cat([teacher_uncertainty(teacher_chunk(slice(i, i + chunk_size)),
                                            flat['targets'][i:i + chunk_size], temperature)
                        for i in range(0, flat['valid'].numel(), chunk_size)])
-    weights = _token_weights(flat['valid'], u, spec)
+    weights = _token_weights(flat, u, spec)
 
     def run(h, w, want_grads):
         return _chunked_pass(h, w, teacher_chunk, flat['targets'], weights, spec, want_grads)
@@ -511,8 +550,9 @@ def chunked_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=
 
 def plain_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=None,
                   teacher_head_weight=None, mask=None, targets=None, divergence='forward_kl',
-                  chunk_size=1024, temperature=1.0, atkd=False, atkd_k=0.5, atkd_lam=0.2,
-                  atkd_reverse=False, div_kwargs=None, ce_weight=0.0, kd_weight=1.0):
+                  chunk_size=1024, temperature=1.0, atkd=False, atkd_hard_fraction=0.5, atkd_lam=0.2,
+                  atkd_reverse=False, atkd_sequence_ids=None, atkd_eos_id=None, div_kwargs=None,
+                  ce_weight=0.0, kd_weight=1.0):
     """Reference for chunked_kd_loss (same arguments, chunk_size ignored): materialises all logits."""
     spec, flat = _prepare(dict(locals()))
     logits, valid, targets = flat['hidden'] @ head_weight.T, flat['valid'], flat['targets']
@@ -527,7 +567,8 @@ def plain_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=No
                 teacher = flat['teacher_hidden'] @ teacher_head_weight.T
         teacher = teacher.detach()
         if atkd:
-            kd = atkd_loss(logits, teacher, targets, valid, atkd_k, atkd_lam, atkd_reverse, temperature)
+            kd = atkd_loss(logits, teacher, targets, flat['atkd_valid'], atkd_hard_fraction, atkd_lam, atkd_reverse,
+                           temperature, flat['atkd_sequence_ids'])
         else:
             kd = masked_mean(DIVERGENCES[divergence](logits, teacher, temperature=temperature,
                                                       **spec['div_kwargs']), valid)

@@ -53,8 +53,10 @@ kd_ratio = 0.5               # kd: (1 - r) CE + r KD  (word-level KD, r = 0.5)
 divergence = 'forward_kl'    # any key of kl.DIVERGENCES
 kd_temperature = 1.0
 atkd = False                 # ATKD (arXiv 2402.11890) instead of plain KD
-atkd_k = 0.5                 # easy/hard split at this quantile of the teacher's uncertainty
+atkd_hard_fraction = 0.5     # the paper's k: share of tokens, most uncertain (1 - p_teacher(target)) first, taught as hard
 atkd_lambda = 0.2            # weight of the easy tokens' DKD
+atkd_split = 'sequence'      # 'sequence': ATKD's repository (per sequence, torch.median, EOS targets left out) | 'batch'
+atkd_k = None                # retired (it was the easy share, 1 - atkd_hard_fraction): an error names the new key
 chunked_loss = 'auto'        # 'auto' (when vocab > 8192) | True | False: never hold [N, V] logits for backward
 loss_chunk_size = 1024
 # minillm (arXiv 2306.08543 §2; defaults of the reference code for GPT-2 in config/minillm_gpt2.py)
@@ -132,21 +134,43 @@ def response_positions(targets):
     return keep, flat[keep]
 
 
-def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight):
+def atkd_sequences(cfg, targets, keep, tgt, segments):
+    """ATKD's per-sequence split (atkd_split='sequence', kl.atkd_token_weights): the sequence id of
+    each kept position (a padded row is one sequence; packed rows number theirs in `segments`), the
+    EOS id its split leaves out, and the factor on the KD weight that keeps the loss a mean over the
+    global batch's sequences under DDP: global_mean rescales this rank's loss by
+    n_local * world / n_global tokens, so the factor is n_global * S_local / (n_local * S_global)."""
+    if not cfg.atkd or cfg.atkd_split != 'sequence':
+        return {}, 1.0
+    rows = segments if segments is not None else torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
+    seq, eos = rows.reshape(-1)[keep], getattr(cfg, 'eot', None)
+    scale = 1.0
+    if getattr(cfg, 'world_size', 1) > 1:
+        counted = seq if eos is None else seq[tgt != eos]
+        local = torch.tensor([float(counted.unique().numel()), float(keep.numel())], dtype=torch.float64, device=targets.device)
+        total = local.clone()
+        dist.all_reduce(total)
+        if local[0] > 0:
+            scale = (total[1] * local[0] / (local[1] * total[0])).item()
+    return dict(atkd_sequence_ids=seq, atkd_eos_id=eos), scale
+
+
+def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight, segments=None):
     """The loss applied to the student's hidden states inside its forward (so FSDP/DDP keep
     control of lm_head). CE and KD share one pass over the response tokens only."""
     keep, tgt = response_positions(targets)
     t_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))[keep] if teacher_logits is not None else None
     loss_fn = kl.chunked_kd_loss if cfg.chunked else kl.plain_kd_loss
+    split, kd_scale = atkd_sequences(cfg, targets, keep, tgt, segments) if t_logits is not None else ({}, 1.0)
 
     def head_fn(hidden, weight):
         h = hidden.reshape(-1, hidden.size(-1))[keep]
         if t_logits is None:  # CE alone, chunked as well
             return loss_fn(h, weight, targets=tgt, chunk_size=cfg.loss_chunk_size, ce_weight=1.0, kd_weight=0.0)
         return loss_fn(h, weight, t_logits, targets=tgt, divergence=cfg.divergence, chunk_size=cfg.loss_chunk_size,
-                       temperature=cfg.kd_temperature, atkd=cfg.atkd, atkd_k=cfg.atkd_k,
+                       temperature=cfg.kd_temperature, atkd=cfg.atkd, atkd_hard_fraction=cfg.atkd_hard_fraction,
                        atkd_lam=cfg.atkd_lambda, atkd_reverse=cfg.divergence == 'reverse_kl',
-                       ce_weight=ce_weight, kd_weight=kd_weight)
+                       ce_weight=ce_weight, kd_weight=kd_weight * kd_scale, **split)
     return head_fn
 
 
@@ -160,7 +184,7 @@ def supervised_loss(cfg, model, teacher, x, y, kd_ratio=0.0, segments=None):
         return model(x, head_fn=kd_head_fn(cfg, y, None, 1.0, 0.0), segments=segments)
     with torch.no_grad():
         t_logits = teacher(x, segments=segments)
-    return model(x, head_fn=kd_head_fn(cfg, y, t_logits, 1.0 - kd_ratio, kd_ratio), segments=segments)
+    return model(x, head_fn=kd_head_fn(cfg, y, t_logits, 1.0 - kd_ratio, kd_ratio, segments), segments=segments)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -287,6 +311,12 @@ def validate(cfg):
         raise UserError(f"unknown init '{cfg.init}': pick gpt2 or pytorch")
     if cfg.divergence not in kl.DIVERGENCES:
         raise UserError(f"unknown divergence '{cfg.divergence}': pick one of {', '.join(kl.DIVERGENCES)}")
+    if cfg.atkd_k is not None:
+        raise UserError(f"atkd_k is retired (it was the share of easy tokens): set atkd_hard_fraction="
+                        f"{1 - cfg.atkd_k:g}, the paper's k, the share of most-uncertain tokens taught as hard")
+    if cfg.atkd_split not in ('sequence', 'batch') or not 0 <= cfg.atkd_hard_fraction <= 1:
+        raise UserError(f"atkd_split must be 'sequence' or 'batch' (got '{cfg.atkd_split}') and atkd_hard_fraction "
+                        f"in [0, 1] (got {cfg.atkd_hard_fraction})")
     if cfg.returns_mode not in ('paper', 'reference'):
         raise UserError(f"unknown returns_mode '{cfg.returns_mode}': pick paper or reference")
     if cfg.method == 'minillm' and cfg.rollout_size % cfg.world_size:

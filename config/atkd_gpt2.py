@@ -3,6 +3,6 @@
 exec(open('config/kd_gpt2.py').read())
 out_dir = 'out/atkd_gpt2'
 atkd = True
-atkd_k = 0.5
+atkd_hard_fraction = 0.5    # the paper's k: the share of most-uncertain tokens taught as hard
 atkd_lambda = 0.2
 kd_ratio = 1.0                 # ATKD replaces the KD objective; set < 1 to keep some gold CE

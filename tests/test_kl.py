@@ -273,23 +273,23 @@ def hand_made_batch():
 
 
 @pytest.mark.parametrize('reverse', [False, True])
-def test_atkd_loss_quantile_split_by_hand(reverse):
+def test_atkd_loss_batch_split_by_hand(reverse):
     s, t, targets = hand_made_batch()
     tkd, dkd, u = kl.atkd_parts(s, t, targets, reverse=reverse)
     torch.testing.assert_close(u, torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64))
     lam = 0.2
     # median of u = 0.25: easy = tokens 0, 2; hard = tokens 1, 3
     want = lam * (dkd[0] + dkd[2]) / 2 + (1 - lam) * (tkd[1] + dkd[1] + tkd[3] + dkd[3]) / 2
-    got = kl.atkd_loss(s, t, targets, None, k=0.5, lam=lam, reverse=reverse)
+    got = kl.atkd_loss(s, t, targets, None, hard_fraction=0.5, lam=lam, reverse=reverse)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
     # mask out token 3 (its target may be an ignore index): median of {0.1, 0.4, 0.2} = 0.2 and
     # only u strictly below it is easy: easy = {0}, hard = {1, 2}
     mask = torch.tensor([True, True, True, False])
-    got = kl.atkd_loss(s, t, torch.tensor([0, 0, 0, -1]), mask, k=0.5, lam=lam, reverse=reverse)
+    got = kl.atkd_loss(s, t, torch.tensor([0, 0, 0, -1]), mask, hard_fraction=0.5, lam=lam, reverse=reverse)
     want = lam * dkd[0] + (1 - lam) * (tkd[1] + dkd[1] + tkd[2] + dkd[2]) / 2
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
-    # k = 0.75 moves the threshold to 0.325: easy = {0, 2, 3}
-    got = kl.atkd_loss(s, t, targets, None, k=0.75, lam=lam, reverse=reverse)
+    # a hard share of 0.25 moves the threshold to the 0.75-quantile 0.325: easy = {0, 2, 3}
+    got = kl.atkd_loss(s, t, targets, None, hard_fraction=0.25, lam=lam, reverse=reverse)
     want = lam * (dkd[0] + dkd[2] + dkd[3]) / 3 + (1 - lam) * (tkd[1] + dkd[1])
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
 
@@ -302,6 +302,55 @@ def test_atkd_loss_with_all_u_equal_has_no_easy_tokens():
     torch.testing.assert_close(got, 0.8 * (tkd + dkd).mean(), rtol=1e-12, atol=0)
     empty = kl.atkd_loss(s, t, targets, torch.zeros(5, dtype=torch.bool))
     assert empty.item() == 0.0
+
+
+def sequence_batch():
+    """Two sequences, target 0 everywhere: A (tokens 0-3, an even count) with u = 0.1, 0.4, 0.2, 0.3
+    and B (tokens 4-8, an odd count) with u = 0.5, 0.05, 0.9, 0.6, 0.3."""
+    u = torch.tensor([0.1, 0.4, 0.2, 0.3, 0.5, 0.05, 0.9, 0.6, 0.3], dtype=torch.float64)
+    p = torch.stack([1 - u, u / 3, 2 * u / 3], -1)
+    return random_logits(9, 3, seed=29), p.log(), torch.zeros(9, dtype=torch.long), torch.tensor([0] * 4 + [1] * 5)
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+def test_atkd_sequence_split_is_the_repositorys_median_rule(reverse):
+    s, t, targets, seq = sequence_batch()
+    tkd, dkd, u = kl.atkd_parts(s, t, targets, reverse=reverse)
+    # the repository's threshold: torch.median, the lower middle value of an even count
+    assert torch.median(u[:4]).item() == pytest.approx(0.2) and torch.median(u[4:]).item() == pytest.approx(0.5)
+    lam = 0.2
+    # A: median 0.2 -> easy {0} (u = 0.1), hard {1, 2, 3}; B: median 0.5 -> easy {5, 8}, hard {4, 6, 7}
+    loss_a = lam * dkd[0] + (1 - lam) * (tkd + dkd)[[1, 2, 3]].mean()
+    loss_b = lam * dkd[[5, 8]].mean() + (1 - lam) * (tkd + dkd)[[4, 6, 7]].mean()
+    got = kl.atkd_loss(s, t, targets, None, lam=lam, reverse=reverse, sequence_ids=seq)
+    torch.testing.assert_close(got, (loss_a + loss_b) / 2, rtol=1e-12, atol=0)
+    # the batch option: one interpolated median over all nine u = 0.3 -> easy {0, 2, 5}
+    want = lam * dkd[[0, 2, 5]].mean() + (1 - lam) * (tkd + dkd)[[1, 3, 4, 6, 7, 8]].mean()
+    torch.testing.assert_close(kl.atkd_loss(s, t, targets, None, lam=lam, reverse=reverse), want, rtol=1e-12, atol=0)
+    # token order and the sequences' ids do not matter
+    perm = torch.tensor([7, 2, 0, 5, 8, 1, 4, 6, 3])
+    shuffled = kl.atkd_loss(s[perm], t[perm], targets[perm], None, lam=lam, reverse=reverse,
+                            sequence_ids=torch.tensor([9, 5])[seq[perm]])
+    torch.testing.assert_close(shuffled, got, rtol=1e-12, atol=0)
+
+
+def test_atkd_sequence_split_other_hard_shares_and_small_sequences():
+    s, t, targets, seq = sequence_batch()
+    tkd, dkd, u = kl.atkd_parts(s, t, targets)
+    lam = 0.3
+    # hard share 0.25: threshold at the lower 0.75-quantile, rank floor(0.75 (n − 1)):
+    # A: rank 2 of (0.1, 0.2, 0.3, 0.4) = 0.3 -> hard {1, 3}; B: rank 3 of (0.05, 0.3, 0.5, 0.6, 0.9) = 0.6 -> hard {6, 7}
+    loss_a = lam * dkd[[0, 2]].mean() + (1 - lam) * (tkd + dkd)[[1, 3]].mean()
+    loss_b = lam * dkd[[4, 5, 8]].mean() + (1 - lam) * (tkd + dkd)[[6, 7]].mean()
+    got = kl.atkd_loss(s, t, targets, None, hard_fraction=0.25, lam=lam, sequence_ids=seq)
+    torch.testing.assert_close(got, (loss_a + loss_b) / 2, rtol=1e-12, atol=0)
+    assert torch.quantile(u[:4], 0.75, interpolation='lower').item() == pytest.approx(0.3)
+    # one-token and two-token sequences: the token alone is hard, and so are both of two (the median
+    # is the lower u and easy needs u strictly below it): no easy term
+    mask = torch.tensor([True, False, False, False, True, True, False, False, False])
+    got = kl.atkd_loss(s, t, targets, mask, lam=lam, sequence_ids=seq)
+    want = ((1 - lam) * (tkd + dkd)[0] + (1 - lam) * (tkd + dkd)[[4, 5]].mean()) / 2
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
 
 
 def test_atkd_loss_gradcheck_and_bad_targets():
@@ -343,7 +392,7 @@ CHUNKED_CASES = {
     'skew_reverse_kl': dict(divergence='skew_reverse_kl'),
     'tvd': dict(divergence='tvd'),
     'atkd': dict(atkd=True),
-    'atkd_reverse_k07': dict(atkd=True, atkd_reverse=True, atkd_k=0.7, atkd_lam=0.4, temperature=1.5),
+    'atkd_reverse_k03': dict(atkd=True, atkd_reverse=True, atkd_hard_fraction=0.3, atkd_lam=0.4, temperature=1.5),
     'ce_plus_forward_kl': dict(ce_weight=0.5, kd_weight=0.5),
     'ce_plus_reverse_kl_tau2': dict(ce_weight=0.3, kd_weight=0.7, divergence='reverse_kl', temperature=2.0),
     'ce_plus_atkd': dict(ce_weight=0.5, kd_weight=0.5, atkd=True),
@@ -365,6 +414,38 @@ def test_chunked_equals_plain(case, teacher):
         for a, b in zip(got, want):  # fp32 round-off is relative to the largest entry
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
     assert want[0].item() > 0
+
+
+def test_chunked_equals_plain_per_sequence_with_eos_left_out():
+    hidden, head, teacher_hidden, teacher_head, mask, targets = kd_problem()
+    eos = 39
+    targets[::3] = torch.where(mask[::3], eos, targets[::3])  # every third valid target is EOS
+    seq = torch.arange(30) // 7                               # sequences of 7, 7, 7, 7 and 2 tokens
+    mask[28], targets[28], mask[29], targets[29] = True, eos, False, -1  # the last holds only an EOS target
+    teacher_logits = teacher_hidden @ teacher_head.T
+    kwargs = dict(teacher_logits=teacher_logits, mask=mask, targets=targets, atkd=True, atkd_sequence_ids=seq,
+                  atkd_eos_id=eos, ce_weight=0.4, kd_weight=0.6)
+    want = loss_and_grads(kl.plain_kd_loss, hidden, head, **kwargs)
+    for chunk_size in (4, 30):
+        got = loss_and_grads(kl.chunked_kd_loss, hidden, head, chunk_size=chunk_size, **kwargs)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    # the same as CE over every valid token plus ATKD over the non-EOS ones, sequence by sequence
+    logits = (hidden @ head.T).detach()
+    ce = F.cross_entropy(logits[mask], targets[mask])
+    keep = mask & (targets != eos)
+    assert 0 < keep.sum() < mask.sum()
+    atkd = kl.atkd_loss(logits, teacher_logits, targets, keep, sequence_ids=seq)
+    torch.testing.assert_close(want[0], 0.4 * ce + 0.6 * atkd, rtol=1e-5, atol=0)
+    # four sequences count: the fifth has no ATKD token; a loss per sequence averaged over the four
+    tkd, dkd, u = kl.atkd_parts(logits, teacher_logits, targets.clamp(min=0))
+    per_seq = []
+    for j in range(4):
+        rows = keep & (seq == j)
+        hard = rows & (u >= torch.median(u[rows]))
+        per_seq.append(0.2 * dkd[rows & ~hard].sum() / (rows & ~hard).sum().clamp(min=1)
+                       + 0.8 * (tkd + dkd)[hard].sum() / hard.sum())
+    torch.testing.assert_close(atkd, torch.stack(per_seq).mean(), rtol=1e-5, atol=0)
 
 
 def test_chunked_matches_an_independent_plain_computation():
