@@ -26,7 +26,7 @@ for path in (ROOT, COURSE):  # the project's flat modules, and grading.py
 
 import torch  # noqa: E402
 
-from grading import Failure, NotImplementedYet  # noqa: E402
+from grading import Failure, NotImplementedYet, shown  # noqa: E402
 
 STEPS = (1, 2, 3, 4, 5, 6)
 
@@ -56,9 +56,9 @@ def load_exercise(n, path):
     try:
         return load_file(path, f"course_step{n}_exercise")
     except SyntaxError as e:
-        raise Failure(f"{os.path.relpath(path)} does not import: SyntaxError line {e.lineno}: {e.msg}") from None
+        raise Failure(f"{shown(path)} does not import: SyntaxError line {e.lineno}: {e.msg}") from None
     except Exception as e:
-        raise Failure(f"{os.path.relpath(path)} does not import: {type(e).__name__}: {e}") from None
+        raise Failure(f"{shown(path)} does not import: {type(e).__name__}: {e}") from None
 
 
 def title_of(check):
@@ -99,7 +99,7 @@ def run_step(n, solutions=False, extension=False, exercise=None, out=print):
         groups = [("", checks.CHECKS), (" extension", checks.EXTENSION)]
     else:
         path = exercise or os.path.join(step_dir(n), "exercise.py")
-        where = os.path.relpath(path)
+        where = shown(path)
         try:
             module = load_exercise(n, path)
         except Failure as e:

@@ -6,7 +6,6 @@ A check is a function `check(m)` of the module (or namespace) `m` that holds the
 functions. It returns a short note (or None) when it passes and raises `Failure` when it does not.
 """
 
-import inspect
 import os
 import traceback
 
@@ -23,6 +22,13 @@ class NotImplementedYet(Failure):
     def __init__(self, name):
         super().__init__(f"function {name} is not implemented yet")
         self.name = name
+
+
+def shown(path):
+    """A path as the student typed it: relative to the working directory when inside it."""
+    path = os.path.abspath(path)
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def _innermost_frame_in(tb, path):
@@ -42,7 +48,7 @@ def call(m, name, *args, **kwargs):
     path = getattr(m, "__file__", None)
     path = os.path.abspath(path) if path else None
     if fn is None or not callable(fn):
-        raise Failure(f"function {name} is missing from {os.path.relpath(path) if path else 'the exercise'}")
+        raise Failure(f"function {name} is missing from {shown(path) if path else 'the exercise'}")
     try:
         return fn(*args, **kwargs)
     except NotImplementedError as e:
@@ -52,7 +58,7 @@ def call(m, name, *args, **kwargs):
         raise
     except Exception as e:  # the student's bug: say where, not a traceback
         frame = _innermost_frame_in(e.__traceback__, path)
-        where = f" ({os.path.relpath(frame.filename)} line {frame.lineno}, in {frame.name})" if frame else ""
+        where = f" ({shown(frame.filename)} line {frame.lineno}, in {frame.name})" if frame else ""
         raise Failure(f"{name} raised {type(e).__name__}: {e}{where}") from None
 
 
@@ -126,10 +132,3 @@ def relative_error(a, b):
 
 def cosine(a, b):
     return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
-
-
-def signature_of(fn):
-    try:
-        return str(inspect.signature(fn))
-    except (TypeError, ValueError):
-        return "(...)"

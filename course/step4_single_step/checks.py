@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import enumeration as en
 import policy_gradient as pg
-from grading import Failure, call, expect_close, expect_true, relative_error, tensor
+from grading import Failure, call, expect_close, relative_error, tensor
 
 TITLE = "the single-step decomposition and its variance"
 EXTENSION_TITLE = "length normalisation"

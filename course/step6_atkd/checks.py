@@ -6,7 +6,6 @@ import inspect
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 import kl
 from grading import Failure, call, expect_close, expect_true, tensor
