@@ -10,9 +10,10 @@ goes straight back to the hub, vLLM or llama.cpp's converter.
 The families differ only in names and layouts: q|k|v and gate|up are fused into one Linear here
 (two stacked on dim 0), GPT-2's Conv1D stores [in, out] where nn.Linear stores [out, in]. Each
 family's details (OPT's position offset of 2, Qwen2's q/k/v biases, Qwen3's q/k RMSNorm and head
-dim, Llama-3's RoPE scaling) come from its config.json; anything else a config asks for (MoE, a
-sliding window the block reaches, post-LayerNorm OPT-350m, other RoPE scalings, quantisation) is
-one UserError naming it, never a model that silently computes something else.
+dim, Llama-3's RoPE scaling) come from its config.json; anything else a config asks for (MoE,
+post-LayerNorm OPT-350m, RoPE scalings other than linear / llama3, quantisation, ...) is one
+UserError naming it, never a model that silently computes something else. A sliding window
+(Mistral v0.1) caps block_size at the window, where it equals full attention (gpt_config).
 
 Loading never holds a second copy of the weights: the model is built on the meta device (no
 memory, no random init) and each tensor is assigned as it is read, safetensors one tensor at a
@@ -26,6 +27,11 @@ import shutil
 import torch
 
 from configurator import UserError
+
+
+class CheckpointError(UserError, ValueError):
+    """A Hugging Face checkpoint (or name) this file cannot read or write; one line via configurator.run."""
+
 
 FAMILIES = ('gpt2', 'opt', 'llama', 'mistral', 'qwen2', 'qwen3')
 ARCHITECTURES = {'gpt2': 'GPT2LMHeadModel', 'opt': 'OPTForCausalLM', 'llama': 'LlamaForCausalLM',
@@ -53,14 +59,10 @@ GPT2_CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'm
 NOT_WEIGHTS = re.compile(r'(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$')
 
 
-def names_of(model_type):
-    return NAMES['llama' if model_type in ('mistral', 'qwen2', 'qwen3') else model_type]
-
-
 # ----------------------------------------------------------------------------- config.json -> GPTConfig
 def refuse(model_type, what):
-    raise UserError(f"this {model_type} checkpoint uses {what}, which model.GPT does not implement: "
-                    f"pick a checkpoint without it")
+    raise CheckpointError(f"this {model_type} checkpoint uses {what}, which model.GPT does not implement: "
+                          f"pick a checkpoint without it")
 
 
 def read_config(path):
@@ -68,8 +70,8 @@ def read_config(path):
         with open(os.path.join(path, 'config.json')) as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {os.path.join(path, 'config.json')} ({type(e).__name__}): "
-                        f"not a Hugging Face checkpoint directory") from None
+        raise CheckpointError(f"cannot read {os.path.join(path, 'config.json')} ({type(e).__name__}): "
+                              f"not a Hugging Face checkpoint directory") from None
 
 
 def rope_settings(hf):
@@ -116,7 +118,7 @@ def gpt_config(hf, dropout=0.0):
     from model import GPTConfig
     mt = hf.get('model_type')
     if mt not in FAMILIES:
-        raise UserError(f"model_type {mt!r} is not supported: model.GPT implements {', '.join(FAMILIES)}")
+        raise CheckpointError(f"model_type {mt!r} is not supported: model.GPT implements {', '.join(FAMILIES)}")
     if hf.get('quantization_config'):
         refuse(mt, f"quantised weights ({hf['quantization_config'].get('quant_method', 'quantization_config')})")
     for key in ('num_experts', 'num_local_experts', 'n_routed_experts', 'moe_intermediate_size'):
@@ -162,10 +164,7 @@ def gpt_config(hf, dropout=0.0):
     n_head, d = hf['num_attention_heads'], hf['hidden_size']
     head_dim = get('head_dim', 128 if mt == 'qwen3' else d // n_head)  # Qwen3Config's default is 128
     theta, scaling = rope_settings(hf)
-    block = hf['max_position_embeddings']
-    window = sliding_window(hf)
-    if window is not None and window < block:
-        block = window
+    block = min(hf['max_position_embeddings'], sliding_window(hf) or hf['max_position_embeddings'])
     return GPTConfig(block_size=block, n_layer=hf['num_hidden_layers'], n_head=n_head, n_embd=d, bias=bias,
                      n_kv_head=get('num_key_value_heads', n_head), head_dim=0 if head_dim == d // n_head else head_dim,
                      norm='rmsnorm', norm_eps=get('rms_norm_eps', 1e-6), pos='rope', rope_theta=theta,
@@ -178,7 +177,7 @@ def weight_layout(config, model_type, our_names):
     """[(our state-dict name, [HF names])] for every tensor of ours, in our order; several HF names
     are stacked along dim 0 (their sizes: split_sizes). lm_head.weight of a tied model maps to the
     HF embedding (transformers ties it on load and does not store it)."""
-    prefix, top, block = names_of(model_type)
+    prefix, top, block = NAMES['llama' if model_type in ('mistral', 'qwen2', 'qwen3') else model_type]
     out = []
     for name in our_names:
         if name == 'lm_head.weight':
@@ -222,17 +221,15 @@ class CheckpointFiles:
                 self.where = None
                 break
         else:
-            raise UserError(f"{path} holds no model.safetensors(.index.json) or pytorch_model.bin(.index.json): "
-                            f"not a complete Hugging Face checkpoint")
+            raise CheckpointError(f"{path} holds no model.safetensors(.index.json) or pytorch_model.bin(.index.json): "
+                                  f"not a complete Hugging Face checkpoint")
         for file in sorted(set(self.where.values()) if self.where else [single]):
             full = os.path.join(path, file)
             try:
-                if file.endswith('.safetensors'):
-                    self.files[file] = safe_open(full, framework='pt')
-                else:
-                    self.files[file] = load_bin(full)
+                self.files[file] = safe_open(full, framework='pt') if file.endswith('.safetensors') else load_bin(full)
             except Exception as e:  # missing shard, truncated file, pickled code
-                raise UserError(f"cannot read {full} ({type(e).__name__}: {str(e)[:80]}): re-download the checkpoint") from None
+                raise CheckpointError(f"cannot read {full} ({type(e).__name__}: {str(e)[:80]}): "
+                                      f"re-download the checkpoint") from None
         if self.where is None:
             (file, handle), = self.files.items()
             self.where = {k: file for k in handle.keys()}
@@ -273,7 +270,7 @@ def convert_state_dict(tensors, config, model_type, our_names, dtype=None, where
         found = [resolve(n, keys) for n in theirs]
         if None in found:
             missing = theirs[found.index(None)]
-            raise UserError(f"{where} has no tensor {missing!r}: not a complete {model_type} checkpoint")
+            raise CheckpointError(f"{where} has no tensor {missing!r}: not a complete {model_type} checkpoint")
         used.update(found)
         if ours == 'lm_head.weight' and config.tie_embeddings:
             sd[ours] = sd['transformer.wte.weight']
@@ -286,8 +283,8 @@ def convert_state_dict(tensors, config, model_type, our_names, dtype=None, where
     extra = sorted(k for k in keys - used if not NOT_WEIGHTS.search(k) and not (
         config.tie_embeddings and k.endswith('lm_head.weight')))
     if extra:
-        raise UserError(f"{where} has tensors a {model_type} model of its config.json does not use "
-                        f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): unsupported variant")
+        raise CheckpointError(f"{where} has tensors a {model_type} model of its config.json does not use "
+                              f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}): unsupported variant")
     return sd
 
 
@@ -297,7 +294,7 @@ def local_dir(name_or_dir):
     if os.path.isdir(name_or_dir):
         return name_or_dir
     if not re.fullmatch(r'[\w.-]+(/[\w.-]+)?', name_or_dir) or name_or_dir.startswith('.'):
-        raise UserError(f"{name_or_dir!r} is neither a directory nor a Hugging Face hub name (org/name)")
+        raise CheckpointError(f"{name_or_dir!r} is neither a directory nor a Hugging Face hub name (org/name)")
     from tokenizer import TOKENIZER_FILES
     try:
         from huggingface_hub import list_repo_files, snapshot_download
@@ -307,8 +304,8 @@ def local_dir(name_or_dir):
         return snapshot_download(name_or_dir, allow_patterns=['config.json', 'generation_config.json',
                                                              *weights, *TOKENIZER_FILES])
     except Exception as e:  # offline, unknown repo, gated model without a token
-        raise UserError(f"cannot download {name_or_dir!r} from the Hugging Face hub ({type(e).__name__}): "
-                        f"check the name and the network, or pass a local directory") from None
+        raise CheckpointError(f"cannot download {name_or_dir!r} from the Hugging Face hub ({type(e).__name__}): "
+                              f"check the name and the network, or pass a local directory") from None
 
 
 def from_pretrained(name_or_dir, dropout=0.0, dtype=None):
@@ -327,7 +324,7 @@ def from_pretrained(name_or_dir, dropout=0.0, dtype=None):
     try:
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:  # a shape that disagrees with config.json
-        raise UserError(f"{path}: weights do not match its config.json: {str(e).splitlines()[-1].strip()}") from None
+        raise CheckpointError(f"{path}: weights do not match its config.json: {str(e).splitlines()[-1].strip()}") from None
     if config.tie_embeddings:  # assign gives the tied pair two Parameters: one again
         model.transformer.wte.weight = model.lm_head.weight
     return model
@@ -359,9 +356,9 @@ def model_type_of(config):
             return 'qwen2'
         if not c.qk_norm and c.qkv_bias in (None, c.bias):
             return 'llama'
-    raise UserError(f"no Hugging Face family computes this model (norm={c.norm}, pos={c.pos}, mlp={c.mlp}, "
-                    f"pos_offset={c.pos_offset}, qk_norm={c.qk_norm}, qkv_bias={c.qkv_bias}, bias={c.bias}): "
-                    f"export supports {', '.join(f for f in FAMILIES if f != 'mistral')}")
+    raise CheckpointError(f"no Hugging Face family computes this model (norm={c.norm}, pos={c.pos}, mlp={c.mlp}, "
+                          f"pos_offset={c.pos_offset}, qk_norm={c.qk_norm}, qkv_bias={c.qkv_bias}, bias={c.bias}): "
+                          f"export supports {', '.join(f for f in FAMILIES if f != 'mistral')}")
 
 
 def hf_config(config, model_type, dtype, special):
@@ -427,7 +424,7 @@ def parse_size(size):
         return size
     m = re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)\s*', str(size), re.IGNORECASE)
     if not m:
-        raise UserError(f"max_shard_size {size!r}: write it as bytes or like '5GB', '500MB'")
+        raise CheckpointError(f"max_shard_size {size!r}: write it as bytes or like '5GB', '500MB'")
     unit = m.group(2).upper()
     return int(float(m.group(1)) * {'KB': 1e3, 'MB': 1e6, 'GB': 1e9, 'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30}[unit])
 
@@ -461,7 +458,7 @@ def export_hf(model, tokenizer_spec, out_dir, max_shard_size='5GB'):
     model_type = model_type_of(model.config)
     out_dir = os.path.abspath(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, 'config.json')):
-        raise UserError(f"{out_dir} exists and is not an earlier export: pick a new directory")
+        raise CheckpointError(f"{out_dir} exists and is not an earlier export: pick a new directory")
     limit = parse_size(max_shard_size)
     tensors = hf_tensors(model, model_type)
     shards, size = [[]], 0
@@ -503,5 +500,4 @@ def export_hf(model, tokenizer_spec, out_dir, max_shard_size='5GB'):
 
 def write_json(path, obj):
     with open(path, 'w') as f:
-        json.dump(obj, f, indent=2)
-        f.write('\n')
+        f.write(json.dumps(obj, indent=2) + '\n')
