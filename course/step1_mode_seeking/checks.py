@@ -90,7 +90,8 @@ def check_closed_forms(m):
     # q is one of p's four equal, far-apart components: log q − log p = log 4 at every x
     expect_close("reverse_kl_reparam_loss of the on-mode student (closed form log 4)",
                  tensor("reverse_kl_reparam_loss", rev, ()), math.log(4), atol=1e-3, rtol=0)
-    # −E_p log q = log(2πσ²) + E_p‖x − μ‖² / (2σ²), with E_p‖x − μ‖² = mean_k ‖μ_k − μ‖² + 2σ²
+    # −E_p log q = log(2πσ²) + E_p‖x − μ‖² / (2σ²),
+    # with E_p‖x − μ‖² = mean_k ‖μ_k − μ‖² + 2σ²
     sq = ((teacher.mean - teacher.mean[0]) ** 2).sum(-1).mean().item()
     expected = math.log(2 * math.pi * MODE_STD ** 2) + (sq + 2 * MODE_STD ** 2) / (2 * MODE_STD ** 2)
     fwd = call(m, "forward_kl_loss", teacher, on_mode, 20000, torch.Generator().manual_seed(0))

@@ -14,6 +14,16 @@ from toy import sequence_world as sw
 TITLE = "the policy gradient of sequence-level reverse KL, by enumeration"
 EXTENSION_TITLE = "PPO's clipped surrogate"
 
+# the figures course/step3_policy_gradient/README.md quotes (python course/check.py --solutions 3),
+# checked in --solutions mode: variance of R_t, ‖∇KL‖², variance of R_t − 1, bias of R_{t+1} alone
+PAGE_FIGURES = {"variance": 11.854, "grad_norm_sq": 0.044, "variance_minus_one": 23.71, "future_only_bias": 2.581}
+
+
+def _page_check(m, name, value, digits):
+    if getattr(m, "is_solution", False):
+        expect_close(f"the page's figure {name} (update course/step3_policy_gradient/README.md and PAGE_FIGURES "
+                     "if the code changed)", value, PAGE_FIGURES[name], atol=0.6 * 10 ** -digits, rtol=0)
+
 
 def _reinforce(logp, logp_teacher, mask):
     return pg.minillm_loss(logp, logp.detach(), logp_teacher, mask, single_step=False, teacher_mix_alpha=0.0,
@@ -25,7 +35,7 @@ def solution():
     return SimpleNamespace(
         exact_reverse_kl=sw.exact_reverse_kl, token_rewards=pg.token_rewards, returns=pg.returns,
         policy_loss=lambda logp, logp_old, adv, w, mask: pg.policy_loss(logp, logp_old, adv, w, mask, clip_eps=None)[0],
-        reinforce_loss=_reinforce, clipped_policy_loss=pg.policy_loss)
+        reinforce_loss=_reinforce, clipped_policy_loss=pg.policy_loss, is_solution=True)
 
 
 def batch(seed=0):
@@ -115,6 +125,8 @@ def check_enumeration(m):
     mean, variance = en.mean_and_variance(grads, prob)
     expect_close("Σ_y q(y) ∇(T · reinforce_loss(y)) against ∇KL(q‖p) (flattened bigram table)", mean, exact,
                  atol=1e-10, rtol=1e-7)
+    _page_check(m, "variance", variance, 3)
+    _page_check(m, "grad_norm_sq", exact.norm().item() ** 2, 3)
     return (f"unbiased: relative error {relative_error(mean, exact):.1e}; the variance of a one-rollout "
             f"estimate is {variance:.2f} against ‖∇KL‖² = {exact.norm().item() ** 2:.3f}")
 
@@ -140,6 +152,8 @@ def check_pitfalls(m):
     expect_true(bias > 0.05, f"with R_{{t+1}} (include_current=False) alone the expected gradient should miss "
                 f"∇KL by far, got a relative error of {bias:.4f}")
     _, var_plain = surrogate(0.0, True)
+    _page_check(m, "variance_minus_one", var_minus_one, 2)
+    _page_check(m, "future_only_bias", bias, 3)
     return (f"R_t − 1: same mean, variance {var_minus_one:.2f} (R_t: {var_plain:.2f})\n"
             f"R_{{t+1}} without the current step's term: relative error {bias:.3f} (step 4 puts that term back)")
 

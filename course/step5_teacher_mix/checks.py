@@ -132,7 +132,8 @@ def _measure(m, weightings, page_check=True):
                              "cosine, variance; update course/step5_teacher_mix/README.md and PAGE_FIGURES if the "
                              "code changed)", torch.tensor(figures), torch.tensor(PAGE_FIGURES[steps][name]),
                              atol=1e-3, rtol=0)
-            row.append(f"{LABELS[name]}: rel. error {figures[0]:.3f}, cosine {figures[1]:.3f}, variance {figures[2]:.3f}")
+            row.append(f"{LABELS[name]}: rel. error {figures[0]:.3f}, cosine {figures[1]:.3f}, "
+                       f"variance {figures[2]:.3f}")
         lines.append(f"{steps} exact steps (KL(q‖p) = {kl_value:.3f}), α = {ALPHA}:")
         lines += [f"  {line}" for line in row]
     return lines
