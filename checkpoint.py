@@ -1,17 +1,26 @@
 """
-Checkpoints: one `ckpt.pt` per run directory, written atomically (temp file + rename) so a crash
-never leaves half a checkpoint, and loaders that turn every mismatch into one clear message.
+Checkpoints. A run directory holds two, each written atomically (temp file + rename) so a crash
+never leaves half a checkpoint, and loaders turn every mismatch into one clear message:
 
-A checkpoint holds the model weights, its GPTConfig, the tokenizer it was trained with, and, for
-`init_from='resume'`, the optimizer, iteration, RNG and data-sampler states.
+    ckpt.pt   the last state, for `init_from='resume'`: weights, optimizer, iteration, RNG and
+              data-sampler states, rollout buffer
+    best.pt   the weights at the best evaluation by the run's selection metric (train.py's
+              `select_metric`: validation Rouge-L or loss), for sample.py, evaluate.py, init_from
+              and teacher
 
-FSDP runs write a sharded checkpoint instead (torch.distributed.checkpoint, "DCP"): every rank
-saves its own shards into `out_dir/dcp/`, next to a small `trainer_state.pt` with everything
-else. It resumes on any number of ranks (DCP reshards), and
+Both hold the model weights, its GPTConfig and the tokenizer it was trained with. A model spec
+(`load_model`) is a run directory (its best.pt; ckpt.pt when it has none), `<run>/best` or
+`<run>/last` (ckpt.pt), a .pt file, or a Hugging Face GPT-2 directory / hub name.
+
+FSDP runs write sharded checkpoints instead (torch.distributed.checkpoint, "DCP"): every rank
+saves its own shards into `out_dir/dcp/` (the last state, AdamW included, next to a small
+`trainer_state.pt`) and `out_dir/dcp_best/` (the best weights only). The last resumes on any
+number of ranks (DCP reshards); both load as they are in one process (`load_model` reads the
+shards), and
 
     python checkpoint.py --consolidate out/<run>
 
-turns it into the ordinary `ckpt.pt` that sample.py, evaluate.py and init_from read.
+turns them into the ordinary ckpt.pt (weights only) and best.pt.
 """
 import glob
 import os
@@ -24,7 +33,7 @@ import torch
 from configurator import UserError, run
 from model import GPT, GPTConfig
 
-CKPT_NAME = 'ckpt.pt'
+CKPT_NAME, BEST_NAME = 'ckpt.pt', 'best.pt'  # last (resume) / best (selection metric)
 
 
 def atomic_save(obj, path):
@@ -39,7 +48,16 @@ def atomic_save(obj, path):
 
 
 def ckpt_path(where):
-    return os.path.join(where, CKPT_NAME) if os.path.isdir(where) else where
+    """The checkpoint file a spec names: a file as it is; a run directory -> its best.pt (ckpt.pt
+    when it has no best, e.g. a run from before best.pt existed); '<run>/best' -> best.pt and
+    '<run>/last' -> ckpt.pt. FSDP runs: the same names, read from dcp_best/ and dcp/ (`load_checkpoint`)."""
+    if os.path.isdir(where):
+        has_best = os.path.exists(os.path.join(where, BEST_NAME)) or os.path.isdir(os.path.join(where, DCP_BEST_DIR))
+        return os.path.join(where, BEST_NAME if has_best else CKPT_NAME)
+    run_dir, name = os.path.split(os.path.normpath(where))
+    if name in ('best', 'last') and not os.path.exists(where) and os.path.isdir(run_dir or '.'):
+        return os.path.join(run_dir, BEST_NAME if name == 'best' else CKPT_NAME)
+    return where
 
 
 def config_that_writes(out_dir):
@@ -55,12 +73,19 @@ def config_that_writes(out_dir):
 
 
 def load_checkpoint(where):
+    """The checkpoint dict a spec names (ckpt_path); from an FSDP run's shards when it has no .pt."""
     path = ckpt_path(where)
+    run_dir, name = os.path.split(path)
+    sharded = os.path.join(run_dir, {BEST_NAME: DCP_BEST_DIR, CKPT_NAME: DCP_DIR}.get(name, ''))
+    if not os.path.exists(path) and name in (BEST_NAME, CKPT_NAME) and os.path.isdir(sharded):
+        model, state = load_sharded_weights(run_dir, os.path.basename(sharded))
+        return checkpoint_payload(model, state['tokenizer'], **{k: v for k, v in state.items() if k in PAYLOAD_KEYS})
     if not os.path.exists(path):
-        raise UserError(f"no checkpoint at {path}: train it first ({config_that_writes(where)}) "
+        run = run_dir if name in (BEST_NAME, CKPT_NAME) else where
+        raise UserError(f"no checkpoint at {path}: train it first ({config_that_writes(run)}) "
                         f"or point to the right run directory")
-    try:
-        return torch.load(path, map_location='cpu', weights_only=False)
+    try:  # weights_only: loading a checkpoint never runs code from it
+        return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # truncated or not a torch file
         raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}): delete it and retrain") from None
 
@@ -143,7 +168,7 @@ def load_student(cfg, vocab, tok):
     or HF GPT-2) and its resume checkpoint (or None); vocab/tok: the data's."""
     ckpt = None
     if cfg.init_from == 'resume':
-        ckpt = load_checkpoint(cfg.out_dir)
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, CKPT_NAME))  # the last state, not the best
         model = GPT(GPTConfig(**ckpt['model_args']))
         model.load_state_dict(ckpt['model'])
     elif cfg.init_from == 'scratch':
@@ -170,25 +195,30 @@ def load_teacher(cfg, vocab, tok):
     return teacher.requires_grad_(False).eval()
 
 # ----------------------------------------------------------------------------- sharded (FSDP)
-DCP_DIR, TRAINER_STATE = 'dcp', 'trainer_state.pt'
+DCP_DIR, DCP_BEST_DIR, TRAINER_STATE = 'dcp', 'dcp_best', 'trainer_state.pt'
+PAYLOAD_KEYS = ('iter_num', 'best', 'val_loss', 'metrics', 'config')  # what a weights-only checkpoint keeps
 
 
-def save_sharded(out_dir, model, optimizer, tokenizer, **state):
-    """Every rank writes its shards of the model and AdamW state with DCP into out_dir/dcp/, and
-    rank 0 adds trainer_state.pt (model_args, tokenizer and `state`: step, RNGs, data position).
+def save_sharded(out_dir, model, optimizer, tokenizer, name=DCP_DIR, **state):
+    """Every rank writes its shards of the model and AdamW state (optimizer=None: the weights
+    only, for dcp_best/) with DCP into out_dir/<name>/, and rank 0 adds trainer_state.pt
+    (model_args, tokenizer and `state`: step, RNGs, data position).
 
-    Collective: every rank calls it. The files go to dcp.tmp/, which replaces dcp/ only after all
-    ranks have finished, so a crash mid-save leaves the previous checkpoint whole. With several
+    Collective: every rank calls it. The files go to <name>.tmp/, which replaces <name>/ only after
+    all ranks have finished, so a crash mid-save leaves the previous checkpoint whole. With several
     nodes out_dir must be a filesystem that every node sees."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-    final, tmp, old = (os.path.join(out_dir, DCP_DIR + suffix) for suffix in ('', '.tmp', '.old'))
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+    final, tmp, old = (os.path.join(out_dir, name + suffix) for suffix in ('', '.tmp', '.old'))
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     dist.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({'model': model_sd, 'optimizer': optim_sd}, checkpoint_id=tmp)
+    if optimizer is None:
+        dcp.save({'model': get_model_state_dict(model)}, checkpoint_id=tmp)
+    else:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({'model': model_sd, 'optimizer': optim_sd}, checkpoint_id=tmp)
     dist.barrier()
     if dist.get_rank() == 0:
         torch.save(dict(model_args=asdict(model.config), tokenizer=tokenizer, **state), os.path.join(tmp, TRAINER_STATE))
@@ -200,18 +230,18 @@ def save_sharded(out_dir, model, optimizer, tokenizer, **state):
     dist.barrier()
 
 
-def sharded_dir(out_dir):
-    """The run's complete sharded checkpoint: dcp/, or dcp.old/ when a save died between its renames."""
-    for name in (DCP_DIR, DCP_DIR + '.old'):
-        path = os.path.join(out_dir, name)
+def sharded_dir(out_dir, name=DCP_DIR):
+    """The run's complete sharded checkpoint: <name>/, or <name>.old/ when a save died between its renames."""
+    for candidate in (name, name + '.old'):
+        path = os.path.join(out_dir, candidate)
         if os.path.exists(os.path.join(path, TRAINER_STATE)):
             return path
-    raise UserError(f"no sharded checkpoint in {os.path.join(out_dir, DCP_DIR)}: runs with parallel='fsdp' write one "
+    raise UserError(f"no sharded checkpoint in {os.path.join(out_dir, name)}: runs with parallel='fsdp' write one "
                     f"there (a run that wrote ckpt.pt resumes with parallel='ddp' or 'none')")
 
 
 def load_trainer_state(out_dir):
-    return torch.load(os.path.join(sharded_dir(out_dir), TRAINER_STATE), map_location='cpu', weights_only=False)
+    return torch.load(os.path.join(sharded_dir(out_dir), TRAINER_STATE), map_location='cpu', weights_only=True)
 
 
 def load_sharded(out_dir, model, optimizer):
@@ -225,13 +255,12 @@ def load_sharded(out_dir, model, optimizer):
     set_state_dict(model, optimizer, model_state_dict=state['model'], optim_state_dict=state['optimizer'])
 
 
-def consolidate(run_dir):
-    """Write run_dir/ckpt.pt (checkpoint_payload: weights, model_args, tokenizer, step) from the
-    sharded checkpoint, in one process without torchrun. Needs CPU RAM for the weights only; the
-    AdamW state stays in dcp/ (resume the run with parallel='fsdp', on any number of GPUs)."""
+def load_sharded_weights(run_dir, name=DCP_DIR):
+    """(model on CPU, trainer state) from a sharded checkpoint, in one process without torchrun.
+    Needs CPU RAM for the weights only; the AdamW state stays on disk."""
     import torch.distributed.checkpoint as dcp
-    path = sharded_dir(run_dir)
-    state = load_trainer_state(run_dir)
+    path = sharded_dir(run_dir, name)
+    state = torch.load(os.path.join(path, TRAINER_STATE), map_location='cpu', weights_only=True)
     with torch.device('meta'):  # no random init: every value is overwritten by the load
         model = GPT(GPTConfig(**state['model_args']))
     model.to_empty(device='cpu')
@@ -241,10 +270,22 @@ def consolidate(run_dir):
     with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the point here
         warnings.simplefilter('ignore')
         dcp.load({'model': weights}, checkpoint_id=path, no_dist=True)
-    extra = {k: state[k] for k in ('iter_num', 'best_val_loss', 'val_loss', 'config') if k in state}
-    out = os.path.join(run_dir, CKPT_NAME)
-    atomic_save(checkpoint_payload(model, state['tokenizer'], **extra), out)
-    return out
+    return model, state
+
+
+def consolidate(run_dir):
+    """Write run_dir/ckpt.pt from dcp/ and run_dir/best.pt from dcp_best/, those the run has
+    (checkpoint_payload: weights, model_args, tokenizer, step). Returns the first path written; the
+    AdamW state stays in dcp/ (resume the run with parallel='fsdp', on any number of GPUs)."""
+    written = []
+    for name, out in ((DCP_DIR, CKPT_NAME), (DCP_BEST_DIR, BEST_NAME)):
+        if not any(os.path.isdir(os.path.join(run_dir, name + s)) for s in ('', '.old')):
+            continue
+        model, state = load_sharded_weights(run_dir, name)
+        written.append(os.path.join(run_dir, out))
+        atomic_save(checkpoint_payload(model, state['tokenizer'], **{k: state[k] for k in PAYLOAD_KEYS if k in state}),
+                    written[-1])
+    return written[0] if written else sharded_dir(run_dir)  # sharded_dir raises: no sharded checkpoint here
 
 
 def models_from_rank0(build):

@@ -17,6 +17,38 @@ import policy_gradient as pg
 from dataset import split_responses
 
 
+class PromptOrder:
+    """Which training prompts each rollout phase answers: epoch by epoch, as the reference's shuffled
+    prompt loader (LMOps minillm/minillm/sampler.py): every pass over the n prompts is a fresh
+    permutation consumed in order, so each prompt is used once per epoch (not drawn with
+    replacement); a phase may straddle two epochs. The permutation of epoch e is a function of
+    (seed, e), so the state to resume is two integers; it is the same on every rank."""
+
+    def __init__(self, n, seed):
+        self.n, self.seed, self.epoch, self.pos, self._perm = n, seed, 0, 0, None
+
+    def permutation(self, epoch):
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)).tolist()
+
+    def take(self, k):
+        out = []
+        while len(out) < k:
+            if self.pos == self.n:
+                self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
+            if self._perm is None:
+                self._perm = self.permutation(self.epoch)
+            m = min(k - len(out), self.n - self.pos)
+            out += self._perm[self.pos:self.pos + m]
+            self.pos += m
+        return out
+
+    def state_dict(self):
+        return dict(n=self.n, seed=self.seed, epoch=self.epoch, pos=self.pos)
+
+    def load_state_dict(self, state):
+        self.n, self.seed, self.epoch, self.pos, self._perm = state['n'], state['seed'], state['epoch'], state['pos'], None
+
+
 def rollout_batch(rows, eot, device):
     """rows: (prompt tokens, response tokens) pairs -> prompts left-padded to Tp, responses
     right-padded to Tr: tokens [B, Tp + Tr], attention mask, Tp, response mask [B, Tr]."""
@@ -40,12 +72,13 @@ def gather_logp(logits, tokens):
 
 
 @torch.no_grad()
-def collect_rollouts(cfg, model, teacher, prompts, data_gen, sample_gen):
+def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
     """One rollout phase (MiniLLM §2.3, Algorithm 1): sample responses from p~ = alpha p + (1 - alpha) q
     with both KV caches, score them with the teacher and the frozen student q_old, and compute
-    rewards r_t = log p(y_t) - log q_old(y_t), advantages and log p~(y_t) once for all epochs."""
+    rewards r_t = log p(y_t) - log q_old(y_t), advantages and log p~(y_t) once for all epochs.
+    `prompt_order` (PromptOrder) gives the phase's rollout_size prompts, the same on every rank."""
     model.eval()
-    chosen = torch.randint(len(prompts), (cfg.rollout_size,), generator=data_gen).tolist()
+    chosen = prompt_order.take(cfg.rollout_size)
     per_rank = cfg.rollout_size // cfg.world_size
     chosen = chosen[cfg.rank * per_rank:(cfg.rank + 1) * per_rank]
     rows, parts = [], []

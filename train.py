@@ -26,12 +26,14 @@ import torch.nn.functional as F
 
 import kl
 import memory
-from checkpoint import (atomic_save, checkpoint_payload, load_sharded, load_student, load_teacher,
-                        load_trainer_state, models_from_rank0, save_sharded)
+from checkpoint import (BEST_NAME, CKPT_NAME, DCP_BEST_DIR, atomic_save, checkpoint_payload, load_sharded, load_student,
+                        load_teacher, load_trainer_state, models_from_rank0, save_sharded)
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta
 from model import GPT, GPTConfig, mfu, peak_flops
-from rollout import collect_rollouts, minillm_micro_loss
+from rollout import PromptOrder, collect_rollouts, minillm_micro_loss
+from tokenizer import get_encoding
+from validation import SELECT_METRICS, improves, rouge_subset, selection_metric, validation_rouge_l
 
 # ----------------------------------------------------------------------------- config
 # I/O
@@ -39,8 +41,12 @@ out_dir = 'out/toy_sft'
 init_from = 'scratch'        # 'scratch' | 'resume' | a run dir / ckpt.pt | HF GPT-2 dir or name
 eval_interval = 100
 eval_iters = 10              # validation batches per evaluation
+eval_rouge_interval = 0      # validation Rouge-L every N steps (0 = at every eval_interval), not for pretrain
+eval_rouge_examples = 128    # on the first N validation prompts, one response each sampled at tau 1, top-p 1; 0 = off
+select_metric = 'auto'       # best.pt keeps the best 'rouge_l' (max) | 'val_loss' (min); auto: rouge_l for kd,
+                             # seqkd, minillm, val_loss for sft, pretrain (the LMOps minillm README's selection)
 log_interval = 10
-always_save_checkpoint = True  # else only when the validation loss improves
+always_save_checkpoint = True  # ckpt.pt (the last state, for resume) at every evaluation; else only at the end
 seed = 1337
 # data
 data_dir = 'data/toy_instruct'
@@ -91,6 +97,7 @@ init = 'gpt2'                # 'gpt2' (N(0, 0.02)) | 'pytorch' (module defaults:
 # optimizer
 learning_rate = 1e-3
 max_iters = 1000
+epochs = 0                   # > 0: max_iters = min(max_iters, epochs x iterations per epoch); max_iters = 0: no cap
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.95
@@ -185,6 +192,14 @@ def supervised_loss(cfg, model, teacher, x, y, kd_ratio=0.0, segments=None):
     with torch.no_grad():
         t_logits = teacher(x, segments=segments)
     return model(x, head_fn=kd_head_fn(cfg, y, t_logits, 1.0 - kd_ratio, kd_ratio, segments), segments=segments)
+
+
+def iters_per_epoch(cfg, n_train):
+    """Optimizer steps per pass over the n_train training examples at the global batch, as the LMOps
+    scripts count them (minillm/finetune.py: int(n / (batch x ranks x accumulation))); minillm: a
+    pass over the rollout prompts, each rollout trained on ppo_epochs times."""
+    passes = cfg.ppo_epochs if cfg.method == 'minillm' else 1
+    return int(n_train * passes / (cfg.batch_size * cfg.world_size * cfg.gradient_accumulation_steps))
 
 
 # ----------------------------------------------------------------------------- setup
@@ -325,6 +340,12 @@ def validate(cfg):
         raise UserError("fsdp_activation_checkpointing and fsdp_cpu_offload need parallel='fsdp'")
     if cfg.fsdp_cpu_offload and not cfg.device.startswith('cuda'):
         raise UserError("fsdp_cpu_offload needs CUDA (it moves FSDP's shards between host RAM and the GPU)")
+    if cfg.select_metric not in ('auto',) + SELECT_METRICS:
+        raise UserError(f"unknown select_metric '{cfg.select_metric}': pick auto, rouge_l or val_loss")
+    if cfg.select_metric == 'rouge_l' and (cfg.method == 'pretrain' or cfg.eval_rouge_examples < cfg.world_size):
+        raise UserError("select_metric='rouge_l' needs instruction data and eval_rouge_examples >= the number of ranks")
+    if cfg.epochs > 0 and cfg.method == 'pretrain':
+        raise UserError("epochs counts passes over instruction examples: give pretrain a max_iters instead")
     if cfg.parallel == 'fsdp' and cfg.dtype == 'float16':
         raise UserError("parallel='fsdp' runs in dtype='bfloat16' or 'float32' (float16 needs a sharded grad scaler)")
 
@@ -349,6 +370,11 @@ def main(argv):
     else:
         train_data, val_data = InstructSet(cfg.data_dir, 'train'), InstructSet(cfg.data_dir, 'valid')
     pt_data = LMStream(cfg.pt_data_dir, 'train') if cfg.method == 'minillm' and cfg.pt_data_dir and cfg.pt_weight > 0 else None
+    if cfg.epochs > 0:  # the LMOps scripts give lengths in epochs
+        by_epochs = cfg.epochs * iters_per_epoch(cfg, len(train_data))
+        cfg.max_iters = min(cfg.max_iters, by_epochs) if cfg.max_iters > 0 else by_epochs
+    rouge_ids = rouge_subset(cfg, val_data)  # best.pt: by Rouge-L on these validation prompts, or by val loss
+    select, enc = selection_metric(cfg, rouge_ids), get_encoding(meta['tokenizer'])
 
     model, teacher, ckpt, weights = build_models(cfg, meta)  # under FSDP: on the meta device
     raw_model = model
@@ -363,7 +389,8 @@ def main(argv):
                                   fused=cfg.parallel != 'fsdp')  # fused: one kernel, not one per tensor
     data_gen = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: it draws the global batch
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1 + cfg.rank)
-    iter_num, best_val, buf, queue = 0, float('inf'), None, []
+    prompt_order = PromptOrder(len(train_data), cfg.seed) if cfg.method == 'minillm' else None  # epoch by epoch
+    iter_num, best, buf, queue = 0, None, None, []  # best: dict(metric, value, iter) of best.pt
     if ckpt is not None:
         if cfg.parallel == 'fsdp':  # this rank's shards of the weights and of the AdamW state
             load_sharded(cfg.out_dir, raw_model, optimizer)
@@ -372,7 +399,11 @@ def main(argv):
                             f"with parallel='fsdp', or start a new run from it with init_from='{cfg.out_dir}'")
         else:
             optimizer.load_state_dict(ckpt['optimizer'])
-        iter_num, best_val = ckpt['iter_num'], ckpt['best_val_loss']
+        iter_num, best = ckpt['iter_num'], ckpt.get('best')
+        if best is not None and best['metric'] != select:  # selection changed at resume: start it afresh
+            best = None
+        if ckpt.get('prompt_order'):
+            prompt_order.load_state_dict(ckpt['prompt_order'])
         data_gen.set_state(ckpt['data_gen'])
         ranks = ckpt.get('ranks') or [ckpt]  # per-rank RNG streams; on another world size they start afresh
         if len(ranks) == cfg.world_size:
@@ -390,6 +421,9 @@ def main(argv):
         print(f"{cfg.method}: student {n_params / 1e6:.2f}M params"
               + (f", teacher {teacher.num_params() / 1e6:.2f}M" if teacher is not None else '')
               + f", data {cfg.data_dir} ({meta['tokenizer']}), world {cfg.world_size}, device {cfg.device}")
+        print(f"{cfg.max_iters} iterations" + (f" ({cfg.epochs} epochs x {iters_per_epoch(cfg, len(train_data))})" if cfg.epochs > 0 else '')
+              + f"; {cfg.out_dir}/{CKPT_NAME}: the last state, {BEST_NAME}: the best validation {select}"
+              + (f" (Rouge-L on {len(rouge_ids)} prompts)" if rouge_ids else ''))
     log_path = os.path.join(cfg.out_dir, 'log.jsonl')
 
     def micro_batch():
@@ -410,7 +444,7 @@ def main(argv):
                 loss = supervised_loss(cfg, model, teacher, x, y, cfg.kd_ratio if cfg.method != 'sft' else 0.0, seg)
             return global_mean(cfg, loss, (y != -1).sum()), x.numel(), {}
         if not queue:  # a new rollout phase: ppo_epochs shuffled passes over a fresh (global) buffer
-            buf = gather_rollouts(cfg, collect_rollouts(cfg, model, teacher, train_data, data_gen, sample_gen))
+            buf = gather_rollouts(cfg, collect_rollouts(cfg, model, teacher, train_data, prompt_order, sample_gen))
             n, step = len(buf['rows']), cfg.batch_size * cfg.world_size
             for _ in range(cfg.ppo_epochs):
                 perm = torch.randperm(n, generator=data_gen).tolist()
@@ -445,13 +479,20 @@ def main(argv):
         model.train()
         return sum(losses) / len(losses)
 
-    def save(val_loss):
-        """ckpt.pt from rank 0, or under FSDP dcp/ from every rank; collective when distributed."""
-        state = dict(iter_num=iter_num, best_val_loss=best_val, val_loss=val_loss,
-                     config={k: v for k, v in vars(cfg).items() if k in DEFAULTS},
-                     data_gen=data_gen.get_state(), sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state(),
+    def save(which, metrics):
+        """which='best': the weights (best.pt from rank 0; FSDP: dcp_best/, shards without AdamW state,
+        from every rank); 'last': the whole state resume needs (ckpt.pt; FSDP: dcp/). Collective when distributed."""
+        info = dict(iter_num=iter_num, best=best, metrics=metrics, config={k: v for k, v in vars(cfg).items() if k in DEFAULTS})
+        if which == 'best':
+            if cfg.parallel == 'fsdp':
+                save_sharded(cfg.out_dir, raw_model, None, meta['tokenizer'], name=DCP_BEST_DIR, **info)
+            elif master:
+                atomic_save(checkpoint_payload(raw_model, meta['tokenizer'], **info), os.path.join(cfg.out_dir, BEST_NAME))
+            return
+        state = dict(info, data_gen=data_gen.get_state(), sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state(),
                      rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()} if buf else None,
-                     rollout_queue=list(queue))
+                     rollout_queue=list(queue),
+                     prompt_order=prompt_order.state_dict() if prompt_order else None)
         if cfg.world_size > 1:  # each rank's own sampling and dropout streams
             state['ranks'] = [None] * cfg.world_size
             dist.all_gather_object(state['ranks'], dict(sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state()))
@@ -459,23 +500,32 @@ def main(argv):
             save_sharded(cfg.out_dir, raw_model, optimizer, meta['tokenizer'], **state)
         elif master:
             atomic_save(checkpoint_payload(raw_model, meta['tokenizer'], optimizer=optimizer.state_dict(), **state),
-                        os.path.join(cfg.out_dir, 'ckpt.pt'))
+                        os.path.join(cfg.out_dir, CKPT_NAME))
 
     model.train()
     t0, t_start, it_start, tokens_seen = time.time(), time.time(), iter_num, 0
     while True:
         last = iter_num >= cfg.max_iters
-        if iter_num % cfg.eval_interval == 0 or last:
+        rouge_due = bool(rouge_ids) and (last or iter_num % (cfg.eval_rouge_interval or cfg.eval_interval) == 0)
+        if iter_num % cfg.eval_interval == 0 or rouge_due or last:
             t_eval = time.time()
-            val_loss = evaluate_loss()
-            improved = val_loss < best_val
-            best_val = min(best_val, val_loss)
+            metrics = dict(val_loss=evaluate_loss())
+            if rouge_due:
+                metrics['rouge_l'] = rank_mean(cfg, *validation_rouge_l(cfg, model, val_data, enc, rouge_ids))
+            # candidates: states trained here (not the init, nor the state a resume starts from)
+            improved = iter_num > it_start and improves(select, metrics.get(select), best)
+            if improved:
+                best = dict(metric=select, value=metrics[select], iter=iter_num)
             if master:
-                print(f"iter {iter_num}: val loss {val_loss:.4f}")
+                print(f"iter {iter_num}: val loss {metrics['val_loss']:.4f}"
+                      + (f", Rouge-L {metrics['rouge_l']:.2f}" if 'rouge_l' in metrics else '')
+                      + (f" (best {select}: {BEST_NAME})" if improved else ''))
                 with open(log_path, 'a') as f:
-                    f.write(json.dumps(dict(iter=iter_num, val_loss=val_loss)) + '\n')
-            if iter_num > it_start and (improved or cfg.always_save_checkpoint or last):
-                save(val_loss)
+                    f.write(json.dumps(dict(iter=iter_num, **metrics)) + '\n')
+            if improved:  # before ckpt.pt, whose record of the best must never be ahead of best.pt
+                save('best', metrics)
+            if iter_num > it_start and (cfg.always_save_checkpoint or last):
+                save('last', metrics)
             t0 += time.time() - t_eval  # tokens/s and MFU are of training steps, not of eval and saving
         if last:
             break

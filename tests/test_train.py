@@ -125,6 +125,7 @@ def perturbed_student_and_teacher(teacher_dir):
 
 def test_rollout_phase_shapes_masks_and_weights(tiny_instruct, teacher):
     from dataset import InstructSet
+    from rollout import PromptOrder
     cfg = configure(train.DEFAULTS, SMALL + ['--method=minillm', '--rollout_size=12',
                                              '--rollout_batch_size=5', '--max_new_tokens=7'])
     cfg.rank, cfg.world_size, cfg.all_done, cfg.ctx = 0, 1, None, torch.autocast('cpu', enabled=False)
@@ -132,10 +133,11 @@ def test_rollout_phase_shapes_masks_and_weights(tiny_instruct, teacher):
     data = InstructSet(tiny_instruct, 'train')
     cfg.eot = data.eot
     student, teach = perturbed_student_and_teacher(teacher)
-    buf = train.collect_rollouts(cfg, student, teach, data, torch.Generator().manual_seed(0),
-                                 torch.Generator().manual_seed(1))
+    order = PromptOrder(len(data), 0)
+    buf = train.collect_rollouts(cfg, student, teach, data, order, torch.Generator().manual_seed(1))
     mask = buf['mask']
     assert mask.shape[0] == 12 and mask.shape[1] <= 7
+    assert [p for p, _ in buf['rows']] == [data.prompt(i) for i in order.permutation(0)[:12]]  # epoch 0, in order
     for j, (p, r) in enumerate(buf['rows']):
         assert mask[j].sum().item() == len(r) and mask[j, :len(r)].all()   # right-padded responses
         assert r[-1] == data.eot or len(r) == 7                             # ends at eot or at the cap
@@ -221,7 +223,142 @@ def test_teacher_vocab_mismatch_and_corrupt_checkpoint(tiny_instruct, teacher, t
         train.main(SMALL + [f'--data_dir={tiny_instruct}', '--method=kd', f'--teacher={other}', '--max_iters=1'])
     bad = tmp_path / 'bad'
     shutil.copytree(teacher, bad)
-    with open(bad / 'ckpt.pt', 'r+b') as f:
+    with open(bad / 'best.pt', 'r+b') as f:  # the file a run directory resolves to
         f.truncate(100)
     with pytest.raises(UserError, match='unreadable'):
         train.main(SMALL + [f'--data_dir={tiny_instruct}', '--method=kd', f'--teacher={bad}', '--max_iters=1'])
+
+
+# ----------------------------------------------------------------------------- checkpoint selection (issue 16)
+def write_copy_task(d, n_train=256, n_eval=32, seed=0):
+    """Byte-level 'repeat the four letters' task: a 1-layer model learns it partly in tens of
+    steps, so validation Rouge-L moves (the addition task stays at ~0 for such models)."""
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (('train', n_train), ('valid', n_eval), ('test', n_eval)):
+        toks, index, off = [], [], 0
+        with open(os.path.join(d, f'{split}.jsonl'), 'w') as f:
+            for _ in range(n):
+                words = ' '.join(rng.choice(list('abcdef'), 4))
+                p, r = f"Q: {words}\nA:", f" {words}"
+                pt, rt = list(p.encode()), list(r.encode()) + [256]
+                index.append((off, len(pt), len(rt)))
+                toks += pt + rt
+                off += len(pt) + len(rt)
+                f.write(json.dumps(dict(prompt=p, response=r, references=[words])) + '\n')
+        np.array(toks, dtype=np.uint16).tofile(os.path.join(d, f'{split}.tokens.bin'))
+        np.save(os.path.join(d, f'{split}.idx.npy'), np.array(index, dtype=np.int64))
+    with open(os.path.join(d, 'meta.json'), 'w') as f:
+        json.dump(dict(kind='instruct', tokenizer='byte', vocab_size=257, eot_token=256, dtype='uint16'), f)
+    return str(d)
+
+
+def eval_rows(out_dir):
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        return [r for r in map(json.loads, f) if 'val_loss' in r]
+
+
+def test_best_checkpoint_survives_a_later_worse_evaluation(tmp_path):
+    """Issue 16's bug: with always_save_checkpoint=False the last evaluation overwrote the best
+    ckpt.pt. Now best.pt keeps the best evaluation by the selection metric, ckpt.pt the last state."""
+    from checkpoint import ckpt_path
+    data = write_copy_task(tmp_path / 'copy')
+    args = [f'--data_dir={data}', '--max_iters=60', '--eval_interval=10', '--learning_rate=0.1', '--lr_schedule=constant',
+            '--max_new_tokens=10', '--eval_rouge_examples=32', '--always_save_checkpoint=False']
+    for metric, pick in (('rouge_l', max), ('val_loss', min)):  # max / min return the first of equals: ties keep the earlier
+        out = run_train(tmp_path, metric, *args, f'--select_metric={metric}')
+        rows = eval_rows(out)
+        assert [r['iter'] for r in rows] == list(range(0, 61, 10)) and all('rouge_l' in r for r in rows)
+        top = pick(rows[1:], key=lambda r: r[metric])  # iter 0, the init, is not a candidate
+        assert top['iter'] < 60 and pick(top[metric], rows[-1][metric]) == top[metric] != rows[-1][metric]  # later, worse
+        best, last = (torch.load(os.path.join(out, n), weights_only=True) for n in ('best.pt', 'ckpt.pt'))
+        assert best['iter_num'] == top['iter'] and best['metrics'] == {k: top[k] for k in ('val_loss', 'rouge_l')}
+        assert best['best'] == dict(metric=metric, value=top[metric], iter=top['iter']) == last['best']
+        assert last['iter_num'] == 60 and 'optimizer' in last and 'optimizer' not in best
+        # a run dir is its best; <run>/last the resume state; files as given
+        assert ckpt_path(out) == ckpt_path(f'{out}/best') == os.path.join(out, 'best.pt')
+        assert ckpt_path(f'{out}/last') == os.path.join(out, 'ckpt.pt')
+        assert ckpt_path(os.path.join(out, 'ckpt.pt')) == os.path.join(out, 'ckpt.pt')
+        # the weights loaded through each spec score exactly what was logged for them
+        for spec, row in ((out, top), (f'{out}/last', rows[-1])):
+            again = eval_rows(run_train(tmp_path, f'{metric}_again', *args, f'--init_from={spec}', '--max_iters=0'))
+            assert len(again) == 1 and again[0]['rouge_l'] == row['rouge_l']
+            assert math.isclose(again[0]['val_loss'], row['val_loss'], rel_tol=1e-6)
+            shutil.rmtree(tmp_path / f'{metric}_again')
+    os.remove(os.path.join(out, 'best.pt'))  # a run from before best.pt existed: its ckpt.pt
+    assert ckpt_path(out) == os.path.join(out, 'ckpt.pt')
+
+
+def test_selection_metric_by_method_and_bad_choices(tiny_instruct, tmp_path):
+    from validation import rouge_subset, selection_metric
+    from dataset import InstructSet
+    val = InstructSet(tiny_instruct, 'valid')
+    for method, metric in (('sft', 'val_loss'), ('pretrain', 'val_loss'), ('kd', 'rouge_l'), ('seqkd', 'rouge_l'),
+                           ('minillm', 'rouge_l')):
+        cfg = configure(train.DEFAULTS, [f'--method={method}', '--eval_rouge_examples=20'])
+        cfg.world_size = 3
+        ids = rouge_subset(cfg, val)
+        assert selection_metric(cfg, ids) == metric
+        assert ids == ([] if method == 'pretrain' else sorted(range(18), key=lambda i: int(val.index[i][1])))
+        cfg.eval_rouge_examples = 0  # no Rouge-L measured: auto falls back to the loss
+        assert selection_metric(cfg, rouge_subset(cfg, val)) == 'val_loss'
+    for args, msg in ((['--select_metric=bleu'], "unknown select_metric 'bleu'"),
+                      (['--select_metric=rouge_l', '--eval_rouge_examples=0'], "needs instruction data"),
+                      (['--epochs=2', '--method=pretrain'], "epochs counts passes")):
+        with pytest.raises(UserError, match=msg):
+            train.main(SMALL + [f'--data_dir={tiny_instruct}', f'--out_dir={tmp_path}/o', *args])
+
+
+def test_epochs_set_max_iters_as_the_reference_counts_them(tiny_instruct, tmp_path):
+    """LMOps minillm/finetune.py: int(n_train / (batch x ranks x accumulation)) steps per epoch."""
+    cfg = configure(train.DEFAULTS, ['--batch_size=8', '--gradient_accumulation_steps=4'])
+    cfg.world_size = 8
+    assert train.iters_per_epoch(cfg, 12_400) == 48             # int(12400 / 256)
+    cfg.method, cfg.ppo_epochs = 'minillm', 4
+    assert train.iters_per_epoch(cfg, 12_400) == 193            # int(12400 x 4 policy epochs / 256)
+    out = run_train(tmp_path, 'ep', f'--data_dir={tiny_instruct}', '--epochs=2', '--max_iters=0', '--eval_interval=100')
+    assert len(losses(out)) == 2 * (256 // 16)                  # tiny_instruct: 256 training examples
+    capped = run_train(tmp_path, 'cap', f'--data_dir={tiny_instruct}', '--epochs=2', '--max_iters=5', '--eval_interval=100')
+    assert len(losses(capped)) == 5
+
+
+def test_rollout_prompts_are_shuffled_epoch_by_epoch():
+    from rollout import PromptOrder
+    order = PromptOrder(10, seed=3)
+    taken = order.take(4) + order.take(4) + order.take(4) + order.take(8)  # 2 epochs; a phase straddles them
+    assert taken[:10] == order.permutation(0) and taken[10:] == order.permutation(1)
+    assert sorted(taken[:10]) == sorted(taken[10:]) == list(range(10)) and taken[:10] != taken[10:]
+    a, b = PromptOrder(10, seed=3), PromptOrder(10, seed=0)
+    a.take(7)
+    b.load_state_dict(a.state_dict())  # what a resume restores: (n, seed, epoch, position)
+    assert b.take(9) == a.take(9) == taken[7:16]
+
+
+# (key, value here, value of the LMOps script) for the GPT-2 recipes; sources in the config comments
+GPT2_RECIPES = {
+    'sft_gpt2': dict(learning_rate=5e-4, epochs=20, weight_decay=1e-2, min_lr=1e-7, warmup_iters=0, lr_schedule='cosine',
+                     beta2=0.999, grad_clip=1.0, dropout=0.1, block_size=512, select_metric='val_loss', init_from='gpt2'),
+    'sft_gpt2_baseline': dict(learning_rate=5e-4, epochs=20, select_metric='rouge_l'),
+    'sft_gpt2_xl': dict(learning_rate=5e-5, epochs=10, weight_decay=1e-2, min_lr=1e-7, select_metric='rouge_l',
+                        init_from='gpt2-xl'),
+    'kd_gpt2': dict(method='kd', learning_rate=5e-4, epochs=20, kd_ratio=0.5, weight_decay=1e-2, select_metric='rouge_l',
+                    init_from='gpt2'),
+    'seqkd_gpt2': dict(method='seqkd', learning_rate=5e-4, epochs=20, kd_ratio=0.5, teacher='out/sft_gpt2_xl',
+                       select_metric='rouge_l'),
+    'minillm_gpt2': dict(learning_rate=5e-6, lr_schedule='constant', warmup_iters=100, epochs=10, max_iters=5000,
+                         weight_decay=1e-6, beta1=0.9, beta2=0.95, rollout_size=256, ppo_epochs=4, max_new_tokens=256,
+                         teacher_mix_alpha=0.2, pt_kd_ratio=0.0, eval_interval=100, eval_rouge_examples=1000,
+                         select_metric='rouge_l', dropout=0.0),
+    'minillm_gpt2_refcode': dict(pt_kd_ratio=0.5, returns_mode='reference', gamma=0.95, reward_scale=0.5,
+                                 reward_clip=100.0, weight_decay=1e-6),
+}
+
+
+@pytest.mark.parametrize('name', list(GPT2_RECIPES))
+def test_gpt2_configs_follow_the_reference_scripts(name):
+    cfg = configure(train.DEFAULTS, [os.path.join(ROOT, f'config/{name}.py')])
+    assert {k: getattr(cfg, k) for k in GPT2_RECIPES[name]} == GPT2_RECIPES[name]
+    per_step = cfg.batch_size * 8 * cfg.gradient_accumulation_steps  # on 8 GPUs
+    assert per_step == (256 if cfg.method == 'minillm' else 32)       # the reference's 16 GPUs x 2 (x 16 for MiniLLM)
+    if cfg.method == 'minillm':
+        assert cfg.pt_batch_size * 8 * cfg.gradient_accumulation_steps == 256

@@ -1,0 +1,65 @@
+"""
+Which checkpoint a training run keeps as best.pt, and the validation Rouge-L it is chosen by.
+
+The MiniLLM protocol (the LMOps minillm README and trainers): the baselines (KD, SeqKD) and
+MiniLLM are selected by validation Rouge-L of sampled responses (MiniLLM evaluates every 100
+steps), the SFT initialisation of the students by validation loss. train.py measures the loss at
+every `eval_interval` and Rouge-L at every `eval_rouge_interval` on a fixed validation subset;
+checkpoint.py says where best.pt and the last state (ckpt.pt, for resume) live.
+"""
+import torch
+
+from evaluate import rollout_texts, rouge_l
+
+SELECT_METRICS = ('rouge_l', 'val_loss')
+
+
+def rouge_subset(cfg, data):
+    """The validation prompts Rouge-L is measured on: the first eval_rouge_examples, cut to a
+    multiple of world_size (FSDP ranks generate in lockstep, so each rank gets the same number),
+    shortest prompts first (less left padding). Empty for pretrain (no prompts) or when off."""
+    if cfg.method == 'pretrain':
+        return []
+    n = min(cfg.eval_rouge_examples, len(data)) // cfg.world_size * cfg.world_size
+    return sorted(range(n), key=lambda i: int(data.index[i][1]))
+
+
+def selection_metric(cfg, rouge_ids):
+    """cfg.select_metric, with 'auto' = rouge_l for kd / seqkd / minillm (when Rouge-L is measured),
+    val_loss for sft / pretrain."""
+    if cfg.select_metric != 'auto':
+        return cfg.select_metric
+    return 'rouge_l' if cfg.method in ('kd', 'seqkd', 'minillm') and rouge_ids else 'val_loss'
+
+
+def improves(metric, value, best):
+    """True when `value` of `metric` beats the `best` record so far (dict(metric, value, iter) or None):
+    higher Rouge-L, lower loss; a tie keeps the earlier checkpoint."""
+    if value is None:
+        return False
+    if best is None:
+        return True
+    return value > best['value'] if metric == 'rouge_l' else value < best['value']
+
+
+@torch.no_grad()
+def validation_rouge_l(cfg, model, data, enc, ids):
+    """(mean Rouge-L over this rank's prompts, their count): evaluate.rouge_l (max over references,
+    x100) of one response per validation prompt, sampled at tau = 1, top-p = 1 as evaluate.py and
+    the reference's in-training validation do, with a generator seeded the same at every
+    evaluation. This rank answers every world_size-th prompt of `ids`; train.py averages the ranks."""
+    model.eval()
+    mine = ids[cfg.rank::cfg.world_size]
+    gen, total = torch.Generator(device=cfg.device).manual_seed(1234 + cfg.rank), 0.0
+    for s in range(0, len(mine), cfg.rollout_batch_size):
+        batch = mine[s:s + cfg.rollout_batch_size]
+        idx, mask = data.prompt_batch(batch)
+        with cfg.ctx:
+            seq = cfg.raw(model).generate(idx.to(cfg.device), cfg.max_new_tokens, temperature=1.0, top_p=1.0,
+                                          eos_id=data.eot, attention_mask=mask.to(cfg.device), generator=gen,
+                                          all_done=cfg.all_done)
+        texts = rollout_texts([dict(seq=seq.cpu(), prompt_mask=mask)], enc, data.eot)
+        total += sum(rouge_l(t, data.rows[i].get('references') or [data.rows[i]['response']])
+                     for t, i in zip(texts, batch))
+    model.train()
+    return total / len(mine), len(mine)
