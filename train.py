@@ -38,7 +38,7 @@ from validation import SELECT_METRICS, improves, rouge_subset, selection_metric,
 # ----------------------------------------------------------------------------- config
 # I/O
 out_dir = 'out/toy_sft'
-init_from = 'scratch'        # 'scratch' | 'resume' | a run dir / ckpt.pt | HF GPT-2 dir or name
+init_from = 'scratch'        # 'scratch' | 'resume' (out_dir's ckpt.pt) | a run dir (its best.pt), <run>/last, a .pt | HF dir or name
 eval_interval = 100
 eval_iters = 10              # validation batches per evaluation
 eval_rouge_interval = 0      # validation Rouge-L every N steps (0 = at every eval_interval), not for pretrain
@@ -54,7 +54,7 @@ pt_data_dir = ''             # MiniLLM's L_PT corpus (an 'lm' dir or an instruct
 pack = True                  # sft/kd/seqkd: pack examples into rows (same loss, no compute on padding)
 # method
 method = 'sft'               # pretrain | sft | kd | seqkd | minillm
-teacher = ''                 # run dir / ckpt.pt / HF GPT-2 dir or name (kd, seqkd, minillm)
+teacher = ''                 # as init_from: a run dir (its best.pt), <run>/last, a .pt, HF dir or name (kd, seqkd, minillm)
 kd_ratio = 0.5               # kd: (1 - r) CE + r KD  (word-level KD, r = 0.5)
 divergence = 'forward_kl'    # any key of kl.DIVERGENCES
 kd_temperature = 1.0
