@@ -17,6 +17,7 @@ import importlib.util
 import os
 import sys
 import time
+import traceback
 
 COURSE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(COURSE)
@@ -76,10 +77,13 @@ def run_checks(n, checks, module, label, out=print):
             out(f"  todo  {title_of(check)}")
             out(f"step {n}: function {e.name} is not implemented yet")
             return False
-        except Failure as e:
+        except Exception as e:
+            if not isinstance(e, Failure):  # the check tripped over something: say where, in one line
+                frame = traceback.extract_tb(e.__traceback__)[-1]
+                e = f"the check stopped: {type(e).__name__}: {e} ({shown(frame.filename)} line {frame.lineno})"
             out(f"  FAIL  {title_of(check)}")
             out(f"        {e}")
-            out(f"step {n}{label}: {passed} of {len(checks)} checks passed; the first wrong number is above")
+            out(f"step {n}{label}: {passed} of {len(checks)} checks passed; fix the failure above and run it again")
             return False
         passed += 1
         seconds = time.perf_counter() - t0
