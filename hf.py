@@ -485,7 +485,8 @@ def export_hf(model, tokenizer_spec, out_dir, max_shard_size='5GB'):
             total = sum(t.numel() * t.element_size() for _, t in tensors)
             write_json(os.path.join(tmp, 'model.safetensors.index.json'),
                        {'metadata': {'total_size': total}, 'weight_map': weight_map})
-        write_json(os.path.join(tmp, 'config.json'), hf_config(model.config, model_type, dtype, special))
+        unset = dict.fromkeys(('bos_token_id', 'eos_token_id', 'pad_token_id'))  # null, not the family's defaults
+        write_json(os.path.join(tmp, 'config.json'), hf_config(model.config, model_type, dtype, {**unset, **special}))
         write_json(os.path.join(tmp, 'generation_config.json'), dict(special))
         tokenizer.write_hf_tokenizer_files(tokenizer_spec, tmp)
         old = f"{out_dir}.old.{os.getpid()}"

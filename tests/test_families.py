@@ -222,6 +222,7 @@ def test_export_keeps_padding_rows_and_gpt2_without_biases(tmp_path):
         out = hf.export_hf(m, 'byte', str(tmp_path / name))
         theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
         assert theirs.config.model_type == model_type and theirs.config.vocab_size == m.config.vocab_size
+        assert theirs.config.bos_token_id is None  # the byte tokenizer has none (not GPT-2's 50256, Llama's 1)
         with torch.no_grad():  # HF's logits cover every row; ours the real vocabulary, the same numbers
             assert (theirs(idx).logits[..., :257] - m(idx)).abs().max().item() < 1e-4
     with pytest.raises(UserError, match='no Hugging Face family computes this model'):
@@ -243,6 +244,8 @@ def test_export_cli_on_a_run_of_ours(tmp_path):
     assert r.returncode == 0, r.stderr
     theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'hf')).eval()
     assert theirs.config.model_type == 'qwen3'
+    text = 'héllo<|endoftext|>'  # the tokenizer files: transformers' tokenizer gives our ids
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / 'hf')).encode(text) == [*'héllo'.encode(), 256]
     idx = torch.randint(0, 257, (1, 7))
     with torch.no_grad():
         assert (theirs(idx).logits - m(idx)).abs().max().item() < 1e-4
