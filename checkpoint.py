@@ -10,7 +10,8 @@ never leaves half a checkpoint, and loaders turn every mismatch into one clear m
 
 Both hold the model weights, its GPTConfig and the tokenizer it was trained with. A model spec
 (`load_model`) is a run directory (its best.pt; ckpt.pt when it has none), `<run>/best` or
-`<run>/last` (ckpt.pt), a .pt file, or a Hugging Face GPT-2 directory / hub name.
+`<run>/last` (ckpt.pt), a .pt file, or a Hugging Face checkpoint of any family hf.py reads
+(a directory with config.json, or a hub name).
 
 FSDP runs write sharded checkpoints instead (torch.distributed.checkpoint, "DCP"): every rank
 saves its own shards into `out_dir/dcp/` (the last state, AdamW included, next to a small
@@ -20,7 +21,10 @@ shards), and
 
     python checkpoint.py --consolidate out/<run>
 
-turns them into the ordinary ckpt.pt (weights only) and best.pt.
+turns them into the ordinary ckpt.pt (weights only) and best.pt. Any model spec goes back to a
+Hugging Face checkpoint (hf.export_hf: config.json, safetensors, tokenizer files) with
+
+    python checkpoint.py --export_hf out/<run> <out dir>     (an FSDP run: read from its shards)
 """
 import glob
 import os
@@ -316,7 +320,8 @@ def export_run(spec, out_dir, max_shard_size='5GB'):
     import hf
     model, tok = load_model(spec)
     if tok is None:
-        raise UserError(f"{spec} records no tokenizer: export a run of ours (or a Hugging Face directory with its tokenizer files)")
+        raise UserError(f"{spec} records no tokenizer: export a run of ours "
+                        f"(or a Hugging Face directory with its tokenizer files)")
     return hf.export_hf(model, tok, out_dir, max_shard_size=max_shard_size)
 
 
@@ -329,7 +334,13 @@ def main(argv):
         shard = argv[3].split('=', 1)[1] if len(argv) == 4 and argv[3].startswith('--max_shard_size=') else None
         if len(argv) == 4 and shard is None:
             raise UserError(USAGE)
-    print(f"wrote {consolidate(argv[1])}")
+        print(f"wrote {export_run(argv[1], argv[2], shard or '5GB')}")
+        return
+    if len(argv) != 2 or argv[0] != '--consolidate':
+        raise UserError(USAGE)
+    written = consolidate(argv[1])
+    best = os.path.join(argv[1], BEST_NAME)
+    print(f"wrote {written}" + (f" and {best}" if written != best and os.path.isdir(os.path.join(argv[1], DCP_BEST_DIR)) else ''))
 
 
 if __name__ == '__main__':
