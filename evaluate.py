@@ -1,28 +1,41 @@
 """
-Evaluation of students against their teacher (MiniLLM, arXiv 2306.08543 §3):
+Evaluation of students against their teacher (MiniLLM, arXiv 2306.08543 §3), by default with the
+protocol of the MiniLLM reference code (LMOps minillm/: scripts/gpt2/eval/run_eval.sh,
+eval_main_*.sh, evaluate_main.py, arguments.py):
 
-    Rouge-L     F-measure with stemming, max over references, x100, on responses sampled with
-                tau = 1, top-p = 1; averaged over seeds
+    sampling    tau = 1, top-k 0, top-p 1, no_repeat_ngram_size = 6 (arguments.py's default), one
+                pass per seed 10, 20, 30, 40, 50 (run_eval.sh); responses up to the space left in
+                the context, at most 256 new tokens (evaluate_main.py samples max_length - prompt
+                tokens with max_length 512 and prompts padded to 256)
+    Rouge-L     F-measure with stemming, max over references, x100 (rouge_metric.py), averaged over
+                prompts; mean ± std over the seeds
     Dist-4      distinct 4-grams / all 4-grams over the sampled responses (whitespace words)
     teacher NLL mean per-token -log p(y_t | y_<t, x) of the student's own samples (eot included)
-    ECE         token-level calibration on gold responses (10 equal-width confidence bins)
-    ExAccErr(l) exposure bias: accumulated KL(p_t||q_t) on the student's own prefixes relative
-                to the same sum on teacher-sampled prefixes
+    ECE         ece='token' (default): next-token calibration on the gold responses, teacher-forced:
+                at every gold response position (eot included) confidence = max_v q(v | y_<t, x),
+                correct = [that argmax is the gold token]; all tokens of all prompts pooled, 10
+                equal-width bins. NOT the paper's measure: its calibration result (§3.3) is zero-shot
+                classification (SST-2, BoolQ; LLaMA students) with the ECE of the label words'
+                probabilities, which ece='label' computes on a set whose gold responses are labels.
+    ExAccErr(l) exposure bias (§3.3, after Arora et al., 2022) with the reference's index
+                (evaluate_exposure_bias.py): R(l) = sum_{t=1..l} E_{y~q}[KL(p || q)] of the
+                next-token distributions after each of the first l response tokens y_1..y_l (the
+                first prediction, from the prompt alone, is not counted; the one after a row's eot
+                neither), eps(l) the same on teacher samples, ExAccErr(l) = (R - eps) / eps x 100%
     validity    toy task only: fraction of sampled answers that are correct, and the number of
                 distinct correct answers a multi-answer prompt gets across the seeds
 
-    python evaluate.py --models='sft=out/toy_sft,kd=out/toy_kd,minillm=out/toy_minillm' \\
-        --teacher=out/toy_teacher --data_dir=data/toy_instruct
+    python evaluate.py --models=sft=out/sft_gpt2,kd=out/kd_gpt2,minillm=out/minillm_gpt2 \\
+        --teacher=out/sft_gpt2_xl --test_sets=dolly,self_inst,vicuna,sni,unni
 
-writes <out>.md (one row per model, mean ± std over seeds), <out>.json (every number) and
-<out>.png. Models are evaluated one at a time on the same prompts with the same sampling seeds.
-The toy-task metrics switch on when the data directory's name starts with 'toy_instruct'
-(data/toy_instruct/task.py then supplies the answer checker).
+writes <out>.md (the paper's Table 1 layout: one row per model, one Rouge-L column per test set,
+mean ± std over seeds; then every metric per test set), <out>.json (every number) and <out>.png.
+Models are evaluated one at a time on the same prompts with the same sampling seeds. The toy
+metrics switch on for a data directory named toy_instruct* (data/toy_instruct/task.py supplies
+the checker); quickstart.sh passes the toy's own flags (short answers, 3 seeds, no n-gram ban).
 """
 import functools
 import importlib
-import json
-import math
 import os
 import time
 from contextlib import nullcontext
@@ -33,20 +46,25 @@ import kl
 from checkpoint import load_model
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, split_responses
+from report import format_stat, summarize, write_report
 from tokenizer import get_encoding
 
 # ----------------------------------------------------------------------------- config
 models = 'sft=out/toy_sft'   # name=path pairs, comma-separated (run dirs, ckpt.pt, HF GPT-2)
 teacher = ''                 # for teacher NLL and ExAccErr; '' = skip both
+test_sets = ''               # 'dolly,self_inst,vicuna,sni,unni' (each data/<name>) or name=dir pairs; '' = data_dir
 data_dir = 'data/toy_instruct'
 split = 'test'
-max_examples = 500           # the first N prompts of the split
-num_seeds = 3                # sampling passes per model (the paper averages 5)
-seed = 1234                  # pass s samples with seed + s, identically for every model
-max_new_tokens = 32
+max_examples = 0             # the first N prompts of each test set; 0 = all (as the reference)
+seeds = (10, 20, 30, 40, 50)  # one sampling pass per seed, identical for every model (run_eval.sh)
+max_new_tokens = 0           # 0 = the space left in the context (block_size - prompt), at most max_new_tokens_cap
+max_new_tokens_cap = 256
+no_repeat_ngram_size = 6     # the reference's generation argument; 0 = off
 temperature = 1.0            # pure sampling, as the paper evaluates
 top_p = 1.0
-batch_size = 256             # prompts per batch; scoring holds 2 x batch x max_new_tokens x vocab floats
+ece = 'token'                # 'token': gold-response tokens | 'label': label-word probabilities (the paper's)
+ece_labels = ''              # ece='label': comma-separated label words; '' = rows' 'labels' / distinct gold responses
+batch_size = 256             # prompts per batch; scoring holds 2 x batch x new tokens x vocab floats
 exaccerr_lengths = (4, 8, 16)  # the table's ExAccErr(l) columns; the .json has the whole curve
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'float32'            # 'bfloat16' autocasts the forward passes on CUDA; metrics stay fp32
@@ -142,17 +160,17 @@ def _logits_at(model, seq, attention_mask, rows, cols, ctx):
         return model(seq, attention_mask=attention_mask, head_fn=head_fn)
 
 
-def response_mask(tokens, eot):
-    """[B, n] True at each response position up to and including the row's first eot."""
-    is_eot = (tokens == eot).long()
-    return (is_eot.cumsum(1) - is_eot) == 0
+def _calibration(conf, hit, n_bins):
+    return dict(ece=expected_calibration_error(conf, hit, n_bins), accuracy=hit.double().mean().item(),
+                confidence=conf.double().mean().item())
 
 
 @torch.no_grad()
 def token_calibration(model, data, indices, batch_size=64, device='cpu', n_bins=10, ctx=nullcontext()):
-    """Token-level calibration on gold responses (MiniLLM §3.3): at every response
-    position (eot included) confidence = max_v q(v | y_<t, x), correct = [argmax = gold token].
-    Returns ECE, accuracy and mean confidence."""
+    """ece='token': next-token calibration on gold responses, teacher-forced: at every response
+    position (eot included) confidence = max_v q(v | y_<t, x), correct = [argmax = gold token],
+    all positions of all prompts pooled (Guo et al., 2017's ECE over tokens; not MiniLLM §3.3's
+    measure, see label_calibration). Returns ECE, accuracy and mean confidence."""
     confs, hits = [], []
     for s in range(0, len(indices), batch_size):
         x, y = data.sft_batch(indices[s:s + batch_size], model.config.block_size)
@@ -161,25 +179,69 @@ def token_calibration(model, data, indices, batch_size=64, device='cpu', n_bins=
         conf, pred = logits.softmax(-1).max(-1)
         confs.append(conf.cpu())
         hits.append((pred.cpu() == y[rows, cols]))
-    conf, hit = torch.cat(confs), torch.cat(hits)
-    return dict(ece=expected_calibration_error(conf, hit, n_bins), accuracy=hit.double().mean().item(),
-                confidence=conf.double().mean().item())
+    return _calibration(torch.cat(confs), torch.cat(hits), n_bins)
 
 
 @torch.no_grad()
-def sample_rollouts(model, data, indices, seed, max_new_tokens, batch_size=256, device='cpu',
-                    temperature=1.0, top_p=1.0, ctx=nullcontext()):
+def label_calibration(model, data, indices, enc, labels=None, batch_size=64, device='cpu', n_bins=10,
+                      ctx=nullcontext()):
+    """ece='label', MiniLLM §3.3 'Calibration' (zero-shot SST-2 / BoolQ, 'the probability of the label
+    words'): per prompt x, q(l | x) = prod_t q(l_t | x, l_<t) of each label word l (its tokens as a
+    response, no eot), normalised over the labels; confidence = the largest, correct = [it is the
+    gold response]; ECE over prompts. `labels`: the label words; None = each row's 'labels', else
+    the distinct gold responses of data[indices] (a classification set has a handful)."""
+    rows = [data.rows[i] for i in indices]
+    if labels is None and not all(r.get('labels') for r in rows):
+        labels = sorted({r['response'].strip() for r in rows})
+        if len(labels) > 50:
+            raise UserError(f"ece='label' needs a classification set: {len(labels)} distinct gold responses; "
+                            f"use ece='token' or set ece_labels")
+    choices = [list(labels or r['labels']) for r in rows]
+    gold = [c.index(r['response'].strip()) if r['response'].strip() in c else -1 for r, c in zip(rows, choices)]
+    if min(gold) < 0:
+        raise UserError(f"ece='label': a gold response is not among the labels {choices[gold.index(-1)]}")
+    pairs = [(j, enc.encode_ordinary(lab)) for j, c in enumerate(choices) for lab in c]
+    scores = torch.zeros(len(pairs), dtype=torch.float64)
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s:s + batch_size]
+        x, y = data.sft_batch([indices[j] for j, _ in chunk], model.config.block_size, [t for _, t in chunk])
+        r, c = (y != -1).nonzero(as_tuple=True)
+        logp = torch.log_softmax(_logits_at(model, x.to(device), None, r.to(device), c.to(device), ctx), -1)
+        scores.index_add_(0, r + s, logp.gather(1, y[r, c].to(device)[:, None])[:, 0].double().cpu())
+    conf, hit, k = [], [], 0
+    for c, g in zip(choices, gold):
+        p = scores[k:k + len(c)].softmax(0)
+        conf.append(p.max().item())
+        hit.append(int(p.argmax()) == g)
+        k += len(c)
+    return _calibration(torch.tensor(conf), torch.tensor(hit), n_bins)
+
+
+def new_token_budget(block_size, prompt_len, max_new_tokens=0, cap=256):
+    """How many tokens to sample after a (left-padded) prompt batch of width `prompt_len`:
+    `max_new_tokens` when > 0, else the reference's rule: the space left in the context,
+    block_size - prompt_len, at most `cap` (evaluate_main.py: max_length 512 - 256 padded prompt
+    tokens = 256 for GPT-2; here 512 - prompt >= 256 whenever the prompt has <= 256 tokens)."""
+    return max_new_tokens if max_new_tokens > 0 else max(min(block_size - prompt_len, cap), 0)
+
+
+@torch.no_grad()
+def sample_rollouts(model, data, indices, seed, max_new_tokens=0, batch_size=256, device='cpu',
+                    temperature=1.0, top_p=1.0, ctx=nullcontext(), cap=256, no_repeat_ngram_size=0, context=None):
     """Responses sampled from `model` for data[indices], batch by batch with one generator seeded
-    by `seed`: two models with equal weights give equal samples. Returns a list of batches
-    dict(ids, seq = prompt (left-padded) + response tokens [B, Tp + n] on the CPU, prompt_mask)."""
+    by `seed` (two models with equal weights give equal samples), new_token_budget(context or the
+    model's block_size, ...) tokens per batch. Returns a list of batches dict(ids, seq = prompt
+    (left-padded) + response tokens [B, Tp + n] on the CPU, prompt_mask)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     rollouts = []
     for s in range(0, len(indices), batch_size):
         ids = indices[s:s + batch_size]
         idx, pmask = data.prompt_batch(ids)
+        n = new_token_budget(context or model.config.block_size, idx.shape[1], max_new_tokens, cap)
         with ctx:
-            seq = model.generate(idx.to(device), max_new_tokens, temperature=temperature, top_p=top_p,
-                                 eos_id=data.eot, attention_mask=pmask.to(device), generator=gen)
+            seq = model.generate(idx.to(device), n, temperature=temperature, top_p=top_p, eos_id=data.eot,
+                                 attention_mask=pmask.to(device), generator=gen,
+                                 no_repeat_ngram_size=no_repeat_ngram_size)
         rollouts.append(dict(ids=ids, seq=seq.cpu(), prompt_mask=pmask))
     return rollouts
 
@@ -194,22 +256,25 @@ def rollout_texts(rollouts, enc, eot):
 
 
 def _scored_positions(batch, eot, device):
-    """A rollout batch on `device`: (seq, attention mask, response tokens, rows, cols, Tp) where
-    (rows, cols) are the response positions up to each row's eot; seq[rows, Tp - 1 + cols] predicts them."""
+    """A rollout batch on `device`: (seq, attention mask, response tokens [B, n], rows, cols, Tp) where
+    (rows, cols) run over c = 0..n with no eot among the row's first c response tokens: the logits at
+    seq[rows, Tp - 1 + cols] give the distribution of response token c + 1 (1-based) after c of them."""
     seq, pmask = batch['seq'].to(device), batch['prompt_mask'].to(device)
     Tp = pmask.shape[1]
     amask = torch.cat([pmask, torch.ones_like(seq[:, Tp:])], 1)
     tokens = seq[:, Tp:]
-    rows, cols = response_mask(tokens, eot).nonzero(as_tuple=True)
+    ended = (tokens == eot).long().cumsum(1) > 0
+    before_eot = torch.cat([torch.ones_like(ended[:, :1]), ~ended], 1)   # [B, n + 1]
+    rows, cols = before_eot.nonzero(as_tuple=True)
     return seq, amask, tokens, rows, cols, Tp
 
 
 @torch.no_grad()
 def cache_teacher_logits(teacher, rollouts, eot, device='cpu', ctx=nullcontext(), max_bytes=512 << 20):
-    """Keep the teacher's logits at the response positions of its own samples (b['teacher_logits'],
+    """Keep the teacher's logits at the scored positions of its own samples (b['teacher_logits'],
     on the CPU), which every student's ExAccErr needs again, when all of them fit in `max_bytes`.
     Returns whether they were cached."""
-    n = sum(int(response_mask(b['seq'][:, b['prompt_mask'].shape[1]:], eot).sum()) for b in rollouts)
+    n = sum(int(_scored_positions(b, eot, 'cpu')[3].numel()) for b in rollouts)
     if n * teacher.config.vocab_size * 4 > max_bytes:
         return False
     for b in rollouts:
@@ -221,9 +286,11 @@ def cache_teacher_logits(teacher, rollouts, eot, device='cpu', ctx=nullcontext()
 @torch.no_grad()
 def rollout_stats(student, teacher, rollouts, eot, length, device='cpu', ctx=nullcontext()):
     """Sums over sampled responses, for the teacher NLL and ExAccErr:
-    kl_sum [length]: sum over rows of KL(p_t || q_t) at response position t (kl.forward_kl;
-    0 once a row has emitted its eot), rows, nll_sum: sum of -log p(y_t | y_<t, x) over response
-    tokens incl. eot, and tokens. `student=None` skips the KL."""
+    kl_sum [length]: at index l - 1 the sum over rows of KL(p || q) (kl.forward_kl) of the next-token
+    distributions after the row's first l response tokens, for rows whose first l tokens hold no eot
+    (the reference's index, evaluate_exposure_bias.py: logits from the position of y_1 on, masked
+    where that token is eot or after it); rows; nll_sum: sum of -log p(y_t | y_<t, x) over response
+    tokens incl. eot; tokens. `length` >= the longest response; `student=None` skips the KL."""
     kl_sum = torch.zeros(length, dtype=torch.float64)
     nll_sum, n_tokens, n_rows = 0.0, 0, 0
     for b in rollouts:
@@ -232,12 +299,18 @@ def rollout_stats(student, teacher, rollouts, eot, length, device='cpu', ctx=nul
             z_p = b['teacher_logits'].to(device)
         else:
             z_p = _logits_at(teacher, seq, amask, rows, Tp - 1 + cols, ctx)
-        nll_sum += -torch.log_softmax(z_p, -1).gather(1, tokens[rows, cols][:, None]).sum().item()
-        n_tokens += rows.numel()
+        scored = cols < tokens.shape[1]           # a response token follows: the teacher NLL's positions
+        target = tokens[rows[scored], cols[scored]]
+        nll_sum += -torch.log_softmax(z_p[scored], -1).gather(1, target[:, None]).sum().item()
+        n_tokens += target.numel()
         n_rows += seq.shape[0]
         if student is not None:
-            z_q = _logits_at(student, seq, amask, rows, Tp - 1 + cols, ctx)
-            kl_sum.index_add_(0, cols.cpu(), kl.forward_kl(z_q, z_p).double().cpu())
+            if seq.shape[1] > student.config.block_size:
+                raise UserError(f"a student with block_size {student.config.block_size} cannot score sequences "
+                                f"of {seq.shape[1]} tokens: set --max_new_tokens to fit it")
+            after = cols >= 1                     # after y_1 .. y_l: the reference's ExAccErr positions
+            z_q = _logits_at(student, seq, amask, rows[after], Tp - 1 + cols[after], ctx)
+            kl_sum.index_add_(0, (cols[after] - 1).cpu(), kl.forward_kl(z_q, z_p[after]).double().cpu())
     return dict(kl_sum=kl_sum, rows=n_rows, nll_sum=nll_sum, tokens=n_tokens)
 
 
@@ -254,9 +327,9 @@ def teacher_nll(teacher, rollouts, eot, device='cpu', ctx=nullcontext()):
 
 
 def accumulated_kl(stats):
-    """MiniLLM §3.3: sum_{t<=l} E_y KL(p_t || q_t) for l = 1..L. A response that ended before t
-    contributes 0 there (it is averaged in, not excluded), so the curve is E_y of the KL summed
-    over each response's own first min(l, |y|) positions, and flattens once all rows ended."""
+    """MiniLLM §3.3: R(l) = sum_{t<=l} E_y KL(p || q) after the first t response tokens, l = 1..L.
+    A response that ended before contributes 0 there (it is averaged in, not excluded, as the
+    reference averages its masked rows), so the curve flattens once all rows ended."""
     return (stats['kl_sum'] / max(stats['rows'], 1)).cumsum(0)
 
 
@@ -275,141 +348,82 @@ def exposure_bias(student_stats, teacher_stats):
 
 # ----------------------------------------------------------------------------- one model
 @torch.no_grad()
-def evaluate_model(model, data, indices, enc, teacher=None, task=None, seeds=(0, 1, 2), max_new_tokens=32,
-                   batch_size=256, device='cpu', temperature=1.0, top_p=1.0, teacher_rollouts=None,
-                   ctx=nullcontext()):
-    """Every metric of one model on data[indices]. Keys holding a list have one value per seed:
+def evaluate_model(model, data, indices, enc, teacher=None, task=None, seeds=(10, 20, 30, 40, 50), batch_size=256,
+                   device='cpu', teacher_rollouts=None, ctx=nullcontext(), ece='token', ece_labels=None, **gen):
+    """Every metric of one model on data[indices]; `gen`: sample_rollouts' max_new_tokens, cap,
+    temperature, top_p, no_repeat_ngram_size. Keys holding a list have one value per seed:
     rouge_l, dist4, (teacher) teacher_nll, (task) validity, validity_single, validity_multi.
     Single values: ece, accuracy, confidence, (task) distinct_valid; with a teacher, 'exposure'
-    holds the R / eps / ExAccErr curves for l = 1..max_new_tokens, pooled over all seeds (not for
-    the teacher itself). `teacher_rollouts` (one sample_rollouts list per seed, sampled with `seeds`)
-    saves re-sampling the teacher for every model."""
+    holds the R / eps / ExAccErr curves for l = 1..L, pooled over all seeds (not for the teacher
+    itself). `teacher_rollouts` (one sample_rollouts list per seed, sampled with `seeds`) saves
+    re-sampling the teacher for every model."""
     model.eval()
     prompts = [data.rows[i]['prompt'] for i in indices]
     refs = [data.rows[i].get('references') or [data.rows[i]['response']] for i in indices]
     # the teacher's own row: its samples are teacher_rollouts, and KL(p||p) = 0 leaves ExAccErr undefined
     is_teacher = teacher is not None and model is teacher
+    context = min(model.config.block_size, teacher.config.block_size) if teacher is not None else None
+    horizon = gen.get('max_new_tokens') or gen.get('cap', 256)
     res = dict(rouge_l=[], dist4=[])
     answers_by_seed, own_stats = [], []
     for k, s in enumerate(seeds):
         if is_teacher and teacher_rollouts is not None:
             rollouts = teacher_rollouts[k]
         else:
-            rollouts = sample_rollouts(model, data, indices, s, max_new_tokens, batch_size, device, temperature,
-                                       top_p, ctx)
+            rollouts = sample_rollouts(model, data, indices, s, batch_size=batch_size, device=device, ctx=ctx,
+                                       context=context, **gen)
         texts = rollout_texts(rollouts, enc, data.eot)
         answers_by_seed.append(texts)
         res['rouge_l'].append(_mean(rouge_l(t, r) for t, r in zip(texts, refs)))
         res['dist4'].append(dist_n(texts, 4))
         if teacher is not None:
-            st = rollout_stats(None if is_teacher else model, teacher, rollouts, data.eot, max_new_tokens, device, ctx)
+            st = rollout_stats(None if is_teacher else model, teacher, rollouts, data.eot, horizon, device, ctx)
             res.setdefault('teacher_nll', []).append(st['nll_sum'] / max(st['tokens'], 1))
             own_stats.append(st)
     if task is not None:
         res.update(answer_validity(task, prompts, answers_by_seed))
-    res.update(token_calibration(model, data, indices, batch_size, device, ctx=ctx))
+    if ece == 'label':
+        res.update(label_calibration(model, data, indices, enc, ece_labels, batch_size, device, ctx=ctx))
+    else:
+        res.update(token_calibration(model, data, indices, batch_size, device, ctx=ctx))
     if teacher is not None and not is_teacher:
         if teacher_rollouts is None:
-            teacher_rollouts = [sample_rollouts(teacher, data, indices, s, max_new_tokens, batch_size, device,
-                                                temperature, top_p, ctx) for s in seeds]
-        teacher_stats = [rollout_stats(model, teacher, r, data.eot, max_new_tokens, device, ctx)
-                         for r in teacher_rollouts]
+            teacher_rollouts = [sample_rollouts(teacher, data, indices, s, batch_size=batch_size, device=device,
+                                                ctx=ctx, **gen) for s in seeds]
+        teacher_stats = [rollout_stats(model, teacher, r, data.eot, horizon, device, ctx) for r in teacher_rollouts]
         res['exposure'] = exposure_bias(merge_stats(own_stats), merge_stats(teacher_stats))
     return res
 
 
-# ----------------------------------------------------------------------------- reporting
-# (key, column title, scale, decimals)
-COLUMNS = [('rouge_l', 'Rouge-L', 1, 1), ('validity', 'valid %', 100, 1), ('validity_single', 'valid 1-ans %', 100, 1),
-           ('validity_multi', 'valid n-ans %', 100, 1), ('distinct_valid', 'distinct valid', 1, 2),
-           ('dist4', 'Dist-4', 1, 3), ('teacher_nll', 'teacher NLL', 1, 3), ('ece', 'ECE', 1, 3)]
-
-
-def summarize(values):
-    """mean and (population) std over seeds of a per-seed list; a single value passes through."""
-    if not isinstance(values, list):
-        return dict(mean=values, std=None)
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return dict(mean=None, std=None)
-    m = sum(vals) / len(vals)
-    return dict(mean=m, std=math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals)) if len(vals) > 1 else None)
-
-
-def table_rows(results, lengths):
-    """(header, rows) of the Markdown table; columns where no model has a value are dropped."""
-    cols = []
-    for key, title, scale, dec in COLUMNS:
-        cols.append((title, [(summarize(r.get(key)), scale, dec) for r in results.values()]))
-    for ell in lengths:
-        vals = [r['exposure']['exaccerr'][ell - 1] if 'exposure' in r else None for r in results.values()]
-        cols.append((f'ExAccErr@{ell} %', [(dict(mean=v, std=None), 1, 1) for v in vals]))
-    cols = [(t, cells) for t, cells in cols if any(c[0]['mean'] is not None for c in cells)]
-
-    def fmt(cell):
-        s, scale, dec = cell
-        if s['mean'] is None:
-            return '–'
-        text = f"{s['mean'] * scale:.{dec}f}"
-        return text + (f" ± {s['std'] * scale:.{dec}f}" if s['std'] is not None else '')
-    header = ['model'] + [t for t, _ in cols]
-    rows = [[name] + [fmt(cells[j]) for _, cells in cols] for j, name in enumerate(results)]
-    return header, rows
-
-
-def markdown_table(header, rows):
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] * len(header)) + '|']
-    return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows])
-
-
-def plot_results(results, path):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    names = list(results)
-    bars = [(k, t, sc) for k, t, sc, _ in COLUMNS if k in ('rouge_l', 'validity', 'validity_multi')
-            and any(summarize(r.get(k))['mean'] is not None for r in results.values())]
-    curves = {n: r['exposure']['exaccerr'] for n, r in results.items()
-              if 'exposure' in r and any(v is not None for v in r['exposure']['exaccerr'])}
-    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(12 if curves else 6, 4), squeeze=False)
-    ax, width = axes[0][0], 0.8 / max(len(bars), 1)
-    for j, (key, title, scale) in enumerate(bars):
-        stats = [summarize(results[n].get(key)) for n in names]
-        ax.bar([i + j * width for i in range(len(names))], [(s['mean'] or 0) * scale for s in stats], width,
-               yerr=[(s['std'] or 0) * scale for s in stats], label=title, capsize=3)
-    ax.set_xticks([i + width * (len(bars) - 1) / 2 for i in range(len(names))], names, rotation=20)
-    ax.set_title('sampled responses (mean ± std over seeds)')
-    ax.set_ylabel('Rouge-L, %')
-    ax.legend()
-    if curves:
-        ax = axes[0][1]
-        for n, c in curves.items():
-            ax.plot(range(1, len(c) + 1), [float('nan') if v is None else v for v in c], label=n)
-        ax.axhline(0, color='gray', lw=0.5)
-        ax.set_xlabel('generation length l')
-        ax.set_ylabel('ExAccErr(l) %')
-        ax.set_title('exposure bias (MiniLLM §3.3)')
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------- main
-def parse_models(spec):
-    """'a=path,b=path' (or bare paths, named by their last component) -> {name: path}."""
+def parse_pairs(spec, what, default_path):
+    """'a=path,b' -> {a: path, b: default_path(b)}; a bare path stands for its last component."""
     pairs = {}
     for item in [s.strip() for s in spec.split(',') if s.strip()]:
-        name, path = item.split('=', 1) if '=' in item else (os.path.basename(os.path.normpath(item)), item)
+        name, path = (item.split('=', 1) if '=' in item
+                      else (os.path.basename(os.path.normpath(item)), default_path(item)))
         name, path = name.strip(), path.strip()
         if not name or not path:
-            raise UserError(f"models entry '{item}' must look like name=path")
+            raise UserError(f"{what} entry '{item}' must look like name=path")
         if name in pairs:
-            raise UserError(f"model name '{name}' appears twice in models")
+            raise UserError(f"{what[:-1]} name '{name}' appears twice in {what}")
         pairs[name] = path
+    return pairs
+
+
+def parse_models(spec):
+    """'a=path,b=path' (or bare paths, named by their last component) -> {name: path}."""
+    pairs = parse_pairs(spec, 'models', lambda item: item)
     if not pairs:
         raise UserError("no models to evaluate: set --models='name=out/run_dir,...'")
     return pairs
+
+
+def parse_test_sets(spec, data_dir):
+    """'dolly,sni=path,...' -> {name: data dir}: a bare name is data/<name>; '' is data_dir alone."""
+    if not spec.strip():
+        return {os.path.basename(os.path.normpath(data_dir)): data_dir}
+    return parse_pairs(spec, 'test_sets', lambda item: item if os.sep in item else os.path.join('data', item))
 
 
 def toy_task(data_dir):
@@ -419,64 +433,71 @@ def toy_task(data_dir):
     return importlib.import_module('data.toy_instruct.task')
 
 
+def load_test_sets(cfg):
+    """{name: (data, indices, task, data dir)}, every set sharing one tokenizer; indices sorted shortest
+    prompt first (less left padding per batch; the same order for every model)."""
+    sets = {}
+    for name, path in parse_test_sets(cfg.test_sets, cfg.data_dir).items():
+        data = InstructSet(path, cfg.split)
+        n = len(data) if cfg.max_examples <= 0 else min(len(data), cfg.max_examples)
+        sets[name] = (data, sorted(range(n), key=lambda i: int(data.index[i][1])), toy_task(path), path)
+    metas = {(d.meta['tokenizer'], d.meta['vocab_size']) for d, *_ in sets.values()}
+    if len(metas) > 1:
+        raise UserError(f"the test sets use different tokenizers {sorted(metas)}: prepare them with one --tokenizer")
+    return sets
+
+
 def main(argv):
     cfg = configure(DEFAULTS, argv)
-    if cfg.num_seeds < 1 or cfg.max_examples < 1 or cfg.max_new_tokens < 1 or cfg.batch_size < 1:
-        raise UserError("num_seeds, max_examples, max_new_tokens and batch_size must all be >= 1")
-    if cfg.dtype not in ('float32', 'bfloat16', 'float16'):
-        raise UserError(f"dtype must be float32, bfloat16 or float16, got '{cfg.dtype}'")
+    cfg.seeds = list(cfg.seeds)
+    if not cfg.seeds or cfg.max_new_tokens < 0 or cfg.max_new_tokens_cap < 1 or cfg.batch_size < 1:
+        raise UserError("seeds must be non-empty, max_new_tokens >= 0 (0 = the space left), "
+                        "max_new_tokens_cap and batch_size >= 1")
+    if cfg.dtype not in ('float32', 'bfloat16', 'float16') or cfg.ece not in ('token', 'label'):
+        raise UserError(f"dtype must be float32, bfloat16 or float16 (got '{cfg.dtype}'), ece token or label "
+                        f"(got '{cfg.ece}')")
     specs = parse_models(cfg.models)
-    data = InstructSet(cfg.data_dir, cfg.split)
-    meta, task = data.meta, toy_task(cfg.data_dir)
+    sets = load_test_sets(cfg)
+    meta = next(iter(sets.values()))[0].meta
     enc = get_encoding(meta['tokenizer'])
-    # shortest prompts first: less left padding per batch; the same order for every model
-    indices = sorted(range(min(len(data), cfg.max_examples)), key=lambda i: int(data.index[i][1]))
-    seeds = [cfg.seed + s for s in range(cfg.num_seeds)]
-    lengths = [ell for ell in cfg.exaccerr_lengths if 1 <= ell <= cfg.max_new_tokens]
+    horizon = cfg.max_new_tokens or cfg.max_new_tokens_cap
+    lengths = [ell for ell in cfg.exaccerr_lengths if 1 <= ell <= horizon]
+    gen = dict(max_new_tokens=cfg.max_new_tokens, cap=cfg.max_new_tokens_cap, temperature=cfg.temperature,
+               top_p=cfg.top_p, no_repeat_ngram_size=cfg.no_repeat_ngram_size)
+    labels = [s.strip() for s in cfg.ece_labels.split(',') if s.strip()] or None
     ctx = (torch.autocast('cuda', dtype=getattr(torch, cfg.dtype))
            if cfg.device.startswith('cuda') and cfg.dtype != 'float32' else nullcontext())
     load = functools.partial(load_model, device=cfg.device, expect_vocab=meta['vocab_size'],
                              expect_tokenizer=meta['tokenizer'])
-    t_model = t_rollouts = None
+    t_model, t_rollouts = None, {}
     if cfg.teacher:
         t_model = load(cfg.teacher)[0].eval()
-        t0 = time.time()
-        t_rollouts = [sample_rollouts(t_model, data, indices, s, cfg.max_new_tokens, cfg.batch_size, cfg.device,
-                                      cfg.temperature, cfg.top_p, ctx) for s in seeds]
-        cached = cache_teacher_logits(t_model, [b for r in t_rollouts for b in r], data.eot, cfg.device, ctx)
-        print(f"teacher {cfg.teacher}: sampled {len(indices)} x {len(seeds)} responses in {time.time() - t0:.1f}s"
-              + (", cached its logits on them" if cached else ''))
-    results, paths = {}, {}
+        for set_name, (data, indices, _, _) in sets.items():
+            t0 = time.time()
+            t_rollouts[set_name] = [sample_rollouts(t_model, data, indices, s, batch_size=cfg.batch_size,
+                                                    device=cfg.device, ctx=ctx, **gen) for s in cfg.seeds]
+            cached = cache_teacher_logits(t_model, [b for r in t_rollouts[set_name] for b in r], data.eot,
+                                          cfg.device, ctx)
+            print(f"teacher {cfg.teacher}: sampled {len(indices)} {set_name} prompts x {len(cfg.seeds)} seeds in "
+                  f"{time.time() - t0:.1f}s" + (", cached its logits on them" if cached else ''))
+    results = {set_name: {} for set_name in sets}
     for name, path in specs.items():
-        t0 = time.time()
-        print(f"evaluating {name} ({path}) on {len(indices)} {cfg.split} prompts x {len(seeds)} seeds ...", flush=True)
         same_as_teacher = cfg.teacher and os.path.normpath(path) == os.path.normpath(cfg.teacher)
         model = t_model if same_as_teacher else load(path)[0]
-        results[name] = evaluate_model(model, data, indices, enc, teacher=t_model, task=task, seeds=seeds,
-                                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                       device=cfg.device, temperature=cfg.temperature, top_p=cfg.top_p,
-                                       teacher_rollouts=t_rollouts, ctx=ctx)
-        paths[name] = path
-        r = results[name]
-        print(f"  {name}: Rouge-L {summarize(r['rouge_l'])['mean']:.2f}, ECE {r['ece']:.3f}"
-              + (f", valid {100 * summarize(r['validity'])['mean']:.1f}%" if task else '')
-              + (f", teacher NLL {summarize(r['teacher_nll'])['mean']:.3f}" if t_model is not None else '')
-              + f" ({time.time() - t0:.1f}s)", flush=True)
+        for set_name, (data, indices, task, _) in sets.items():
+            t0 = time.time()
+            print(f"evaluating {name} ({path}) on {len(indices)} {set_name} prompts x {len(cfg.seeds)} seeds ...",
+                  flush=True)
+            r = results[set_name][name] = evaluate_model(
+                model, data, indices, enc, teacher=t_model, task=task, seeds=cfg.seeds, batch_size=cfg.batch_size,
+                device=cfg.device, teacher_rollouts=t_rollouts.get(set_name), ctx=ctx, ece=cfg.ece,
+                ece_labels=labels, **gen)
+            print(f"  {name} / {set_name}: Rouge-L {format_stat(summarize(r['rouge_l']), 1, 2)}, ECE {r['ece']:.3f}"
+                  + (f", valid {100 * summarize(r['validity'])['mean']:.1f}%" if task else '')
+                  + (f", teacher NLL {summarize(r['teacher_nll'])['mean']:.3f}" if t_model is not None else '')
+                  + f" ({time.time() - t0:.1f}s)", flush=True)
         del model
-    header, rows = table_rows(results, lengths)
-    table = markdown_table(header, rows)
-    print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    note = (f"{cfg.data_dir} / {cfg.split}: {len(indices)} prompts, {len(seeds)} sampling seeds "
-            f"(tau {cfg.temperature}, top-p {cfg.top_p}, up to {cfg.max_new_tokens} new tokens); "
-            f"mean ± std over seeds. Teacher: {cfg.teacher or 'none'}.")
-    with open(cfg.out + '.md', 'w') as f:
-        f.write(f"{note}\n\n{table}\n")
-    with open(cfg.out + '.json', 'w') as f:
-        json.dump(dict(config=vars(cfg), models={n: dict(path=paths[n], metrics=r) for n, r in results.items()}),
-                  f, indent=1)
-    plot_results(results, cfg.out + '.png')
-    print(f"wrote {cfg.out}.md, {cfg.out}.json, {cfg.out}.png")
+    write_report(cfg, {s: (path, len(ix)) for s, (_, ix, _, path) in sets.items()}, specs, results, lengths)
     return results
 
 

@@ -14,7 +14,7 @@ if [[ "${1:-}" == "--fast" ]]; then
   # a few steps, smaller rollouts and evaluation examples: checks the plumbing, not the numbers
   FAST=(--max_iters=20 --eval_interval=20 --rollout_size=128)
   TEACHER_FAST=(--max_iters=150 --eval_interval=150)
-  EVAL_FAST=(--max_examples=64 --num_seeds=1)
+  EVAL_FAST=(--max_examples=64 --seeds='(1234,)')
   SEQKD_FAST=(--seqkd_max_train=2000)
   OUT=out/quickstart_fast
 else
@@ -68,6 +68,7 @@ step "evaluation on the held-out test prompts"
 models="teacher=$OUT/teacher,init=$OUT/init,sft=$OUT/sft,kd=$OUT/kd,atkd=$OUT/atkd,seqkd=$OUT/seqkd"
 models="$models,minillm=$OUT/minillm,minillm-no-single-step=$OUT/minillm_no_single"
 models="$models,minillm-no-teacher-mix=$OUT/minillm_no_mix,minillm-no-length-norm=$OUT/minillm_no_norm"
+# the toy's own protocol: answers of a few tokens, 3 seeds, no n-gram ban (evaluate.py defaults to the paper's)
 $PY evaluate.py --models=$models --teacher=$OUT/teacher --data_dir=data/toy_instruct --split=test \
-  --out=$OUT/results "${EVAL_FAST[@]}"
+  --max_new_tokens=32 --no_repeat_ngram_size=0 --seeds='(1234,1235,1236)' --out=$OUT/results "${EVAL_FAST[@]}"
 step "done: $OUT/results.md and $OUT/results.png"

@@ -159,16 +159,18 @@ def hand_rollouts():
 
 
 def explicit_scores(student, teacher, batches):
-    """Per row, unpadded: teacher NLL terms and KL(p_t||q_t) at each response position up to eot."""
+    """Per row, unpadded: teacher NLL terms of the response tokens up to eot, and KL(p||q) of the
+    next-token distributions after each response token before the eot (after the last token when the
+    row has none): the reference's ExAccErr positions."""
     nll, kl_rows = [], []
     for b in batches:
         for p, r in zip(b['prompts'], b['resps']):
             r = r[:r.index(EOT) + 1] if EOT in r else r
             seq = torch.tensor([p + r])
-            zp = teacher(seq)[0, len(p) - 1:-1]
-            zq = student(seq)[0, len(p) - 1:-1]
-            nll += (-torch.log_softmax(zp, -1)[torch.arange(len(r)), torch.tensor(r)]).tolist()
-            kl_rows.append(kl.forward_kl(zq, zp).tolist())
+            zp, zq = teacher(seq)[0], student(seq)[0]
+            nll += (-torch.log_softmax(zp[len(p) - 1:-1], -1)[torch.arange(len(r)), torch.tensor(r)]).tolist()
+            after = slice(len(p), len(p) + len(r) - (1 if r[-1] == EOT else 0))
+            kl_rows.append(kl.forward_kl(zq[after], zp[after]).tolist())
     return nll, kl_rows
 
 
@@ -176,6 +178,7 @@ def test_teacher_nll_and_position_kl_match_explicit_computation():
     student, teacher = tiny_gpt(0, scale=20), tiny_gpt(1, scale=20)
     batches = hand_rollouts()
     nll, kl_rows = explicit_scores(student, teacher, batches)
+    assert [len(row) for row in kl_rows] == [2, 5, 0, 1]
     assert ev.teacher_nll(teacher, batches, EOT) == pytest.approx(sum(nll) / len(nll), rel=1e-5)
     stats = ev.rollout_stats(student, teacher, batches, EOT, length=6)
     L = 6
@@ -186,7 +189,51 @@ def test_teacher_nll_and_position_kl_match_explicit_computation():
     assert R[-1].item() == pytest.approx(sum(map(sum, kl_rows)) / 4, rel=1e-4)
 
 
-def test_exaccerr_zero_for_identical_samplers_and_at_first_position():
+def test_exaccerr_index_on_a_hand_case():
+    """TableModel's next-token distribution depends on the last token only, so the KL after a
+    response token y is K[y]. Rows (prompt | response): [5, 6 | 1, 2, eot, 44] and [9 | 3, 4] (no eot):
+    R(1) = (K[1] + K[3]) / 2, R(2) = R(1) + (K[2] + K[4]) / 2, R(3) = R(2) (the first row has ended,
+    the second has no third token). The first prediction (after the prompt's last token: K[6], K[9])
+    and the one after eot (K[eot]) are not counted: the reference's index."""
+    torch.manual_seed(3)
+    tq, tp = torch.randn(257, 257) * 2, torch.randn(257, 257) * 2
+    K = kl.forward_kl(tq, tp).double().tolist()
+    idx, pmask = left_pad([[5, 6], [9]], EOT)
+    seq = torch.cat([idx, torch.tensor([[1, 2, EOT, 44], [3, 4, EOT, EOT]])], 1)
+    stats = ev.rollout_stats(TableModel(tq), TableModel(tp), [dict(seq=seq, prompt_mask=pmask)], EOT, 4)
+    assert stats['kl_sum'].tolist() == pytest.approx([K[1] + K[3], K[2] + K[4], 0.0, 0.0], rel=1e-6)
+    seq2 = torch.cat([idx, torch.tensor([[1, 2, EOT], [3, 4, 7]])], 1)   # no eot: the last token counts
+    stats = ev.rollout_stats(TableModel(tq), TableModel(tp), [dict(seq=seq2, prompt_mask=pmask)], EOT, 3)
+    assert stats['kl_sum'].tolist() == pytest.approx([K[1] + K[3], K[2] + K[4], K[7]], rel=1e-6)
+    assert ev.accumulated_kl(stats).tolist() == pytest.approx(
+        [(K[1] + K[3]) / 2, (K[1] + K[3] + K[2] + K[4]) / 2, (K[1] + K[3] + K[2] + K[4] + K[7]) / 2], rel=1e-6)
+
+
+def test_exaccerr_equals_the_reference_scripts_rule():
+    """LMOps minillm/evaluate_exposure_bias.py on the padded buffer: logits[:, Tp:], mask = the token
+    at that position is not eos (eos pads), err = KL(p || q) * mask, cumsum over positions, mean over
+    rows; computed here literally on generated batches."""
+    V, eot = 6, 5     # a small vocabulary, so that rows end at different lengths
+    data = SimpleNamespace(eot=eot, prompt_batch=lambda ids: left_pad([[i % 5] * (1 + i % 3) for i in ids], eot))
+    student, teacher = tiny_gpt(0, vocab=V, scale=3), tiny_gpt(1, vocab=V, scale=3)
+    rollouts = ev.sample_rollouts(student, data, list(range(24)), seed=7, max_new_tokens=6, batch_size=10)
+    ends = [int((r == eot).nonzero()[0]) if (r == eot).any() else 6
+            for b in rollouts for r in b['seq'][:, b['prompt_mask'].shape[1]:]]
+    assert {0, 2, 6} <= set(ends)     # ended at once, mid-way, never
+    errs = []
+    for b in rollouts:
+        Tp = b['prompt_mask'].shape[1]
+        amask = torch.cat([b['prompt_mask'], torch.ones_like(b['seq'][:, Tp:])], 1)
+        with torch.no_grad():
+            zq, zp = student(b['seq'], attention_mask=amask)[:, Tp:], teacher(b['seq'], attention_mask=amask)[:, Tp:]
+        err = kl.forward_kl(zq, zp) * (b['seq'][:, Tp:] != eot)
+        errs.append(torch.nn.functional.pad(err, (0, 6 - err.shape[1])).cumsum(1))
+    reference = torch.cat(errs).double().mean(0)
+    ours = ev.accumulated_kl(ev.rollout_stats(student, teacher, rollouts, eot, 6))
+    assert ours.tolist() == pytest.approx(reference.tolist(), rel=1e-4)
+
+
+def test_exaccerr_zero_for_identical_samplers():
     data = SimpleNamespace(eot=EOT, prompt_batch=lambda ids: left_pad([[65 + i % 7] * (1 + i % 3) for i in ids], EOT))
     student, teacher = tiny_gpt(0, scale=20), tiny_gpt(1, scale=20)
     ids = list(range(12))
@@ -201,34 +248,39 @@ def test_exaccerr_zero_for_identical_samplers_and_at_first_position():
     twin = ev.exposure_bias(ev.rollout_stats(student, teacher, twin_roll, EOT, 6), t_stats)
     assert twin['R'] == twin['eps'] and twin['exaccerr'] == [0.0] * 6
     own = ev.exposure_bias(ev.rollout_stats(student, teacher, own_roll, EOT, 6), t_stats)
-    # position 1 depends on the prompt only, so R(1) = eps(1); later prefixes differ
-    assert own['exaccerr'][0] == pytest.approx(0.0, abs=1e-3)
-    assert abs(own['exaccerr'][-1]) > 1.0
+    assert abs(own['exaccerr'][-1]) > 1.0     # the student's own prefixes differ from the teacher's
     assert ev.exaccerr(torch.tensor([2.0, 3.0]), torch.tensor([1.0, 0.0])) == [100.0, None]
 
 
 def test_accumulated_kl_matches_exact_expectation_by_enumeration():
-    """R(2) = KL_1(x) + sum_{y1 != eot} q(y1|x) KL_2(x, y1) over a 4-token vocabulary (eot = 3)."""
+    """R(l) = E_y sum_{t<=l} [y_1..y_t hold no eot] KL(p || q)(x, y_1..y_t) by enumerating all
+    (y1, y2) of a 4-token vocabulary (eot = 3) against 3000 samples."""
     V, eot, N = 4, 3, 3000
     student = tiny_gpt(2, vocab=V, block_size=8, scale=60)
     teacher = tiny_gpt(3, vocab=V, block_size=8, scale=60)
     x = [1, 0]
     data = SimpleNamespace(eot=eot, prompt_batch=lambda ids: left_pad([x] * len(ids), eot))
+
+    def step(prefix):   # (q(. | prefix), KL(p || q) after prefix)
+        z_q, z_p = student(torch.tensor([prefix]))[0, -1], teacher(torch.tensor([prefix]))[0, -1]
+        return z_q.softmax(-1), kl.forward_kl(z_q, z_p).item()
     with torch.no_grad():
-        z_q1, z_p1 = student(torch.tensor([x]))[0, -1], teacher(torch.tensor([x]))[0, -1]
-        kl1 = kl.forward_kl(z_q1, z_p1).item()
-        q1 = z_q1.softmax(-1)
-        per_y1 = {}
+        q1, _ = step(x)
+        prob, f1, f2 = {}, {}, {}
         for y1 in range(V):
-            seq = torch.tensor([x + [y1]])
-            per_y1[y1] = kl1 + (0.0 if y1 == eot else kl.forward_kl(student(seq)[0, -1], teacher(seq)[0, -1]).item())
-    exact = sum(q1[y] * per_y1[y] for y in range(V)).item()
-    sd = math.sqrt(sum(q1[y] * (per_y1[y] - exact) ** 2 for y in range(V)).item())
+            q2, k1 = step(x + [y1])
+            for y2 in range(V):
+                k2 = step(x + [y1, y2])[1]
+                prob[y1, y2] = (q1[y1] * q2[y2]).item()
+                f1[y1, y2] = 0.0 if y1 == eot else k1
+                f2[y1, y2] = f1[y1, y2] + (0.0 if eot in (y1, y2) else k2)
     rollouts = ev.sample_rollouts(student, data, list(range(N)), seed=0, max_new_tokens=2, batch_size=1000)
     R = ev.accumulated_kl(ev.rollout_stats(student, teacher, rollouts, eot, 2))
-    assert sd > 0.05 * exact                     # the check below is not trivially tight
-    assert R[0].item() == pytest.approx(kl1, rel=1e-4)
-    assert abs(R[1].item() - exact) < 4 * sd / math.sqrt(N)
+    for ell, f in ((1, f1), (2, f2)):
+        exact = sum(prob[k] * f[k] for k in prob)
+        sd = math.sqrt(sum(prob[k] * (f[k] - exact) ** 2 for k in prob))
+        assert sd > 0.05 * exact                     # the check below is not trivially tight
+        assert abs(R[ell - 1].item() - exact) < 4 * sd / math.sqrt(N)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -243,13 +295,13 @@ def test_main_end_to_end(tmp_path, capsys):
     t = save_model(tiny_gpt(1), tmp_path / 't')
     out = str(tmp_path / 'res' / 'results')
     results = ev.main([f'--models=student={a},teacher={t}', f'--teacher={t}', f'--data_dir={data_dir}',
-                       '--num_seeds=2', '--max_new_tokens=5', '--batch_size=3', '--device=cpu',
-                       '--exaccerr_lengths=(2, 4)', f'--out={out}'])
+                       '--seeds=(1234, 1235)', '--max_new_tokens=5', '--batch_size=3', '--device=cpu',
+                       '--exaccerr_lengths=(2, 4)', f'--out={out}'])['toy_instruct']
     md = open(out + '.md').read()
-    raw = json.load(open(out + '.json'))
+    raw = json.load(open(out + '.json'))['test_sets']['toy_instruct']
     assert (tmp_path / 'res' / 'results.png').stat().st_size > 0
     assert '| student |' in md and '| teacher |' in md and 'ExAccErr@4 %' in md and 'valid %' in md
-    assert set(raw['models']) == {'student', 'teacher'}
+    assert set(raw['models']) == {'student', 'teacher'} and raw['prompts'] == len(EXAMPLES)
     m = raw['models']['student']['metrics']
     assert len(m['rouge_l']) == 2 and len(m['validity']) == 2 and len(m['teacher_nll']) == 2
     assert len(m['exposure']['exaccerr']) == 5 and 0.0 <= m['ece'] <= 1.0
@@ -258,20 +310,91 @@ def test_main_end_to_end(tmp_path, capsys):
     data = InstructSet(data_dir, 'test')
     indices = sorted(range(len(data)), key=lambda i: int(data.index[i][1]))
     fresh = ev.evaluate_model(load_model(t)[0], data, indices, get_encoding('byte'), seeds=[1234, 1235],
-                              max_new_tokens=5, batch_size=3)
+                              max_new_tokens=5, batch_size=3, no_repeat_ngram_size=6)
     assert fresh['rouge_l'] == results['teacher']['rouge_l'] and fresh['ece'] == results['teacher']['ece']
     assert '| student |' in capsys.readouterr().out
+
+
+def test_default_max_new_tokens_is_the_space_left_capped_at_256():
+    assert ev.new_token_budget(512, 200) == 256                  # GPT-2: 512 - prompt >= 256 for prompts <= 256
+    assert ev.new_token_budget(512, 256) == 256 and ev.new_token_budget(512, 300) == 212
+    assert ev.new_token_budget(1024, 10) == 256 and ev.new_token_budget(64, 48) == 16
+    assert ev.new_token_budget(64, 70) == 0 and ev.new_token_budget(512, 200, max_new_tokens=32) == 32
+    asked = []
+
+    class Recorder:   # generate's arguments, per batch: the budget follows each batch's padded width
+        config = SimpleNamespace(block_size=40)
+
+        def generate(self, idx, n, **kw):
+            asked.append((idx.shape[1], n, kw['no_repeat_ngram_size']))
+            return idx
+    data = SimpleNamespace(eot=EOT, prompt_batch=lambda ids: left_pad([[1] * (5 + 10 * i) for i in ids], EOT))
+    ev.sample_rollouts(Recorder(), data, [0, 1, 2, 3], seed=0, batch_size=2, cap=20, no_repeat_ngram_size=6)
+    ev.sample_rollouts(Recorder(), data, [0, 1, 2, 3], seed=0, batch_size=2, cap=20, context=30)
+    assert asked == [(15, 20, 6), (35, 5, 6), (15, 15, 0), (35, 0, 0)]
+
+
+def test_label_calibration_hand_case(tmp_path):
+    """q(label | x) = prod of TableModel's next-byte probabilities along the label, normalised over
+    'yes' / 'no'; confidence = the larger, correct = it is the gold label."""
+    examples = [("Q: is 3 odd?\nA:", "yes", ["yes"]), ("Q: is 4 odd?\nA:", "no", ["no"]),
+                ("Q: is 9 odd?\nA:", "yes", ["yes"]), ("Q: is 8 odd?", "no", ["no"])]
+    data = InstructSet(write_instruct_dir(tmp_path / 'cls', examples), 'test')
+    torch.manual_seed(1)
+    table = torch.randn(257, 257) * 2
+    logp = table.log_softmax(-1)
+
+    def label_logp(prompt, label):
+        seq = list(prompt.encode()) + list(label.encode())
+        return sum(logp[seq[len(prompt) - 1 + k], b].item() for k, b in enumerate(label.encode()))
+    conf, hit = [], []
+    for prompt, gold, _ in examples:
+        p = torch.tensor([label_logp(prompt, 'no'), label_logp(prompt, 'yes')]).softmax(0)  # sorted labels
+        conf.append(p.max().item())
+        hit.append(['no', 'yes'][int(p.argmax())] == gold)
+    got = ev.label_calibration(TableModel(table), data, [0, 1, 2, 3], get_encoding('byte'), batch_size=3)
+    assert got['ece'] == pytest.approx(ev.expected_calibration_error(conf, hit), abs=1e-6)
+    assert 0 < sum(hit) < 4                        # both right and wrong answers occur
+    assert got['accuracy'] == pytest.approx(sum(hit) / 4) and got['confidence'] == pytest.approx(sum(conf) / 4)
+    with pytest.raises(UserError, match='not among the labels'):
+        ev.label_calibration(TableModel(table), data, [0, 1], get_encoding('byte'), labels=['yes', 'maybe'])
+
+
+def test_table1_over_two_test_sets_equals_the_json(tmp_path):
+    dolly = write_instruct_dir(tmp_path / 'd1', EXAMPLES[:3])
+    sni = write_instruct_dir(tmp_path / 'd2', EXAMPLES[2:])
+    a, b = save_model(tiny_gpt(0), tmp_path / 'a'), save_model(tiny_gpt(5, scale=5), tmp_path / 'b')
+    out = str(tmp_path / 'res' / 'r')
+    ev.main([f'--models=sft={a},minillm={b}', f'--test_sets=dolly={dolly},sni={sni}', '--seeds=(3, 4)',
+             '--batch_size=2', '--device=cpu', f'--out={out}'])
+    md, raw = open(out + '.md').read(), json.load(open(out + '.json'))
+    lines = [row for row in md.split('## Rouge-L')[1].split('## ')[0].splitlines() if row.startswith('|')]
+    assert lines[0] == '| model | Dolly Rouge-L | S-NI Rouge-L |'
+    assert [row.split(' | ')[0] for row in lines[2:]] == ['| sft', '| minillm']
+    assert any(v['mean'] > 0 for row in raw['table1'].values() for v in row.values())
+    for row in lines[2:]:
+        name, *cells = [c.strip() for c in row.strip('| ').split('|')]
+        for cell, set_name in zip(cells, ('dolly', 'sni')):
+            per_seed = raw['test_sets'][set_name]['models'][name]['metrics']['rouge_l']
+            mean = sum(per_seed) / 2
+            std = math.sqrt(sum((v - mean) ** 2 for v in per_seed) / 2)
+            assert raw['table1'][name][set_name] == pytest.approx(dict(mean=mean, std=std))
+            assert cell == f"{mean:.1f} ± {std:.1f}"
+    assert '## Dolly: ' in md and '## S-NI: ' in md and raw['test_sets']['sni']['prompts'] == 3
+    assert (tmp_path / 'res' / 'r_dolly.png').exists() and (tmp_path / 'res' / 'r_sni.png').exists()
+    config = raw['config']
+    assert config['seeds'] == [3, 4] and config['no_repeat_ngram_size'] == 6 and config['max_new_tokens'] == 0
 
 
 def test_main_errors(tmp_path):
     data_dir = write_instruct_dir(tmp_path / 'plain')
     a = save_model(tiny_gpt(0), tmp_path / 'a')
-    big = save_model(tiny_gpt(0, vocab=300), tmp_path / 'big')
+    small = save_model(tiny_gpt(0, vocab=200), tmp_path / 'small')   # fewer rows than tokens
     base = [f'--data_dir={data_dir}', '--device=cpu', f'--out={tmp_path}/r']
     with pytest.raises(UserError, match='no checkpoint'):
         ev.main([f'--models=x={tmp_path}/missing'] + base)
-    with pytest.raises(UserError, match='vocab_size 300'):
-        ev.main([f'--models=x={big}'] + base)
+    with pytest.raises(UserError, match='200 embedding rows'):
+        ev.main([f'--models=x={small}'] + base)
     with pytest.raises(UserError, match='twice'):
         ev.main([f'--models=x={a},x={a}'] + base)
     write_instruct_dir(tmp_path / 'empty', examples=[])
@@ -279,3 +402,8 @@ def test_main_errors(tmp_path):
     np.array([EOT], dtype=np.uint16).tofile(tmp_path / 'empty' / 'test.tokens.bin')
     with pytest.raises(UserError, match='empty'):
         ev.main([f'--models=x={a}', f'--data_dir={tmp_path}/empty', '--device=cpu'])
+    write_instruct_dir(tmp_path / 'other', vocab=258)
+    with pytest.raises(UserError, match='different tokenizers'):
+        ev.main([f'--models=x={a}', f'--test_sets=p={data_dir},o={tmp_path}/other', '--device=cpu'])
+    with pytest.raises(UserError, match='ece token or label'):
+        ev.main([f'--models=x={a}', '--ece=bins'] + base)
