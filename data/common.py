@@ -261,7 +261,8 @@ def prompt_formatter(template, tokenizer):
     if template != "chat":
         raise SystemExit(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
     chat, special = read_chat_template(tokenizer)
-    return lambda instruction, input_text="": render_chat_prompt(chat, chat_user_message(instruction, input_text), special)
+    return lambda instruction, input_text="": render_chat_prompt(chat, chat_user_message(instruction, input_text),
+                                                                 special)
 
 
 def encode_prompts(enc, prompts, special=False):
@@ -292,7 +293,8 @@ def instruction_examples(records, format_prompt, given_prompts=True, source="inp
         references = [o.strip() for o in outputs if o.strip()]
         if not references or not (given or (instruction or "").strip()):
             continue
-        prompt = given.replace("<n>", "\n") if given else format_prompt(instruction, r.get("input", r.get("context")) or "")
+        input_text = r.get("input", r.get("context")) or ""
+        prompt = given.replace("<n>", "\n") if given else format_prompt(instruction, input_text)
         ex = {"prompt": prompt, "response": references[0], "references": references}
         ex.update({k: r[k] for k in ("category", "task") if isinstance(r.get(k), str)})
         examples.append(ex)
@@ -339,7 +341,7 @@ def add_instruction_args(parser, out_dir, input_help):
     parser.add_argument("--template", choices=TEMPLATES, default="alpaca",
                         help="alpaca: the paper's prompt (default); chat: the --tokenizer dir's chat template")
     parser.add_argument("--tokenizer", default="gpt2",
-                        help="the tokenizer (a name, or a Hugging Face model dir, whose chat template --template=chat uses)")
+                        help="a tokenizer name, or a Hugging Face model dir (whose chat template --template=chat uses)")
     parser.add_argument("--max_prompt_tokens", type=int, default=256, help="longer prompts are dropped (0 = keep all)")
     parser.add_argument("--out_dir", default=str(out_dir))
 

@@ -386,7 +386,8 @@ def test_test_set_prepare_errors(tmp_path):
     with pytest.raises(SystemExit, match="no example"):
         vicuna.main(["--input", src, "--out_dir", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="tokenizer_config.json"):
-        vicuna.main(["--input", src, "--template", "chat", "--tokenizer", str(tmp_path), "--out_dir", str(tmp_path / "o")])
+        vicuna.main(["--input", src, "--template", "chat", "--tokenizer", str(tmp_path),
+                     "--out_dir", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
 
 
