@@ -423,7 +423,8 @@ def main(argv):
               + f", data {cfg.data_dir} ({meta['tokenizer']}), world {cfg.world_size}, device {cfg.device}")
         print(f"{cfg.max_iters} iterations" + (f" ({cfg.epochs} epochs x {iters_per_epoch(cfg, len(train_data))})" if cfg.epochs > 0 else '')
               + f"; {cfg.out_dir}/{CKPT_NAME}: the last state, {BEST_NAME}: the best validation {select}"
-              + (f" (Rouge-L on {len(rouge_ids)} prompts)" if rouge_ids else ''))
+              + (f"; Rouge-L on {len(rouge_ids)} validation prompts every {cfg.eval_rouge_interval or cfg.eval_interval} steps"
+                 if rouge_ids else ''))
     log_path = os.path.join(cfg.out_dir, 'log.jsonl')
 
     def micro_batch():
