@@ -172,6 +172,49 @@ def test_broken_checkpoints_and_names_are_one_clear_error(checkpoints, tmp_path)
         GPT.from_pretrained('/no/such/dir')
 
 
+# config.json fields as the hub's checkpoints (written by transformers 4.x) spell them
+HUB_CONFIGS = {
+    'Llama-3.1-8B': (dict(model_type='llama', vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                          max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+                          rope_scaling=dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                            original_max_position_embeddings=8192, rope_type='llama3'),
+                          tie_word_embeddings=False, torch_dtype='bfloat16'),
+                     dict(n_kv_head=8, block_size=131072, rope_theta=500000.0, tie_embeddings=False)),
+    'Mistral-7B-v0.1': (dict(model_type='mistral', vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                             num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                             max_position_embeddings=32768, sliding_window=4096, rope_theta=10000.0),
+                        dict(block_size=4096, n_kv_head=8, tie_embeddings=False)),  # the window caps the block
+    'Qwen2.5-0.5B': (dict(model_type='qwen2', vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                          num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                          max_position_embeddings=32768, sliding_window=32768, use_sliding_window=False,
+                          max_window_layers=21, rope_theta=1000000.0, rope_scaling=None, tie_word_embeddings=True),
+                     dict(block_size=32768, qkv_bias=True, bias=False, tie_embeddings=True, rope_scaling=None)),
+    'Qwen3-8B': (dict(model_type='qwen3', vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                      num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                      max_position_embeddings=40960, attention_bias=False, rope_theta=1000000.0,
+                      sliding_window=None, use_sliding_window=False, max_window_layers=36,
+                      tie_word_embeddings=False),
+                 dict(head_dim=0, qk_norm=True, n_kv_head=8)),  # 128 = 4096 / 32: the default, stored as 0
+    'opt-1.3b': (dict(model_type='opt', vocab_size=50272, hidden_size=2048, ffn_dim=8192, num_hidden_layers=24,
+                      num_attention_heads=32, max_position_embeddings=2048, word_embed_proj_dim=2048,
+                      do_layer_norm_before=True, activation_function='relu', _remove_final_layer_norm=False),
+                 dict(pos_offset=2, mlp='relu', intermediate_size=8192, tie_embeddings=True, bias=True)),
+    'gpt2-xl': (dict(model_type='gpt2', vocab_size=50257, n_positions=1024, n_ctx=1024, n_embd=1600, n_layer=48,
+                     n_head=25, activation_function='gelu_new', layer_norm_epsilon=1e-5),
+                dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024, tie_embeddings=True)),
+}
+
+
+@pytest.mark.parametrize('name', list(HUB_CONFIGS))
+def test_hub_config_fields_map_to_gpt_config(name):
+    config, expected = HUB_CONFIGS[name]
+    got = hf.gpt_config(config)
+    assert {k: getattr(got, k) for k in expected} == expected
+    if name == 'Llama-3.1-8B':
+        assert got.rope_scaling == {**config['rope_scaling']}
+
+
 @pytest.mark.parametrize('family', ['mistral', 'qwen2'])
 def test_a_sliding_window_caps_block_size_where_it_equals_full_attention(tmp_path, family):
     extra = dict(sliding_window=8) if family == 'mistral' else dict(
