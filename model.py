@@ -284,7 +284,9 @@ class CausalSelfAttention(nn.Module):
         if isinstance(mask, str):  # 'causal' or 'none': let SDPA pick its fastest kernel
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=mask == 'causal', enable_gqa=gqa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
+            if gqa:  # SDPA has no fused kernel for GQA with a mask (CUDA falls back to [B, H, T, S] math): expand
+                k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.hd)
         return self.resid_dropout(self.c_proj(y))
 
