@@ -212,7 +212,8 @@ def bench_loss(cfg):
 # ----------------------------------------------------------------------------- 2. generate
 def gen_models(cfg):
     """Our GPT and, if installed, transformers' GPT2LMHeadModel holding the very same weights."""
-    from model import GPT, hf_gpt2_state_dict, preset_config
+    import hf as hf_interop
+    from model import GPT, preset_config
     torch.manual_seed(cfg.seed)
     config = preset_config(cfg.gen_preset)
     ours = GPT(config).eval()
@@ -223,7 +224,7 @@ def gen_models(cfg):
                                     n_head=config.n_head, vocab_size=config.vocab_size)).eval()
     hf.generation_config.eos_token_id = None  # never stop early: exactly n new tokens
     hf.generation_config.pad_token_id = 0
-    ours.load_state_dict(hf_gpt2_state_dict(hf.state_dict()))
+    ours.load_state_dict(hf_interop.convert_state_dict(hf.state_dict(), config, 'gpt2', list(ours.state_dict())))
     return ours, hf
 
 

@@ -577,6 +577,8 @@ def next_token_logprobs(logits, temperature=1.0, top_k=None, top_p=None, mix_alp
     if not isinstance(logits, (list, tuple)):
         logits = [logits]
     logprobs = [_filtered_logprobs(z, temperature, top_k, top_p) for z in logits]
+    if len(logprobs) == 2 and mix_alpha >= 1:
+        return logprobs[1]                         # all teacher: log(1 - alpha) would be log 0
     if len(logprobs) == 2 and mix_alpha > 0:
         return torch.logaddexp(logprobs[0] + math.log1p(-mix_alpha), logprobs[1] + math.log(mix_alpha))
     return logprobs[0]

@@ -116,7 +116,7 @@ def main(argv):
     model, tok = load_model(cfg.init_from, cfg.device, expect_vocab=expect and expect['vocab_size'],
                             expect_tokenizer=expect and expect['tokenizer'])
     model.eval()
-    enc = get_encoding(tok or 'gpt2')
+    enc = get_encoding(tok or (expect['tokenizer'] if expect else 'gpt2'))  # an HF dir without tokenizer files: the data's
     if cfg.seqkd_out:
         if not cfg.data_dir:
             raise UserError("--seqkd_out needs --data_dir, the instruction set whose prompts the teacher answers")
