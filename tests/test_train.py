@@ -263,7 +263,7 @@ def test_best_checkpoint_survives_a_later_worse_evaluation(tmp_path):
     ckpt.pt. Now best.pt keeps the best evaluation by the selection metric, ckpt.pt the last state."""
     from checkpoint import ckpt_path
     data = write_copy_task(tmp_path / 'copy')
-    args = [f'--data_dir={data}', '--max_iters=60', '--eval_interval=10', '--learning_rate=0.1', '--lr_schedule=constant',
+    args = [f'--data_dir={data}', '--max_iters=60', '--eval_interval=10', '--learning_rate=0.3', '--lr_schedule=constant',
             '--max_new_tokens=10', '--eval_rouge_examples=32', '--always_save_checkpoint=False']
     for metric, pick in (('rouge_l', max), ('val_loss', min)):  # max / min return the first of equals: ties keep the earlier
         out = run_train(tmp_path, metric, *args, f'--select_metric={metric}')
