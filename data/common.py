@@ -266,7 +266,9 @@ def prompt_formatter(template, tokenizer):
 
 
 def encode_prompts(enc, prompts, special=False):
-    """Token ids of each prompt; with `special`, special-token text becomes its id (chat templates)."""
+    """Token ids of each prompt; with `special`, special-token text becomes its id (chat templates).
+    A chat template writes its own BOS ('{{ bos_token }}'), as transformers' apply_chat_template
+    relies on: a chat prompt needs no BOS prepended."""
     if special:
         return enc.encode_batch(prompts, allowed_special="all", num_threads=2)
     return enc.encode_ordinary_batch(prompts, num_threads=2)
