@@ -14,6 +14,8 @@ train.py and sample.py. Conventions:
 - Log-probs are of the sampled tokens y_t: `logp_teacher` = log p(y_t|·), `logp_old` = log q_old(y_t|·)
   (the frozen student that generated the rollout), `logp` = log q_θ(y_t|·) (current student, with
   grad), `logp_mix` = log p̃(y_t|·) with p̃ = α p + (1 − α) q_old (the distribution actually sampled).
+  Under a sampling temperature or top-k / top-p, q is the student's sampling distribution (its
+  tempered, filtered softmax; rollout.py), as in the reference code; p stays the teacher at τ = 1.
 - Indexing: code positions are 0-based, t = 0 .. L − 1; the paper's 1-based index is t + 1 and its
   T is L. Every docstring formula below is written with the code's 0-based t.
 - Averaging: every loss term is a mean over the minibatch's valid response tokens,
@@ -137,25 +139,38 @@ def length_normalized_returns(rewards, mask, gamma=1.0, include_current=False):
     return torch.where(count > 0, summed / count.clamp(min=1), torch.zeros_like(summed))
 
 
-def whiten(values, mask, eps=1e-8):
-    """Advantage whitening (reference code): (A − mean) / sqrt(var + eps), mean and population variance
-    over the batch's valid tokens only. (The reference code takes them over all [B, T] entries,
-    padding included.) 0 on padding.
+def whiten(values, mask, eps=1e-8, include_padding=False, width=None):
+    """Advantage whitening (reference code, LMOps minillm/minillm/utils.py `whiten`):
+    (A − mean) / sqrt(var + eps), with the population variance.
+
+    include_padding=False: mean and variance over the valid tokens only. include_padding=True: over
+    every entry of the padded [B, width] buffer, padding counted as the 0 it holds there, as the
+    reference code does (its advantages are 0 on padding, and it pads every response to
+    max_length − max_prompt_length); `width` (≥ T, default T) is that buffer's width, the entries
+    past T being padding. 0 on padding.
     """
     _check_mask(mask, values)
-    n = mask.sum()
-    if n == 0:
+    n_valid = mask.sum()
+    if n_valid == 0:
         return torch.zeros_like(values)
+    width = values.shape[1] if width is None else width
+    if width < values.shape[1]:
+        raise ValueError(f"width {width} must be at least the tensor's {values.shape[1]} positions")
+    n = values.shape[0] * width if include_padding else n_valid
     v = torch.where(mask, values, torch.zeros_like(values))
     mean = v.sum() / n
-    var = (torch.where(mask, values - mean, torch.zeros_like(values)) ** 2).sum() / n
+    var = ((torch.where(mask, values - mean, torch.zeros_like(values)) ** 2).sum()
+           + (n - n_valid) * mean ** 2) / n  # each padding entry: (0 − mean)²
     return torch.where(mask, (values - mean) * torch.rsqrt(var + eps), torch.zeros_like(values))
 
 
-def reference_returns(rewards, mask, gamma=0.95, include_current=True, length_norm=True, whitened=True):
-    """Long-term advantage of the MiniLLM reference code (microsoft/LMOps, minillm/; differs from the paper):
+def reference_returns(rewards, mask, gamma=0.95, include_current=True, length_norm=True, whitened=True,
+                      include_padding=False, width=None):
+    """Long-term advantage of the MiniLLM reference code (microsoft/LMOps, minillm/minillm/losses.py
+    `_get_advantages_and_returns`; differs from the paper):
     A_t = whiten( Σ_{t' ≥ t} γ^(t'−t) r_t' / (L − t) ), with γ = 0.95; L − t is the number of remaining
-    tokens including t (1-based: T − t + 1), and whitening is over the batch's valid tokens.
+    tokens including t (1-based: T − t + 1); whitening (`whiten`) over the valid tokens, or with
+    include_padding over the padded [B, width] buffer as the reference code.
 
     include_current=False uses the future-only return divided by the future count (L − t − 1), for
     use with the single-step term; the reference code itself always includes r_t.
@@ -164,18 +179,19 @@ def reference_returns(rewards, mask, gamma=0.95, include_current=True, length_no
         a = length_normalized_returns(rewards, mask, gamma=gamma, include_current=include_current)
     else:
         a = returns(rewards, mask, gamma=gamma, include_current=include_current)
-    return whiten(a, mask) if whitened else a
+    return whiten(a, mask, include_padding=include_padding, width=width) if whitened else a
 
 
 def compute_advantages(rewards, mask, returns_mode="paper", length_norm=True, gamma=None,
-                       include_current=False):
+                       include_current=False, whitened=True, include_padding=False, width=None):
     """Long-term advantages for `policy_loss`, detached.
 
     'paper': R_{t+1} (or R_t), optionally length-normalised, γ default 1.
-    'reference': discounted (γ default 0.95), optionally length-normalised, then whitened.
-    Whitening statistics depend on the batch; call this once on the whole rollout batch and pass
-    the result to `minillm_loss(advantages=...)` for batch-wide statistics (the reference code
-    recomputes them per minibatch, which `minillm_loss` does when no advantages are given).
+    'reference': discounted (γ default 0.95), optionally length-normalised, then whitened
+    (whitened=False: not yet; `whiten` later) over the valid tokens or, with include_padding, the
+    padded [B, width] buffer. Whitening statistics depend on the batch they are taken over: the
+    reference code takes them over each PPO minibatch, across its data-parallel ranks (rollout.py
+    does the same); `minillm_loss` takes them over its own minibatch when given no advantages.
     """
     if returns_mode not in RETURNS_MODES:
         raise ValueError(f"returns_mode must be one of {RETURNS_MODES}, got {returns_mode!r}")
@@ -186,7 +202,8 @@ def compute_advantages(rewards, mask, returns_mode="paper", length_norm=True, ga
     else:
         gamma = 0.95 if gamma is None else gamma
         a = reference_returns(rewards, mask, gamma=gamma, include_current=include_current,
-                              length_norm=length_norm)
+                              length_norm=length_norm, whitened=whitened, include_padding=include_padding,
+                              width=width)
     return a.detach()
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import policy_gradient as pg
 from dataset import split_responses
+from model import _filtered_logprobs
 
 
 class PromptOrder:
@@ -71,11 +72,36 @@ def gather_logp(logits, tokens):
     return torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
 
 
+def plain_sampling(cfg):
+    """Sampling from the model itself: temperature 1 (or greedy) and no top-k / top-p."""
+    return cfg.gen_temperature in (0, 1) and not cfg.gen_top_k and cfg.gen_top_p >= 1
+
+
+def sampling_logits(cfg, logits):
+    """Logits [..., V] of the distribution `generate` samples from a model's logits (model.next_token_logprobs:
+    softmax(z / gen_temperature) on its top-k / top-p set), up to a constant per row; the logits
+    themselves when sampling is plain. Greedy decoding (temperature 0) has no density to correct
+    and counts as temperature 1, as in next_token_logprobs.
+
+    This is the student's policy throughout MiniLLM's loss (log q_old, the ratio q_θ / q_old, the
+    single-step KL(q_θ‖p)), as the reference code computes every student log-prob from logits / τ
+    under the generation's -inf mask (LMOps minillm/minillm/trainer.py compute_logits_and_log_probs,
+    losses.py ppo_loss). The top-k / top-p set of q_θ is taken from q_θ's own logits at each
+    PPO epoch (the reference stores the rollout's mask), the same set at θ = θ_old."""
+    if plain_sampling(cfg):
+        return logits
+    return _filtered_logprobs(logits, cfg.gen_temperature, cfg.gen_top_k or None, cfg.gen_top_p)
+
+
 @torch.no_grad()
 def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
     """One rollout phase (MiniLLM §2.3, Algorithm 1): sample responses from p~ = alpha p + (1 - alpha) q
     with both KV caches, score them with the teacher and the frozen student q_old, and compute
     rewards r_t = log p(y_t) - log q_old(y_t), advantages and log p~(y_t) once for all epochs.
+    q_old and p~ are the distributions actually sampled (gen_temperature, top-k, top-p:
+    `sampling_logits`), so w = q_old / p~ is the importance weight of what was drawn; p in the
+    reward is the teacher at temperature 1, the p of the objective KL(q||p). In reference mode the
+    advantages are stored before whitening; `minillm_micro_loss` whitens them per PPO minibatch.
     `prompt_order` (PromptOrder) gives the phase's rollout_size prompts, the same on every rank."""
     model.eval()
     chosen = prompt_order.take(cfg.rollout_size)
@@ -94,30 +120,56 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
         chunk = list(zip([prompts.prompt(i) for i in ids], split_responses(out.cpu(), p_idx.shape[1], prompts.eot)))
         seq, amask, Tp, rmask = rollout_batch(chunk, prompts.eot, cfg.device)
         tokens = seq[:, Tp:]
-        parts.append([gather_logp(response_logits(cfg, model, seq, amask, Tp), tokens),
-                      gather_logp(response_logits(cfg, teacher, seq, amask, Tp), tokens), rmask])
+        s_logits = response_logits(cfg, model, seq, amask, Tp)
+        lq = gather_logp(sampling_logits(cfg, s_logits), tokens)    # log q_old(y_t), as sampled
+        del s_logits
+        t_logits = response_logits(cfg, teacher, seq, amask, Tp)
+        lp = gather_logp(t_logits, tokens)                          # log p(y_t), the teacher itself
+        lp_sampled = lp if plain_sampling(cfg) else gather_logp(sampling_logits(cfg, t_logits), tokens)
+        del t_logits
+        parts.append([torch.where(rmask, x, 0.0) for x in (lq, lp, lp_sampled)] + [rmask])
         rows += chunk
-    Tr = max(p[2].shape[1] for p in parts)
-    logp_old, logp_teacher, mask = (torch.cat([F.pad(p[k], (0, Tr - p[k].shape[1])) for p in parts]) for k in range(3))
+    Tr = max(p[-1].shape[1] for p in parts)
+    logp_old, logp_teacher, logp_teacher_sampled, mask = (
+        torch.cat([F.pad(p[k], (0, Tr - p[k].shape[1])) for p in parts]) for k in range(4))
     rewards = pg.token_rewards(logp_teacher, logp_old, mask)
     if cfg.reward_scale or cfg.reward_clip:
         rewards = pg.scale_and_clip_rewards(rewards, mask, scale=cfg.reward_scale or None, clip=cfg.reward_clip or None)
     advantages = pg.compute_advantages(rewards, mask, cfg.returns_mode, cfg.length_norm, cfg.gamma,
-                                       include_current=not cfg.single_step or cfg.returns_mode == 'reference')
-    a = cfg.teacher_mix_alpha
-    logp_mix = (torch.logaddexp(logp_teacher + math.log(a), logp_old + math.log1p(-a)) if a > 0 else logp_old)
+                                       include_current=not cfg.single_step or cfg.returns_mode == 'reference',
+                                       whitened=False)
+    a = cfg.teacher_mix_alpha  # p~(y_t) = a p(y_t) + (1 - a) q_old(y_t), each as next_token_logprobs samples it
+    logp_mix = (torch.logaddexp(logp_teacher_sampled + math.log(a), logp_old + math.log1p(-a)) if a > 0 else logp_old)
+    logp_mix = torch.where(mask, logp_mix, 0.0)
     model.train()
     return dict(rows=rows, logp_old=logp_old, logp_teacher=logp_teacher, logp_mix=logp_mix,
                 advantages=advantages, mask=mask)
 
 
-def minillm_micro_loss(cfg, model, teacher, buf, ids):
-    """MiniLLM loss on rollout rows `ids` (MiniLLM §2.2: L_Long(clipped) + L_Single); returns
-    (loss, response-token count, stats)."""
+def whitened_advantages(cfg, buf, ids, minibatch):
+    """Reference mode: the advantages of rows `ids` whitened with statistics over the whole PPO
+    minibatch `minibatch` (every rank's rows), as the reference code whitens each minibatch with a
+    sum and a count all-reduced over its data-parallel ranks (LMOps minillm/minillm/losses.py
+    ppo_loss, utils.py whiten). Every rank holds the gathered buffer, so the statistics need no
+    communication and are the same for any world size. whiten_padding=True: over the padded buffer,
+    every response padded to max_new_tokens (the reference pads each to max_length -
+    max_prompt_length) and padding counted as 0; False: over the valid tokens only."""
+    group = list(ids) if minibatch is None else list(minibatch)
+    adv, mask = buf['advantages'][group], buf['mask'][group]
+    width = max(cfg.max_new_tokens, adv.shape[1]) if cfg.whiten_padding else None
+    white = pg.whiten(adv, mask, include_padding=cfg.whiten_padding, width=width)
+    return white[[group.index(i) for i in ids]]
+
+
+def minillm_micro_loss(cfg, model, teacher, buf, ids, minibatch=None):
+    """MiniLLM loss on rollout rows `ids` (MiniLLM §2.2: L_Long(clipped) + L_Single), this rank's
+    share of the PPO minibatch `minibatch` (default: `ids`); returns (loss, response-token count, stats)."""
     seq, amask, Tp, rmask = rollout_batch([buf['rows'][i] for i in ids], cfg.eot, cfg.device)
     Tr = rmask.shape[1]
     take = {k: buf[k][ids, :Tr] for k in ('logp_old', 'logp_teacher', 'logp_mix', 'advantages')}
-    s_logits = response_logits(cfg, model, seq, amask, Tp)
+    if cfg.returns_mode == 'reference':
+        take['advantages'] = whitened_advantages(cfg, buf, ids, minibatch)[:, :Tr]
+    s_logits = sampling_logits(cfg, response_logits(cfg, model, seq, amask, Tp))  # q_θ as sampled
     logp = gather_logp(s_logits, seq[:, Tp:])
     t_logits = None
     if cfg.single_step:

@@ -76,7 +76,8 @@ gen_top_p = 1.0
 teacher_mix_alpha = 0.2      # 0 = no teacher-mixed sampling
 single_step = True
 length_norm = True
-returns_mode = 'paper'       # 'paper' | 'reference' (discounted, incl. r_t, whitened)
+returns_mode = 'paper'       # 'paper' | 'reference' (discounted, incl. r_t, whitened per PPO minibatch over all ranks)
+whiten_padding = True        # reference mode: whiten over the padded [B, max_new_tokens] buffer (reference code), or valid tokens only
 gamma = 1.0
 clip_eps = 0.2
 single_step_weighted = True  # paper: the single-step term carries w_t; reference code: no
@@ -334,6 +335,11 @@ def validate(cfg):
                         f"in [0, 1] (got {cfg.atkd_hard_fraction})")
     if cfg.returns_mode not in ('paper', 'reference'):
         raise UserError(f"unknown returns_mode '{cfg.returns_mode}': pick paper or reference")
+    if cfg.method == 'minillm' and cfg.teacher_mix_alpha > 0 and (cfg.gen_top_k or cfg.gen_top_p < 1):
+        # generate filters student and teacher separately: a token from the teacher's top-k / top-p set
+        # may lie outside the student's, where q_old = 0 and the reward log p - log q_old is infinite
+        raise UserError("teacher_mix_alpha > 0 needs gen_top_k=0 and gen_top_p=1 (the reference's sampling): "
+                        "a teacher-mixed token outside the student's top-k/top-p set has q_old = 0")
     if cfg.method == 'minillm' and cfg.rollout_size % cfg.world_size:
         raise UserError(f"rollout_size {cfg.rollout_size} must be divisible by the {cfg.world_size} ranks")
     if (cfg.fsdp_activation_checkpointing or cfg.fsdp_cpu_offload) and cfg.parallel != 'fsdp':
@@ -450,8 +456,9 @@ def main(argv):
             for _ in range(cfg.ppo_epochs):
                 perm = torch.randperm(n, generator=data_gen).tolist()
                 queue += [perm[i:i + step] for i in range(0, n - step + 1, step)]
-        ids = queue.pop(0)[cfg.rank * cfg.batch_size:(cfg.rank + 1) * cfg.batch_size]  # this rank's share
-        loss, n_tok, stats = minillm_micro_loss(cfg, model, teacher, buf, ids)
+        minibatch = queue.pop(0)  # the global PPO minibatch (reference mode whitens over all of it)
+        ids = minibatch[cfg.rank * cfg.batch_size:(cfg.rank + 1) * cfg.batch_size]  # this rank's share
+        loss, n_tok, stats = minillm_micro_loss(cfg, model, teacher, buf, ids, minibatch)
         loss = global_mean(cfg, loss, n_tok)
         tokens = n_tok.item()
         if pt_data is not None:

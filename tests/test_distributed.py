@@ -36,6 +36,10 @@ CASES = {
     'llamaminillm': ['--method=minillm', '--rollout_size=16', '--ppo_epochs=2', '--max_new_tokens=6',
                      '--gen_temperature=0.0', '--max_iters=6', '--init_from={llama_student}',
                      '--teacher={llama_teacher}'],
+    # reference mode: advantages whitened over each PPO minibatch of both ranks' rows (padded buffer)
+    'refminillm': ['--method=minillm', '--returns_mode=reference', '--gamma=0.95', '--single_step_weighted=False',
+                   '--reward_scale=0.5', '--reward_clip=100.0', '--rollout_size=16', '--ppo_epochs=2',
+                   '--max_new_tokens=6', '--gen_temperature=0.0', '--max_iters=6', '--init_from={student}'],
 }
 
 
@@ -82,6 +86,7 @@ def worker(paths):
         run('offload_kd', '--parallel=fsdp', '--fsdp_cpu_offload=True')
     except UserError as e:
         report['offload_error'] = str(e)
+    report['atkd_losses'] = atkd_losses_over_ranks(paths)
     # what each rank holds after build_models + wrap under FSDP
     cfg = train.configure(train.DEFAULTS, case_args('kd', paths) + ['--parallel=fsdp', '--fsdp_activation_checkpointing=True'])
     train.setup_distributed(cfg)
@@ -104,6 +109,29 @@ def worker(paths):
             json.dump(reports, f)
     dist.barrier()  # as train.main does: a rank that tears gloo down first can abort the other (seen on CPU)
     dist.destroy_process_group()
+
+
+def atkd_losses_over_ranks(paths):
+    """Per-sequence ATKD (+ CE) on 8 sequences: (the two ranks' rescaled losses averaged, as DDP averages
+    gradients, with the 4 shortest responses on rank 0 and the 4 longest on rank 1, so the ranks hold
+    different numbers of tokens; the one-process loss of all 8)."""
+    import torch.distributed as dist
+    from dataset import InstructSet
+    cfg = train.configure(train.DEFAULTS, case_args('kd', paths) + ['--atkd=True', '--chunked_loss=False'])
+    data = InstructSet(paths['data'], 'train')
+    cfg.chunked, cfg.eot, cfg.rank, cfg.world_size = False, data.eot, dist.get_rank(), 2
+    student, teacher = load_model(paths['student'])[0], load_model(paths['teacher'])[0]
+    by_length = sorted(range(len(data)), key=lambda i: (len(data.rows[i]['response']), i))
+    ids = by_length[:4] + by_length[-4:]
+
+    def loss(cfg, ids):
+        x, y, seg = data.packed_sft_batch(ids, cfg.block_size)
+        with torch.no_grad():
+            return train.global_mean(cfg, train.supervised_loss(cfg, student, teacher, x, y, 0.5, seg), (y != -1).sum())
+    mine = loss(cfg, ids[4 * cfg.rank:4 * cfg.rank + 4])
+    dist.all_reduce(mine)
+    cfg.world_size = 1
+    return mine.item() / 2, loss(cfg, ids).item()
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -235,6 +263,13 @@ def test_activation_checkpointing_bf16_and_offload_under_fsdp(runs):
     bf16, fp32 = losses(f"{paths['out']}/bf16_minillm"), losses(f"{paths['out']}/fsdp_minillm")[:2]
     assert bf16 == pytest.approx(fp32, rel=2e-2)  # rollouts with a bf16 KV cache under FSDP mixed precision
     assert 'fsdp_cpu_offload needs CUDA' in reports[0]['offload_error']
+
+
+def test_atkd_per_sequence_loss_is_the_same_for_world_sizes_1_and_2(runs):
+    _, reports = runs
+    for r in reports:
+        two_ranks, one_process = r['atkd_losses']
+        assert two_ranks == pytest.approx(one_process, rel=1e-6)
 
 
 if __name__ == '__main__':

@@ -93,6 +93,54 @@ def test_reference_returns_by_hand():
     assert close(a[MASK].mean(), 0.0, 1e-12) and close(a[MASK].var(unbiased=False), 1.0, 1e-6)
 
 
+def test_reference_whitening_over_the_padded_buffer_by_hand():
+    """The reference code whitens the [B, W] buffer, padding included as zeros, every response padded
+    to W = max_length − max_prompt_length (LMOps minillm/minillm/losses.py, utils.py whiten)."""
+    raw = reference_returns(REWARDS, MASK, whitened=False)
+    W = 6  # two more padding columns than the tensor holds
+    entries = [raw[b, t].item() if t < 4 and MASK[b, t] else 0.0 for b in range(2) for t in range(W)]
+    mean = sum(entries) / 12
+    var = sum((x - mean) ** 2 for x in entries) / 12
+    want = torch.where(MASK, (raw - mean) / math.sqrt(var + 1e-8), 0.0)
+    assert close(reference_returns(REWARDS, MASK, include_padding=True, width=W), want, 1e-12)
+    assert close(compute_advantages(REWARDS, MASK, "reference", include_current=True, include_padding=True,
+                                    width=W), want, 1e-12)
+    # width = T: the tensor's own padding only (3 of 8 entries)
+    entries = [raw[b, t].item() for b in range(2) for t in range(4)]
+    mean = sum(entries) / 8
+    var = sum((x - mean) ** 2 for x in entries) / 8
+    assert close(whiten(raw, MASK, include_padding=True), torch.where(MASK, (raw - mean) / math.sqrt(var + 1e-8), 0.0))
+    # the valid-token whitening moves the mean of the valid tokens to 0; over the padding it does not
+    assert close(whiten(raw, MASK)[MASK].mean(), 0.0, 1e-12) and want[MASK].mean() > 0.5
+    with pytest.raises(ValueError, match="width"):
+        whiten(raw, MASK, include_padding=True, width=3)
+
+
+def test_rollout_minibatch_whitening_is_the_same_for_any_split_over_ranks():
+    """rollout.whitened_advantages: statistics over the whole PPO minibatch, whichever rank's share."""
+    from types import SimpleNamespace
+    from rollout import whitened_advantages
+    torch.manual_seed(5)
+    lengths = torch.tensor([3, 1, 4, 2, 4, 2])
+    mask = torch.arange(4)[None, :] < lengths[:, None]
+    buf = dict(advantages=torch.where(mask, torch.randn(6, 4, dtype=torch.float64), 0.0), mask=mask)
+    minibatch = [4, 0, 5, 2]
+    for padded in (True, False):
+        cfg = SimpleNamespace(whiten_padding=padded, max_new_tokens=7)
+        whole = whitened_advantages(cfg, buf, minibatch, minibatch)
+        halves = torch.cat([whitened_advantages(cfg, buf, minibatch[:2], minibatch),
+                            whitened_advantages(cfg, buf, minibatch[2:], minibatch)])
+        assert close(halves, whole, 0)
+        values = [buf['advantages'][i, t].item() for i in minibatch for t in range(lengths[i])]
+        n = 4 * 7 if padded else len(values)  # 4 rows padded to max_new_tokens = 7, or the valid tokens
+        mean = sum(values) / n
+        var = (sum((x - mean) ** 2 for x in values) + (n - len(values)) * mean ** 2) / n
+        want = torch.where(mask[minibatch], (buf['advantages'][minibatch] - mean) / math.sqrt(var + 1e-8), 0.0)
+        assert close(whole, want, 1e-12)
+    # one rank's rows whitened alone (what per-rank statistics gave) differ
+    assert not close(whitened_advantages(cfg, buf, minibatch[:2], None), whole[:2], 1e-3)
+
+
 def test_reward_scale_and_clip_by_hand():
     r = torch.tensor([[-300.0, 1.0, 50.0, 7.0]])
     mask = torch.tensor([[True, True, True, False]])
@@ -401,3 +449,65 @@ def test_teacher_mixed_sampling_bias(toy):
     # measured (deterministic: float64 enumeration of a fixed-seed toy)
     e, c = figures["paper"]
     assert e == pytest.approx(0.2399, abs=1e-3) and c == pytest.approx(0.9782, abs=1e-3)
+
+
+# -----------------------------------------------------------------------------
+# the rollout phase's log-probs are those of the distribution sampled (rollout.py with tiny models)
+
+def rollout_setup(tiny_instruct, *flags):
+    import train
+    from configurator import configure
+    from dataset import InstructSet
+    from model import GPT, GPTConfig
+    from rollout import PromptOrder
+    cfg = configure(train.DEFAULTS, ['--method=minillm', '--rollout_size=6', '--rollout_batch_size=3',
+                                     '--max_new_tokens=5', '--block_size=32', '--device=cpu', '--dtype=float32',
+                                     f'--data_dir={tiny_instruct}', *flags])
+    cfg.rank, cfg.world_size, cfg.all_done, cfg.ctx = 0, 1, None, torch.autocast('cpu', enabled=False)
+    cfg.raw = lambda m: m
+    data = InstructSet(tiny_instruct, 'train')
+    cfg.eot = data.eot
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=1, n_head=2, n_embd=32)).eval())
+    return cfg, data, models, PromptOrder(len(data), 0)
+
+
+@pytest.mark.parametrize("flags", [["--gen_temperature=0.7", "--gen_top_k=5", "--teacher_mix_alpha=0.0"],
+                                   ["--gen_temperature=1.3", "--gen_top_p=0.8", "--teacher_mix_alpha=0.0"],
+                                   ["--gen_temperature=0.6", "--teacher_mix_alpha=0.2"]])
+def test_rollout_logprobs_are_those_of_the_sampled_distribution(tiny_instruct, flags):
+    from model import last_position_logits, next_token_logprobs
+    from rollout import collect_rollouts, minillm_micro_loss
+    cfg, data, (student, teacher), order = rollout_setup(tiny_instruct, *flags)
+    buf = collect_rollouts(cfg, student, teacher, data, order, torch.Generator().manual_seed(3))
+    top_k, alpha = cfg.gen_top_k or None, cfg.teacher_mix_alpha
+    plain_old = []
+    for j, (p, r) in enumerate(buf['rows']):
+        for t, token in enumerate(r):  # replay the generation one step at a time, without padding
+            x = torch.tensor([p + r[:t]])
+            with torch.no_grad():
+                s, te = (m(x, head_fn=last_position_logits) for m in (student, teacher))
+            sampled_q = next_token_logprobs(s, cfg.gen_temperature, top_k, cfg.gen_top_p)[0, token]
+            sampled = next_token_logprobs([s, te], cfg.gen_temperature, top_k, cfg.gen_top_p, alpha)[0, token]
+            assert torch.isfinite(sampled_q)  # a sampled token lies in the student's support
+            assert buf['logp_old'][j, t].item() == pytest.approx(sampled_q.item(), abs=1e-5)
+            assert buf['logp_mix'][j, t].item() == pytest.approx(sampled.item(), abs=1e-5)
+            assert buf['logp_teacher'][j, t].item() == pytest.approx(torch.log_softmax(te, -1)[0, token].item(), abs=1e-5)
+            plain_old.append(torch.log_softmax(s, -1)[0, token].item())
+    mask = buf['mask']
+    assert not torch.allclose(buf['logp_old'][mask], torch.tensor(plain_old), atol=1e-2)  # not the τ = 1 softmax
+    # the ratio q_θ / q_old of the loss uses the same distribution: 1 at θ = θ_old
+    student.train()
+    _, _, stats = minillm_micro_loss(cfg, student, teacher, buf, [0, 1, 2, 3], [0, 1, 2, 3, 4, 5])
+    assert stats['ratio'].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_teacher_mixing_with_top_k_or_top_p_is_refused(tiny_instruct, tmp_path):
+    import train
+    from configurator import UserError
+    for flag in ("--gen_top_k=5", "--gen_top_p=0.9"):
+        with pytest.raises(UserError, match="teacher_mix_alpha > 0 needs gen_top_k=0 and gen_top_p=1"):
+            train.main(['--method=minillm', f'--data_dir={tiny_instruct}', f'--out_dir={tmp_path}', '--device=cpu',
+                        '--teacher_mix_alpha=0.2', flag])
