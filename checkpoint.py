@@ -35,7 +35,7 @@ from dataclasses import asdict
 import torch
 
 from configurator import UserError, run
-from model import GPT, GPTConfig
+from model import FAMILIES, GPT, GPTConfig
 
 CKPT_NAME, BEST_NAME = 'ckpt.pt', 'best.pt'  # last (resume) / best (selection metric)
 
@@ -176,9 +176,12 @@ def load_student(cfg, vocab, tok):
         model = GPT(GPTConfig(**ckpt['model_args']))
         model.load_state_dict(ckpt['model'])
     elif cfg.init_from == 'scratch':
-        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer,
-                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
-                              tie_embeddings=cfg.tie_embeddings, init=cfg.init))
+        if cfg.family not in FAMILIES:
+            raise UserError(f"unknown family '{cfg.family}': pick one of {', '.join(FAMILIES)}")
+        shape = dict(block_size=cfg.block_size, vocab_size=vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                     n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, tie_embeddings=cfg.tie_embeddings,
+                     init=cfg.init, n_kv_head=cfg.n_kv_head, intermediate_size=cfg.intermediate_size)
+        model = GPT(GPTConfig(**{**shape, **FAMILIES[cfg.family]}))  # the family's switches win over `bias`
     else:
         # fp32 master weights whatever the checkpoint stores (a hub model in bf16 would train badly)
         model, _ = load_model(cfg.init_from, expect_vocab=vocab, expect_tokenizer=tok, dropout=cfg.dropout,

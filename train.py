@@ -94,6 +94,9 @@ block_size = 64
 dropout = 0.0
 bias = True
 tie_embeddings = True        # lm_head shares wte's weight, as in GPT-2
+family = 'gpt2'              # scratch models: gpt2 | opt | llama | mistral | qwen2 | qwen3 (model.FAMILIES switches)
+n_kv_head = 0                # 0 = n_head; fewer: grouped-query attention
+intermediate_size = 0        # MLP width; 0 = 4 * n_embd
 init = 'gpt2'                # 'gpt2' (N(0, 0.02)) | 'pytorch' (module defaults: tiny models learn faster)
 # optimizer
 learning_rate = 1e-3
@@ -390,7 +393,12 @@ def main(argv):
     del weights
     if cfg.world_size > 1:  # the weights are in place: from here on each rank has its own dropout noise
         torch.manual_seed(cfg.seed + cfg.rank)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+    # weight decay on matrices and embeddings only: biases and norm gains (1-D) are exempt, as in the
+    # LMOps reference (utils.get_optimizer_params) and nanoGPT
+    trained = [p for p in model.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in trained if p.dim() >= 2]),
+              dict(params=[p for p in trained if p.dim() < 2], weight_decay=0.0)]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate,
                                   betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                                   fused=cfg.parallel != 'fsdp')  # fused: one kernel, not one per tensor
     data_gen = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: it draws the global batch

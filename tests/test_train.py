@@ -362,3 +362,24 @@ def test_gpt2_configs_follow_the_reference_scripts(name):
     assert per_step == (256 if cfg.method == 'minillm' else 32)       # the reference's 16 GPUs x 2 (x 16 for MiniLLM)
     if cfg.method == 'minillm':
         assert cfg.pt_batch_size * 8 * cfg.gradient_accumulation_steps == 256
+
+
+def test_scratch_family_switches_and_weight_decay_groups(tiny_instruct, tmp_path):
+    """--family sets the scratch model's switches (here LLaMA's: RMSNorm, RoPE, SwiGLU, no biases, GQA);
+    AdamW decays matrices and embeddings only, as the LMOps reference's parameter groups."""
+    from checkpoint import load_model
+    out = run_train(tmp_path, 'llama', f'--data_dir={tiny_instruct}', '--family=llama', '--n_head=4', '--n_kv_head=2',
+                    '--intermediate_size=48', '--max_iters=30', '--eval_interval=30', '--learning_rate=3e-3')
+    val = losses(out, 'val_loss')
+    assert val[-1] < val[0] - 0.5, val
+    m, _ = load_model(out)
+    c = m.config
+    assert (c.norm, c.pos, c.mlp, c.bias, c.n_kv_head, c.ffn) == ('rmsnorm', 'rope', 'swiglu', False, 2, 48)
+    state = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['optimizer']
+    decay, no_decay = state['param_groups']
+    assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
+    n_matrices = sum(p.dim() == 2 for p in m.parameters())   # wte = lm_head (tied), c_attn, c_proj, c_fc, c_proj
+    assert len(decay['params']) == n_matrices == 1 + 4 * c.n_layer
+    assert len(no_decay['params']) == 2 * c.n_layer + 1        # ln_1, ln_2 per block and ln_f: no biases in LLaMA
+    with pytest.raises(UserError, match="unknown family 'gpt5'"):
+        run_train(tmp_path, 'bad', f'--data_dir={tiny_instruct}', '--family=gpt5', '--max_iters=1')
