@@ -451,3 +451,34 @@ def test_chat_template_is_sandboxed_and_errors_are_one_line(tmp_path):
         render_chat_prompt("{{ raise_exception('system messages only') }}", "hi")
     with pytest.raises(SystemExit, match="no chat_template"):
         prompt_formatter("chat", write_tokenizer_config(tmp_path / "base", None))
+
+
+def test_chat_template_prepare_gives_transformers_ids(tmp_path):
+    """--template=chat --tokenizer=<HF dir>: the prompt tokens of the written split equal
+    transformers' apply_chat_template(add_generation_prompt=True, tokenize=True) on the same dir."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["Task one: say something. Some input, a reply."] * 20, trainer)
+    model_dir = tmp_path / "chat_model"
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                            chat_template=CHATML).save_pretrained(str(model_dir))
+    from data.vicuna import prepare as vicuna
+    records = [ref_record(1), ref_record(2, with_prompt=False, input_text="Some input.")]
+    out = tmp_path / "out"
+    vicuna.main(["--input", write_jsonl(tmp_path / "v.jsonl", records), "--template", "chat",
+                 "--tokenizer", str(model_dir), "--out_dir", str(out)])
+    examples, tokens, idx = read_instruct_split(out, "test")
+    hf = AutoTokenizer.from_pretrained(str(model_dir))
+    for r, ex, (off, lp, lr) in zip(records, examples, idx):
+        message = r["instruction"] + ("\n\n" + r["input"] if r["input"] else "")   # the record's own prompt is not used
+        expected = hf.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=True)["input_ids"]
+        assert tokens[off:off + lp].tolist() == expected
+        assert ex["prompt"].endswith("<|im_start|>assistant\n")
+        assert tokens[off + lp + lr - 1] == hf.convert_tokens_to_ids("<|im_end|>")   # the model's eos ends it
+    assert json.loads((out / "meta.json").read_text())["template"] == "chat"
