@@ -36,7 +36,13 @@ def load_meta(data_dir):
     if not os.path.exists(path):
         raise UserError(f"no prepared data in {data_dir} (missing meta.json): run `{prepare_hint(data_dir)}` first")
     with open(path) as f:
-        return json.load(f)
+        meta = json.load(f)
+    # meta.json written before tokenizer fingerprints: a named encoding's is computed from its name
+    if meta.get('tokenizer_fingerprint') is None:
+        from tokenizer import fingerprint_for_name
+        meta['tokenizer_fingerprint'] = fingerprint_for_name(meta.get('tokenizer'))
+    meta.setdefault('bos_token', None)
+    return meta
 
 
 def _memmap(path, dtype, data_dir):

@@ -1,12 +1,15 @@
 """
 Writers shared by every data/<name>/prepare.py, and the on-disk formats they define.
 
-meta.json        {"kind": "lm" | "instruct", "tokenizer": "gpt2" | "byte", "vocab_size": n_vocab,
-                  "eot_token": int, "dtype": "uint16" | "uint32", ...}
+meta.json        {"kind": "lm" | "instruct", "tokenizer": "gpt2" | "qwen" | "byte" | <HF model dir>,
+                  "tokenizer_fingerprint": sha256 of the vocabulary (tokenizer.tokenizer_fingerprint),
+                  "vocab_size": n_vocab, "eot_token": int, "bos_token": int | null,
+                  "dtype": "uint16" | "uint32", ...}
 train.bin/val.bin  LM corpora: one flat token stream (np.memmap-able, dtype from meta.json),
-                   documents each followed by <|endoftext|>.
+                   documents each preceded by bos_token (when the tokenizer has one) and
+                   followed by eot_token.
 {split}.jsonl      instruction data, one {"prompt", "response", "references", ...} per line.
-{split}.tokens.bin prompt tokens + response tokens + eot, example after example.
+{split}.tokens.bin prompt tokens (bos first when the tokenizer has one) + response tokens + eot.
 {split}.idx.npy    int64 [n, 3]: (offset into tokens.bin, prompt_len, response_len incl. eot).
 
 Every file is written to a temporary name in the same folder and renamed into place, so a crash
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer import get_encoding
+from tokenizer import get_encoding, tokenizer_fingerprint
 
 
 @contextlib.contextmanager
@@ -47,16 +50,18 @@ def write_meta(out_dir, kind, tokenizer, **extra):
     if kind not in ("lm", "instruct"):
         raise ValueError(f"kind must be 'lm' or 'instruct', got {kind!r}")
     enc = get_encoding(tokenizer)
-    meta = {"kind": kind, "tokenizer": tokenizer, "vocab_size": enc.n_vocab,
-            "eot_token": enc.eot_token, "dtype": np.dtype(token_dtype(enc.n_vocab)).name, **extra}
+    meta = {"kind": kind, "tokenizer": tokenizer, "tokenizer_fingerprint": tokenizer_fingerprint(enc),
+            "vocab_size": enc.n_vocab, "eot_token": enc.eot_token, "bos_token": enc.bos_token,
+            "dtype": np.dtype(token_dtype(enc.n_vocab)).name, **extra}
     with atomic_path(Path(out_dir) / "meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
 def encode_documents(enc, texts, batch_size=1024):
-    """Yield one uint32 array per batch of documents: each document's tokens, then eot.
-    Text that looks like '<|endoftext|>' is encoded as plain text (encode_ordinary)."""
+    """Yield one uint32 array per batch of documents: bos (if the tokenizer has one), each
+    document's tokens, then eot. Text that looks like '<|endoftext|>' is encoded as plain text
+    (encode_ordinary)."""
     batch = []
     for text in texts:
         batch.append(text)
@@ -69,8 +74,9 @@ def encode_documents(enc, texts, batch_size=1024):
 
 def _encode_batch(enc, texts):
     ids = []
+    bos = [enc.bos_token] if enc.bos_token is not None else []
     for doc in enc.encode_ordinary_batch(texts, num_threads=2):
-        ids.extend(doc)
+        ids.extend(bos + doc)
         ids.append(enc.eot_token)
     return np.array(ids, dtype=np.uint32)
 
@@ -268,10 +274,13 @@ def prompt_formatter(template, tokenizer):
 def encode_prompts(enc, prompts, special=False):
     """Token ids of each prompt; with `special`, special-token text becomes its id (chat templates).
     A chat template writes its own BOS ('{{ bos_token }}'), as transformers' apply_chat_template
-    relies on: a chat prompt needs no BOS prepended."""
+    relies on: a chat prompt needs no BOS prepended. Other prompts get the tokenizer's bos_token
+    (LLaMA/Mistral <s>, OPT </s>, Llama-3 <|begin_of_text|>; none for GPT-2, Qwen), as
+    transformers' tokenizer(prompt) adds it."""
     if special:
         return enc.encode_batch(prompts, allowed_special="all", num_threads=2)
-    return enc.encode_ordinary_batch(prompts, num_threads=2)
+    bos = [enc.bos_token] if enc.bos_token is not None else []
+    return [bos + p for p in enc.encode_ordinary_batch(prompts, num_threads=2)]
 
 
 def instruction_examples(records, format_prompt, given_prompts=True, source="input"):

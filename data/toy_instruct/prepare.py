@@ -30,6 +30,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES),
                         help=f"comma-separated subset of: {','.join(TASKS)} (default: all but sum_to)")
+    parser.add_argument("--tokenizer", default="byte", help="byte (default: the toy's), or any tokenizer spec")
     parser.add_argument("--out_dir", default=str(Path(__file__).resolve().parent))
     args = parser.parse_args(argv)
     families = tuple(f for f in args.families.split(",") if f)
@@ -40,12 +41,12 @@ def main(argv=None):
         raise SystemExit("--n_train, --n_valid and --n_test must be at least 1")
 
     out_dir = Path(args.out_dir)
-    enc = get_encoding("byte")
+    enc = get_encoding(args.tokenizer)
     stats = {}
     splits = {}
     for split, n in (("train", args.n_train), ("valid", args.n_valid), ("test", args.n_test)):
         splits[split] = generate(split, n, args.seed, families)
-        stats[split] = write_instruct_split(out_dir, split, splits[split], "byte")
+        stats[split] = write_instruct_split(out_dir, split, splits[split], args.tokenizer)
         assert stats[split]["max_len"] <= BLOCK_SIZE, stats[split]
         per_family = collections.Counter(ex["task"] for ex in splits[split])
         print(f"{split}: {stats[split]['n']} examples, {stats[split]['tokens']} tokens, "
@@ -54,7 +55,7 @@ def main(argv=None):
         texts = (ex["prompt"] + ex["response"] for ex in splits[split])
         n_tok = write_lm(out_dir / name, encode_documents(enc, texts), enc.n_vocab)
         print(f"{name}: {n_tok} tokens (LM stream of the {split} examples)")
-    write_meta(out_dir, "instruct", "byte", block_size=BLOCK_SIZE, seed=args.seed,
+    write_meta(out_dir, "instruct", args.tokenizer, block_size=BLOCK_SIZE, seed=args.seed,
                families=list(families), template=PROMPT_TEMPLATE + " {answer}",
                counts={s: stats[s]["n"] for s in stats},
                checker="data.toy_instruct.task.is_valid")
