@@ -4,6 +4,7 @@ reverse KL seeks one) stated as numbers, plus closed-form checks of the pieces t
 Thresholds were set from measurements over seeds 0-4 with a wide margin (see comments).
 """
 
+import json
 import math
 
 import pytest
@@ -257,3 +258,60 @@ def test_sequence_world_bad_input_raises():
         sw.make_teacher(length=2)
     with pytest.raises(ValueError):
         sw.make_teacher(vocab_size=10, length=6)
+
+
+# -----------------------------------------------------------------------------
+# toy/seeds_table.py: mean ± std across training seeds of evaluate.py's results.json files
+
+def _results_json(path, seed, values, teacher_validity):
+    """A results.json as evaluate.py writes it: per model, validity per sampling seed, one ExAccErr curve."""
+    models = {m: dict(path=f'out/q/seed{seed}/{m}', metrics=dict(validity=v, rouge_l=[100 * x for x in v],
+                                                                  exposure=dict(exaccerr=[e, e + 1.0])))
+              for m, (v, e) in values.items()}
+    models['teacher'] = dict(path='out/q/teacher', metrics=dict(validity=teacher_validity))
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(dict(config=dict(seeds=[1, 2]),
+                                    test_sets=dict(toy_instruct=dict(data_dir='d', prompts=2, models=models)))))
+    return str(path)
+
+
+def test_seeds_table_mean_and_sample_std_across_training_seeds(tmp_path):
+    from toy import seeds_table
+    # per training seed: (validity per sampling seed, ExAccErr(1)); run values are the sampling means
+    runs = [dict(kd=([0.3, 0.5], 4.0), minillm=([0.5, 0.5], 2.0)),   # kd 0.4, minillm 0.5
+            dict(kd=([0.5, 0.7], 1.0), minillm=([0.4, 0.6], 3.0)),   # kd 0.6, minillm 0.5
+            dict(kd=([0.2, 0.4], 1.0), minillm=([0.6, 0.8], 0.0))]   # kd 0.3, minillm 0.7
+    paths = [_results_json(tmp_path / f'seed{s}' / 'results.json', s, v, [0.9, 0.7]) for s, v in zip((1, 2, 3), runs)]
+    table, comps = seeds_table.main([f"--runs={','.join(paths)}", f"--out={tmp_path / 'agg'}", '--compare=minillm>kd',
+                                     '--exaccerr_lengths=(1,)'])
+    t = table['toy_instruct']
+    kd = t['kd']['validity']
+    assert kd['per_run'] == pytest.approx([0.4, 0.6, 0.3])
+    assert kd['mean'] == pytest.approx(13 / 30)
+    # sample std (n - 1): deviations -1/30, 5/30, -4/30 -> sqrt(42/900 / 2)
+    assert kd['std'] == pytest.approx(math.sqrt(42 / 900 / 2))
+    assert t['minillm']['exaccerr@2']['mean'] == pytest.approx(8 / 3)  # the curve's second point, e + 1
+    # the teacher has one path in every run: trained once, its spread is over sampling seeds (population std)
+    assert t['teacher']['validity']['once'] and not kd['once']
+    teacher = t['teacher']['validity']
+    assert teacher['mean'] == pytest.approx(0.8) and teacher['std'] == pytest.approx(0.1)
+    # paired differences minillm - kd per seed: +0.1, -0.1, +0.4 -> above in 2 of 3 seeds
+    (name, row), = comps['toy_instruct']
+    assert name == 'minillm > kd' and row['validity']['wins'] == 2 and row['validity']['n'] == 3
+    assert row['validity']['mean'] == pytest.approx(0.4 / 3)
+    # ExAccErr(1): lower is better; differences -2, +2, -1 -> better in 2 of 3
+    assert row['exaccerr@1']['mean'] == pytest.approx(-1 / 3) and row['exaccerr@1']['wins'] == 2
+    text = (tmp_path / 'agg.md').read_text()
+    assert '| kd | 43.3 ± 15.3 |' in text and 'teacher (trained once)' in text and '(2/3)' in text
+    assert (tmp_path / 'agg.png').stat().st_size > 0
+
+
+def test_seeds_table_refuses_runs_of_different_evaluations(tmp_path):
+    from configurator import UserError
+    from toy import seeds_table
+    a = _results_json(tmp_path / 'a' / 'results.json', 1, dict(kd=([0.5], 1.0)), [0.9])
+    b = _results_json(tmp_path / 'b' / 'results.json', 2, dict(sft=([0.5], 1.0)), [0.9])
+    with pytest.raises(UserError, match='same evaluate.py command'):
+        seeds_table.main([f'--runs={a},{b}', f"--out={tmp_path / 'agg'}"])
+    with pytest.raises(UserError, match='not found'):
+        seeds_table.main([f"--runs={tmp_path / 'missing.json'}", f"--out={tmp_path / 'agg'}"])
