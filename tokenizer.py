@@ -228,10 +228,17 @@ def fingerprint_for_name(spec):
 
 def check_same_tokenizer(a_name, a_fingerprint, b_name, b_fingerprint, what):
     """Raise UserError unless two tokenizers (spec + fingerprint, e.g. a checkpoint's and the
-    data's) have the same vocabulary. A missing fingerprint is computed from a named encoding;
-    when neither side can be fingerprinted the specs themselves must be equal."""
-    a_fp = a_fingerprint or fingerprint_for_name(a_name)
-    b_fp = b_fingerprint or fingerprint_for_name(b_name)
+    data's) have the same vocabulary; `what` starts the message (e.g. "teacher runs/t vs data
+    data/dolly"). A missing fingerprint (meta.json / checkpoints from before fingerprints) is
+    computed from a named encoding or a model directory that still exists; when a side still has
+    none, the specs themselves must be equal."""
+    def fingerprint(name):  # of a named encoding, or of a model directory that is still there
+        if name in ENCODINGS or (name and Path(name).is_dir()):
+            return tokenizer_fingerprint(get_encoding(name))
+        return None
+
+    a_fp = a_fingerprint or fingerprint(a_name)
+    b_fp = b_fingerprint or fingerprint(b_name)
     if a_fp and b_fp:
         if a_fp == b_fp:
             return

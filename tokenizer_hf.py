@@ -318,7 +318,8 @@ def fetch_hub_tokenizer(repo_id):
     """Download only the tokenizer files of a hub model (network); returns the local directory."""
     try:
         from huggingface_hub import snapshot_download
-        return snapshot_download(repo_id, allow_patterns=list(TOKENIZER_FILES) + ["generation_config.json"])
+        # config.json and generation_config.json are small and say the model type / eos ids
+        return snapshot_download(repo_id, allow_patterns=[*TOKENIZER_FILES, "config.json", "generation_config.json"])
     except Exception as e:  # offline, no such repo, gated, no huggingface_hub: all end the same way
         raise TokenizerError(f"cannot fetch the tokenizer of '{repo_id}' from the Hugging Face hub "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); download "

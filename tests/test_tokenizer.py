@@ -454,6 +454,9 @@ def test_check_same_tokenizer(tiny_dirs):
     with pytest.raises(UserError, match="no fingerprint"):
         check_same_tokenizer("/old/dir", None, "/other/dir", None, "student vs data")
     check_same_tokenizer("/old/dir", None, "/old/dir", None, "student vs data")
+    check_same_tokenizer(qwen_dir, None, "/moved/copy", fp, "old checkpoint vs data")  # the dir is still there
+    with pytest.raises(UserError, match="differs"):
+        check_same_tokenizer(str(tiny_dirs["llama2_like"]), None, "/moved/copy", fp, "old checkpoint vs data")
 
 
 # ---------------------------------------------------------------- export and hub names
