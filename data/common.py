@@ -138,11 +138,14 @@ def read_instruct_split(data_dir, split):
 
 
 def read_records(path, fields):
-    """Records from a .json file (a list of objects) or .jsonl file (one object per line).
-    Any malformed line or missing field ends the program with a message naming file and line."""
+    """Records from a .json file (a list of objects) or .jsonl file (one object per line). Bad
+    records (invalid JSON, not an object, a field of `fields` missing or not a string) end the
+    program with one message that lists each of them, up to 20, by line (or record) number and
+    defect, so that one look at the file fixes them all."""
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"input file {path} does not exist")
+    numbered = []  # (where, record, defect found while parsing)
     if path.suffix == ".json":
         try:
             records = json.loads(path.read_text(encoding="utf-8"))
@@ -150,25 +153,40 @@ def read_records(path, fields):
             raise SystemExit(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
         if not isinstance(records, list):
             raise SystemExit(f"{path}: expected a JSON list of objects")
-        numbered = [(f"record {i}", r) for i, r in enumerate(records)]
+        numbered = [(f"record {i}", r, None) for i, r in enumerate(records)]
     else:
-        numbered = []
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
                 try:
-                    numbered.append((f"line {lineno}", json.loads(line)))
+                    numbered.append((f"line {lineno}", json.loads(line), None))
                 except json.JSONDecodeError as e:
-                    raise SystemExit(f"{path}: line {lineno}: invalid JSON ({e.msg}); "
-                                     f"fix or remove that line") from None
-    for where, record in numbered:
-        if not isinstance(record, dict):
-            raise SystemExit(f"{path}: {where}: expected a JSON object")
-        missing = [k for k in fields if not isinstance(record.get(k), str)]
-        if missing:
-            raise SystemExit(f"{path}: {where}: missing string field(s) {', '.join(missing)}")
-    return [r for _, r in numbered]
+                    numbered.append((f"line {lineno}", None, f"invalid JSON ({e.msg})"))
+    bad = []
+    for where, record, defect in numbered:
+        defect = defect or record_defect(record, fields)
+        if defect:
+            bad.append(f"{where}: {defect}")
+    if bad:
+        more = f"; and {len(bad) - MAX_REPORTED} more" if len(bad) > MAX_REPORTED else ""
+        noun = "record" if path.suffix == ".json" else "line"
+        raise SystemExit(f"{path}: {'; '.join(bad[:MAX_REPORTED])}{more}; fix or remove "
+                         + (f"that {noun}" if len(bad) == 1 else f"these {len(bad)} {noun}s"))
+    return [r for _, r, _ in numbered]
+
+
+MAX_REPORTED = 20  # bad lines listed by read_records
+
+
+def record_defect(record, fields):
+    """What is wrong with one parsed record, or None: not an object, or fields missing / not strings."""
+    if not isinstance(record, dict):
+        return "expected a JSON object"
+    missing = [k for k in fields if k not in record or record[k] is None]
+    wrong = [f"{k} is {repr(record[k])[:40]} ({type(record[k]).__name__}), not a string" for k in fields
+             if k not in missing and not isinstance(record[k], str)]
+    return "; ".join(([f"missing string field(s) {', '.join(missing)}"] if missing else []) + wrong) or None
 
 
 def repo_relative(path):
