@@ -52,8 +52,9 @@ def piece_bytes(piece):
 
 class HFTokenizerEncoding:
     """A `tokenizers.Tokenizer` (from a tokenizer.json) behind the part of tiktoken's Encoding
-    interface this codebase uses. Ids are exactly what transformers' tokenizer gives with
-    add_special_tokens=False; bos_token is what it would prepend."""
+    interface this codebase uses. Ids are what that tokenizer.json gives with
+    add_special_tokens=False (transformers runs the same library); bos_token is what its
+    add_special_tokens=True would prepend."""
 
     def __init__(self, name, tokenizer_json, eot_token, bos_token, source_dir=None, chat_template=None):
         from tokenizers import Tokenizer  # only needed for such vocabularies
@@ -145,14 +146,19 @@ def _dir_config(d):
     special_map = _read_json(d / "special_tokens_map.json")
     added = {_token_str(t): int(i) for i, t in config.get("added_tokens_decoder", {}).items()}
     added.update({k: int(v) for k, v in _read_json(d / "added_tokens.json").items()})
-    named = [_token_str(config.get(k) or special_map.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
-    named += [_token_str(t) for t in config.get("additional_special_tokens") or special_map.get("additional_special_tokens") or []]
-    template = config.get("chat_template")
-    if (d / "chat_template.jinja").is_file():
+
+    def setting(key):
+        return config.get(key) or special_map.get(key)
+
+    named = [_token_str(setting(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
+    named += [_token_str(t) for t in setting("additional_special_tokens") or []]
+    template = config.get("chat_template")  # a string, or named templates of which 'default' is the one
+    if isinstance(template, list):
+        template = {t.get("name"): t.get("template") for t in template}.get("default")
+    if not template and (d / "chat_template.jinja").is_file():
         template = (d / "chat_template.jinja").read_text(encoding="utf-8")
     return dict(added=added, named=[t for t in named if t], cls=config.get("tokenizer_class"), template=template,
-                eos=_token_str(config.get("eos_token") or special_map.get("eos_token")),
-                bos=_token_str(config.get("bos_token") or special_map.get("bos_token")),
+                eos=_token_str(setting("eos_token")), bos=_token_str(setting("bos_token")),
                 add_bos=config.get("add_bos_token"), model_type=_read_json(d / "config.json").get("model_type"),
                 generation_eos=_read_json(d / "generation_config.json").get("eos_token_id"))
 
