@@ -135,6 +135,10 @@ class BPEEncoding(tiktoken.Encoding):
     def encode_ordinary(self, text):
         return super().encode_ordinary(self._normalize(text))
 
+    def encode_continuation(self, text):
+        """Ids of `text` as it reads after other text: for byte-level BPE, encode_ordinary's."""
+        return self.encode_ordinary(text)
+
     def encode(self, text, **kwargs):
         return super().encode(self._normalize(text), **kwargs)
 

@@ -50,6 +50,22 @@ def piece_bytes(piece):
         return None
 
 
+def _without_dummy_prefix(spec):
+    """A tokenizer.json (as a dict) less SentencePiece's dummy prefix: no Prepend('▁') normaliser,
+    no Metaspace prepending (LLaMA-1/2 and Mistral write one or the other)."""
+    spec = json.loads(json.dumps(spec))
+    norm = spec.get("normalizer") or {}
+    if norm.get("type") == "Prepend":
+        spec["normalizer"] = None
+    elif norm.get("type") == "Sequence":
+        norm["normalizers"] = [n for n in norm["normalizers"] if n.get("type") != "Prepend"]
+    pre = spec.get("pre_tokenizer") or {}
+    for p in pre.get("pretokenizers", [pre]):
+        if p.get("type") == "Metaspace":
+            p["prepend_scheme"], p["add_prefix_space"] = "never", False
+    return spec
+
+
 class HFTokenizerEncoding:
     """A `tokenizers.Tokenizer` (from a tokenizer.json) behind the part of tiktoken's Encoding
     interface this codebase uses. Ids are what that tokenizer.json gives with
@@ -69,9 +85,17 @@ class HFTokenizerEncoding:
         self.max_token_value = self.n_vocab - 1
         spec = json.loads(tokenizer_json)
         self.byte_level = "ByteLevel" in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
+        self._continuation = Tokenizer.from_str(json.dumps(_without_dummy_prefix(spec)))
+        self._continuation.encode_special_tokens = True
 
     def encode_ordinary(self, text):
         return self._plain.encode(text, add_special_tokens=False).ids
+
+    def encode_continuation(self, text):
+        """Ids of `text` as it reads after other text (a response after its prompt): without
+        SentencePiece's dummy prefix, which encode_ordinary puts before a whole text ('▁Paris'
+        alone, but 'Paris' after '...Response:\n')."""
+        return self._continuation.encode(text, add_special_tokens=False).ids
 
     def encode_ordinary_batch(self, texts, *, num_threads=8):
         """num_threads is tiktoken's argument; `tokenizers` runs its own thread pool."""

@@ -415,6 +415,20 @@ def test_bos_and_eot_per_family(tiny_dirs):
                    "opt_like": (2, 2), "llama2_like": (1, 2)}
 
 
+@pytest.mark.parametrize("kind", list(MAKERS))
+def test_encode_continuation_is_the_tail_of_a_joint_encoding(kind, tiny_dirs):
+    enc = get_encoding(str(tiny_dirs[kind]))
+    for prompt, response in [("Q: capital?\n", "Paris is the lazy fox"), ("### Response:\n", "быть 🎭 two  spaces")]:
+        joint = enc.encode_ordinary(prompt + response)
+        head = enc.encode_ordinary(prompt)
+        assert joint[:len(head)] == head and enc.encode_continuation(response) == joint[len(head):]
+    if kind == "llama2_like":  # encode_ordinary puts SentencePiece's dummy '▁' before a whole text
+        assert enc.decode(enc.encode_ordinary("the fox")[:1]) == "the"     # '▁the'
+        assert enc.decode(enc.encode_continuation("the fox")[:1]) == "t"   # 't', as after a newline
+    else:
+        assert enc.encode_ordinary("the fox") == enc.encode_continuation("the fox")
+
+
 def test_sentencepiece_byte_fallback_round_trips(tiny_dirs):
     enc = get_encoding(str(tiny_dirs["llama2_like"]))
     ids = enc.encode_ordinary("the 🎭 fox")
