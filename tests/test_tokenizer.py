@@ -418,7 +418,8 @@ def test_bos_and_eot_per_family(tiny_dirs):
 @pytest.mark.parametrize("kind", list(MAKERS))
 def test_encode_continuation_is_the_tail_of_a_joint_encoding(kind, tiny_dirs):
     enc = get_encoding(str(tiny_dirs[kind]))
-    for prompt, response in [("Q: capital?\n", "Paris is the lazy fox"), ("### Response:\n", "быть 🎭 two  spaces")]:
+    pairs = [("Q: capital?\n", "Paris is the lazy fox"), ("### Response:\n", "быть 🎭 two  spaces")]
+    for prompt, response in pairs:
         joint = enc.encode_ordinary(prompt + response)
         head = enc.encode_ordinary(prompt)
         assert joint[:len(head)] == head and enc.encode_continuation(response) == joint[len(head):]
