@@ -295,7 +295,7 @@ def local_dir(name_or_dir):
         return name_or_dir
     if not re.fullmatch(r'[\w.-]+(/[\w.-]+)?', name_or_dir) or name_or_dir.startswith('.'):
         raise CheckpointError(f"{name_or_dir!r} is neither a directory nor a Hugging Face hub name (org/name)")
-    from tokenizer import TOKENIZER_FILES
+    from tokenizer_hf import TOKENIZER_FILES
     try:
         from huggingface_hub import list_repo_files, snapshot_download
         files = list_repo_files(name_or_dir)
@@ -333,7 +333,7 @@ def from_pretrained(name_or_dir, dropout=0.0, dtype=None):
 def has_tokenizer_files(path):
     """Whether a checkpoint directory carries its tokenizer (then tokenizer.get_encoding reads it)."""
     import glob
-    from tokenizer import TOKENIZER_FILES
+    from tokenizer_hf import TOKENIZER_FILES
     return any(glob.glob(os.path.join(glob.escape(path), pattern)) for pattern in TOKENIZER_FILES
                if pattern not in ('tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja'))
 
