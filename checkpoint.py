@@ -28,6 +28,8 @@ Hugging Face checkpoint (hf.export_hf: config.json, safetensors, tokenizer files
 """
 import glob
 import os
+import pickle
+import re
 import shutil
 import warnings
 from dataclasses import asdict
@@ -41,14 +43,40 @@ CKPT_NAME, BEST_NAME = 'ckpt.pt', 'best.pt'  # last (resume) / best (selection m
 
 
 def atomic_save(obj, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """torch.save to a temp file, flushed to disk, renamed over `path`: a crash, a kill or a failed
+    write (disk full, permission) at any moment leaves the previous file whole; a failed write is
+    one UserError that says so."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        torch.save(obj, tmp)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        kept = f"the previous {path} is whole" if os.path.exists(path) else f"no {path} was written"
+        raise UserError(f"could not write {path} ({e.strerror or e}): {kept}; free space or fix "
+                        f"permissions, then resume") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def torch_load(path):
+    """torch.load with weights_only=True: tensors and plain Python values only, so that loading a
+    file never runs code from it; anything else is refused with one line that says why."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'Weights only load failed' not in str(e):  # garbage where a pickle should be
+            raise UserError(f"checkpoint {path} is unreadable (UnpicklingError): delete it and retrain") from None
+        found = re.search(r'GLOBAL (\S+)', str(e))
+        raise UserError(f"checkpoint {path} refused: it holds {found.group(1) if found else 'a Python object'}, not "
+                        f"only tensors and plain values, and unpickling it could run code; use checkpoints "
+                        f"written by train.py or safetensors") from None
+    except Exception as e:  # truncated or not a torch file
+        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}): delete it and retrain") from None
 
 
 def ckpt_path(where):
@@ -88,10 +116,7 @@ def load_checkpoint(where):
         run = run_dir if name in (BEST_NAME, CKPT_NAME) else where
         raise UserError(f"no checkpoint at {path}: train it first ({config_that_writes(run)}) "
                         f"or point to the right run directory")
-    try:  # weights_only: loading a checkpoint never runs code from it
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # truncated or not a torch file
-        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}): delete it and retrain") from None
+    return torch_load(path)
 
 
 def model_state(model):
@@ -221,20 +246,44 @@ def save_sharded(out_dir, model, optimizer, tokenizer, name=DCP_DIR, **state):
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     dist.barrier()
-    if optimizer is None:
-        dcp.save({'model': get_model_state_dict(model)}, checkpoint_id=tmp)
-    else:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({'model': model_sd, 'optimizer': optim_sd}, checkpoint_id=tmp)
+    error = None
+    try:  # a failed write on any rank raises on every rank (DCP gathers the ranks' results)
+        if optimizer is None:
+            dcp.save({'model': get_model_state_dict(model)}, checkpoint_id=tmp)
+        else:
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            dcp.save({'model': model_sd, 'optimizer': optim_sd}, checkpoint_id=tmp)
+    except Exception as e:
+        error = _write_failure(e)
     dist.barrier()
-    if dist.get_rank() == 0:
-        torch.save(dict(model_args=asdict(model.config), tokenizer=tokenizer, **state), os.path.join(tmp, TRAINER_STATE))
-        shutil.rmtree(old, ignore_errors=True)
-        if os.path.exists(final):
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
+    if dist.get_rank() == 0 and error is None:
+        try:  # at every moment one complete checkpoint is <name>/ or <name>.old/ (sharded_dir)
+            torch.save(dict(model_args=asdict(model.config), tokenizer=tokenizer, **state), os.path.join(tmp, TRAINER_STATE))
+            if os.path.exists(final):
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as e:
+            error = _write_failure(e)
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)  # every rank raises, or none
+    error = next((e for e in errors if e), None)
+    if error:
+        if dist.get_rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        whole = any(os.path.exists(os.path.join(out_dir, name + s, TRAINER_STATE)) for s in ('', '.old'))
+        raise UserError(f"could not write {final} ({error}): "
+                        + (f"the previous {final} is whole" if whole else f"no {final} was written")
+                        + "; free space or fix permissions, then resume")
+
+
+def _write_failure(e):
+    """Why a write failed, in a few words (DCP wraps each rank's exception in a CheckpointException)."""
+    failures = getattr(e, 'failures', None)
+    if failures:
+        e = next(iter(failures.values()))[0]
+    return getattr(e, 'strerror', None) or str(e).splitlines()[0][:200] or type(e).__name__
 
 
 def sharded_dir(out_dir, name=DCP_DIR):
@@ -248,7 +297,7 @@ def sharded_dir(out_dir, name=DCP_DIR):
 
 
 def load_trainer_state(out_dir):
-    return torch.load(os.path.join(sharded_dir(out_dir), TRAINER_STATE), map_location='cpu', weights_only=True)
+    return torch_load(os.path.join(sharded_dir(out_dir), TRAINER_STATE))
 
 
 def load_sharded(out_dir, model, optimizer):
@@ -267,7 +316,7 @@ def load_sharded_weights(run_dir, name=DCP_DIR):
     Needs CPU RAM for the weights only; the AdamW state stays on disk."""
     import torch.distributed.checkpoint as dcp
     path = sharded_dir(run_dir, name)
-    state = torch.load(os.path.join(path, TRAINER_STATE), map_location='cpu', weights_only=True)
+    state = torch_load(os.path.join(path, TRAINER_STATE))
     with torch.device('meta'):  # no random init: every value is overwritten by the load
         model = GPT(GPTConfig(**state['model_args']))
     model.to_empty(device='cpu')

@@ -46,6 +46,7 @@ import kl
 from checkpoint import load_model
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, split_responses
+from progress import GenerationProgress
 from report import format_stat, summarize, write_report
 from tokenizer import get_encoding
 
@@ -234,6 +235,7 @@ def sample_rollouts(model, data, indices, seed, max_new_tokens=0, batch_size=256
     (left-padded) + response tokens [B, Tp + n] on the CPU, prompt_mask)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     rollouts = []
+    bar = GenerationProgress(len(indices), f"seed {seed}")  # on a terminal only
     for s in range(0, len(indices), batch_size):
         ids = indices[s:s + batch_size]
         idx, pmask = data.prompt_batch(ids)
@@ -243,6 +245,8 @@ def sample_rollouts(model, data, indices, seed, max_new_tokens=0, batch_size=256
                                  attention_mask=pmask.to(device), generator=gen,
                                  no_repeat_ngram_size=no_repeat_ngram_size)
         rollouts.append(dict(ids=ids, seq=seq.cpu(), prompt_mask=pmask))
+        bar.update(len(ids), sum(map(len, split_responses(rollouts[-1]['seq'], idx.shape[1], data.eot))))
+    bar.close()
     return rollouts
 
 

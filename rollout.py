@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import policy_gradient as pg
 from dataset import split_responses
 from model import _filtered_logprobs
+from progress import GenerationProgress
 
 
 class PromptOrder:
@@ -108,6 +109,7 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
     per_rank = cfg.rollout_size // cfg.world_size
     chosen = chosen[cfg.rank * per_rank:(cfg.rank + 1) * per_rank]
     rows, parts = [], []
+    bar = GenerationProgress(per_rank, 'rollouts', enabled=cfg.rank == 0)  # rank 0's share, on a terminal
     for s in range(0, per_rank, cfg.rollout_batch_size):
         ids = chosen[s:s + cfg.rollout_batch_size]
         p_idx, p_mask = prompts.prompt_batch(ids)
@@ -129,6 +131,8 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
         del t_logits
         parts.append([torch.where(rmask, x, 0.0) for x in (lq, lp, lp_sampled)] + [rmask])
         rows += chunk
+        bar.update(len(chunk), sum(len(r) for _, r in chunk))
+    bar.close()
     Tr = max(p[-1].shape[1] for p in parts)
     logp_old, logp_teacher, logp_teacher_sampled, mask = (
         torch.cat([F.pad(p[k], (0, Tr - p[k].shape[1])) for p in parts]) for k in range(4))

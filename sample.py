@@ -21,6 +21,7 @@ import torch
 from checkpoint import load_model
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, left_pad, load_meta, split_responses
+from progress import GenerationProgress
 from tokenizer import get_encoding
 
 # ----------------------------------------------------------------------------- config
@@ -44,15 +45,18 @@ DEFAULTS = defaults_from(globals())
 
 
 @torch.no_grad()
-def sample_responses(model, prompts, eot, cfg, generator):
-    """Token lists of one sampled response per prompt (ending with eot when one was emitted)."""
-    out = []
+def sample_responses(model, prompts, eot, cfg, generator, desc='sampling'):
+    """Token lists of one sampled response per prompt (ending with eot when one was emitted);
+    a progress bar on a terminal."""
+    out, bar = [], GenerationProgress(len(prompts), desc)
     for s in range(0, len(prompts), cfg.batch_size):
         idx, mask = left_pad(prompts[s:s + cfg.batch_size], eot)
         gen = model.generate(idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.temperature,
                              top_k=cfg.top_k or None, top_p=cfg.top_p, eos_id=eot,
                              attention_mask=mask.to(cfg.device), generator=generator)
         out += split_responses(gen.cpu(), idx.shape[1], eot)
+        bar.update(len(out) - s, sum(map(len, out[s:])))
+    bar.close()
     return out
 
 
@@ -69,7 +73,7 @@ def write_seqkd(model, cfg, enc):
         data = InstructSet(cfg.data_dir, split)
         n = min(len(data), cfg.seqkd_max_train) if split == 'train' and cfg.seqkd_max_train > 0 else len(data)
         prompts = [data.prompt(i) for i in range(n)]
-        responses = sample_responses(model, prompts, eot, cfg, gen)
+        responses = sample_responses(model, prompts, eot, cfg, gen, desc=f"seqkd {split}")
         index, tokens, off = [], [], 0
         with open(os.path.join(tmp, f'{split}.jsonl'), 'w') as f:
             for i, (p, r) in enumerate(zip(prompts, responses)):

@@ -14,6 +14,7 @@ One training loop for every method of the MiniLLM paper's comparison:
     torchrun --nnodes=8 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
         train.py config/minillm_13b_fsdp.py
 """
+import importlib.util
 import json
 import math
 import os
@@ -24,9 +25,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import cluster
 import kl
 import memory
-from checkpoint import (BEST_NAME, CKPT_NAME, DCP_BEST_DIR, atomic_save, checkpoint_payload, load_sharded, load_student,
+from checkpoint import (BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, atomic_save, checkpoint_payload, load_sharded, load_student,
                         load_teacher, load_trainer_state, models_from_rank0, save_sharded)
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta
@@ -47,6 +49,11 @@ select_metric = 'auto'       # best.pt keeps the best 'rouge_l' (max) | 'val_los
                              # seqkd, minillm, val_loss for sft, pretrain (the LMOps minillm README's selection)
 log_interval = 10
 always_save_checkpoint = True  # ckpt.pt (the last state, for resume) at every evaluation; else only at the end
+                             # (and at a stop signal: SIGTERM / SIGUSR1 save it and exit 75, see cluster.py)
+max_bad_steps = 10           # a step whose loss or gradient norm is NaN/inf is skipped; this many in a row stop the run
+wandb_log = False            # mirror log.jsonl to Weights & Biases (pip install wandb)
+wandb_project = 'nanodistill'
+wandb_run_name = ''          # '' = the last part of out_dir
 seed = 1337
 # data
 data_dir = 'data/toy_instruct'
@@ -357,14 +364,30 @@ def validate(cfg):
         raise UserError("epochs counts passes over instruction examples: give pretrain a max_iters instead")
     if cfg.parallel == 'fsdp' and cfg.dtype == 'float16':
         raise UserError("parallel='fsdp' runs in dtype='bfloat16' or 'float32' (float16 needs a sharded grad scaler)")
+    if cfg.max_bad_steps < 1:
+        raise UserError(f"max_bad_steps must be >= 1 (got {cfg.max_bad_steps}): the non-finite steps in a row that stop a run")
+    if cfg.wandb_log and importlib.util.find_spec('wandb') is None:  # on every rank: none is left waiting
+        raise UserError("wandb_log=True needs the wandb package: pip install wandb and wandb login "
+                        "(or leave wandb_log=False; log.jsonl has the same numbers)")
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv):
+    """Configure, take out_dir's lock (cluster.run_lock), train. SIGTERM or SIGUSR1 ends the run
+    after the step in progress, every rank together, with the last state saved (ckpt.pt / dcp/):
+    exit status cluster.PREEMPTED_EXIT (75), and `--init_from=resume` continues as if never stopped."""
     cfg = configure(DEFAULTS, argv)
     setup_distributed(cfg)
     validate(cfg)
-    master = cfg.rank == 0
+    with cluster.StopSignals() as stop, cluster.run_lock(cfg):
+        run_training(cfg, stop)
+    if cfg.stopped_by:
+        raise SystemExit(cluster.PREEMPTED_EXIT)
+    return cfg
+
+
+def run_training(cfg, stop):
+    master, cfg.stopped_by = cfg.rank == 0, None
     torch.manual_seed(cfg.seed)
     cfg.ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.dtype]
     on_gpu = cfg.device.startswith('cuda')
@@ -440,6 +463,14 @@ def main(argv):
               + (f"; Rouge-L on {len(rouge_ids)} validation prompts every {cfg.eval_rouge_interval or cfg.eval_interval} steps"
                  if rouge_ids else ''))
     log_path = os.path.join(cfg.out_dir, 'log.jsonl')
+    wandb_run = cluster.start_wandb(cfg, {k: v for k, v in vars(cfg).items() if k in DEFAULTS}) if master and cfg.wandb_log else None
+
+    def log_record(record):
+        """One row of log.jsonl (rank 0), and the same numbers to wandb when wandb_log=True."""
+        with open(log_path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        if wandb_run is not None:
+            wandb_run.log({k: v for k, v in record.items() if k != 'iter'}, step=record['iter'])
 
     def micro_batch():
         """One micro-step's loss on this rank, already rescaled to a global token mean."""
@@ -495,15 +526,38 @@ def main(argv):
         model.train()
         return sum(losses) / len(losses)
 
+    def write(name, payload):
+        """Rank 0 writes out_dir/name (atomic_save of payload()); a failed write is raised on every rank."""
+        error = None
+        if master:
+            try:
+                atomic_save(payload(), os.path.join(cfg.out_dir, name))
+            except UserError as e:
+                error = str(e)
+        if cfg.world_size > 1:
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error:
+            raise UserError(error)
+
     def save(which, metrics):
         """which='best': the weights (best.pt from rank 0; FSDP: dcp_best/, shards without AdamW state,
-        from every rank); 'last': the whole state resume needs (ckpt.pt; FSDP: dcp/). Collective when distributed."""
+        from every rank); 'last': the whole state resume needs (ckpt.pt; FSDP: dcp/). Collective when distributed.
+        Weights with a NaN or inf are never written: the checkpoint on disk stays the last finite one."""
+        nonlocal last_saved
+        name = {'best': BEST_NAME, 'last': CKPT_NAME} if cfg.parallel != 'fsdp' else {'best': DCP_BEST_DIR, 'last': DCP_DIR}
+        broken, where = cluster.nonfinite_weights(cfg, raw_model)
+        if broken:
+            raise UserError(f"iter {iter_num}: non-finite weights ({', '.join(where[:3]) or 'on another rank'}): "
+                            f"{cfg.out_dir}/{name[which]} not written, it keeps the last finite state; "
+                            f"lower learning_rate, then resume")
         info = dict(iter_num=iter_num, best=best, metrics=metrics, config={k: v for k, v in vars(cfg).items() if k in DEFAULTS})
         if which == 'best':
             if cfg.parallel == 'fsdp':
                 save_sharded(cfg.out_dir, raw_model, None, meta['tokenizer'], name=DCP_BEST_DIR, **info)
-            elif master:
-                atomic_save(checkpoint_payload(raw_model, meta['tokenizer'], **info), os.path.join(cfg.out_dir, BEST_NAME))
+            else:
+                write(BEST_NAME, lambda: checkpoint_payload(raw_model, meta['tokenizer'], **info))
             return
         state = dict(info, data_gen=data_gen.get_state(), sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state(),
                      rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()} if buf else None,
@@ -514,12 +568,13 @@ def main(argv):
             dist.all_gather_object(state['ranks'], dict(sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state()))
         if cfg.parallel == 'fsdp':
             save_sharded(cfg.out_dir, raw_model, optimizer, meta['tokenizer'], **state)
-        elif master:
-            atomic_save(checkpoint_payload(raw_model, meta['tokenizer'], optimizer=optimizer.state_dict(), **state),
-                        os.path.join(cfg.out_dir, CKPT_NAME))
+        else:
+            write(CKPT_NAME, lambda: checkpoint_payload(raw_model, meta['tokenizer'], optimizer=optimizer.state_dict(), **state))
+        last_saved = iter_num
 
     model.train()
     t0, t_start, it_start, tokens_seen = time.time(), time.time(), iter_num, 0
+    last_saved, skipped, bad_in_row = (iter_num if ckpt is not None else None), 0, 0  # non-finite steps: all, in a row
     while True:
         last = iter_num >= cfg.max_iters
         rouge_due = bool(rouge_ids) and (last or iter_num % (cfg.eval_rouge_interval or cfg.eval_interval) == 0)
@@ -536,14 +591,22 @@ def main(argv):
                 print(f"iter {iter_num}: val loss {metrics['val_loss']:.4f}"
                       + (f", Rouge-L {metrics['rouge_l']:.2f}" if 'rouge_l' in metrics else '')
                       + (f" (best {select}: {BEST_NAME})" if improved else ''))
-                with open(log_path, 'a') as f:
-                    f.write(json.dumps(dict(iter=iter_num, **metrics)) + '\n')
+                log_record(dict(iter=iter_num, **metrics))
             if improved:  # before ckpt.pt, whose record of the best must never be ahead of best.pt
                 save('best', metrics)
             if iter_num > it_start and (cfg.always_save_checkpoint or last):
                 save('last', metrics)
             t0 += time.time() - t_eval  # tokens/s and MFU are of training steps, not of eval and saving
         if last:
+            break
+        cfg.stopped_by = stop.agreed(cfg)  # between steps, the same on every rank (an all-reduce)
+        if cfg.stopped_by:
+            if last_saved != iter_num:
+                save('last', {})
+            if master:
+                where = os.path.join(cfg.out_dir, DCP_DIR if cfg.parallel == 'fsdp' else CKPT_NAME)
+                print(f"iter {iter_num}: {cfg.stopped_by} received, the last state is in {where}: continue with "
+                      f"--init_from=resume (exit status {cluster.PREEMPTED_EXIT})", flush=True)
             break
         lr = get_lr(cfg, iter_num)
         for group in optimizer.param_groups:
@@ -559,11 +622,30 @@ def main(argv):
             tokens_seen += n_tokens
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        # the gradient norm (max_norm inf: measured, not clipped) shows a NaN or inf in any gradient
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        terms = dict(loss=total, **stats)
+        if not scaler.is_enabled():  # float16: overflowing gradients are the grad scaler's (it skips and rescales)
+            terms['grad_norm'] = grad_norm.full_tensor() if hasattr(grad_norm, 'full_tensor') else grad_norm
+        bad = cluster.nonfinite_terms(cfg, terms)  # the same on every rank: all skip the same step
+        if bad:  # no update: weights and AdamW state stay as they were; data and schedule move on
+            skipped, bad_in_row = skipped + 1, bad_in_row + 1
+            if scaler.is_enabled():
+                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+        else:
+            scaler.step(optimizer)
+            scaler.update()
+            bad_in_row = 0
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
+        if bad and master:
+            print(f"iter {iter_num}: non-finite {', '.join(bad)}: step skipped ({bad_in_row} in a row, {skipped} in all)")
+        if bad_in_row >= cfg.max_bad_steps:
+            kept = (f"{cfg.out_dir}/{DCP_DIR if cfg.parallel == 'fsdp' else CKPT_NAME} holds iter {last_saved}"
+                    if last_saved is not None else "no checkpoint was written")
+            raise UserError(f"iter {iter_num}: non-finite {', '.join(bad)} in {bad_in_row} steps in a row "
+                            f"(max_bad_steps={cfg.max_bad_steps}), stopped; {kept}: lower learning_rate or check "
+                            f"the data, then resume")
         if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
             total = rank_mean(cfg, total)  # the global batch's loss: the ranks' rescaled losses average to it
             stats = {k: rank_mean(cfg, float(v)) for k, v in stats.items()}  # MiniLLM stats: mean over ranks
@@ -578,10 +660,12 @@ def main(argv):
             print(f"iter {iter_num}/{cfg.max_iters}: loss {total:.4f}, lr {lr:.2e}, {speed['tokens_per_s']:,.0f} tok/s, "
                   + (f"mfu {speed['mfu']:.1%}, " if peak else '')
                   + f"ETA {per_iter * (cfg.max_iters - iter_num):.0f}s {extra}")
-            with open(log_path, 'a') as f:
-                f.write(json.dumps(dict(iter=iter_num, loss=total, lr=lr, **speed, **{k: float(v) for k, v in stats.items()})) + '\n')
+            log_record(dict(iter=iter_num, loss=total, lr=lr, **speed, **{k: float(v) for k, v in stats.items()},
+                            **(dict(skipped_steps=skipped) if skipped else {})))
             tokens_seen = 0
         cfg.last_loss = total
+    if wandb_run is not None:
+        wandb_run.finish()
     if cfg.own_group:
         dist.barrier()  # no rank tears gloo down while another still talks to it (SIGABRT at exit otherwise)
         dist.destroy_process_group()

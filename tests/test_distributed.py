@@ -6,8 +6,10 @@ the same global batch (per-rank batch B x 2 ranks = batch 2B in one process).
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -56,10 +58,31 @@ def losses(out_dir, key='loss'):
 
 
 # ----------------------------------------------------------------------------- the torchrun worker
+SAMPLED = ['--gen_temperature=1.0', '--dropout=0.1']  # sampled rollouts, dropout: each rank's own RNG streams
+
+
+def sigterm_worker(paths):
+    """Preemption under FSDP: only rank 1 gets SIGTERM, during step 2 (test_cluster.hold_at_iteration);
+    rank 0 learns of it by the all-reduce, both save dcp/ at iter 3 and exit 75."""
+    import datetime
+    import torch.distributed as dist
+    from test_cluster import hold_at_iteration
+    dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=120))
+    if dist.get_rank() == 1:
+        hold_at_iteration(2, paths['sigterm_marker'])
+    try:
+        train.main(case_args('minillm', paths) + [f"--out_dir={paths['out']}/fsdpsigterm_minillm", '--parallel=fsdp', *SAMPLED])
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def worker(paths):
     """Runs on both ranks; every train.main call reuses the one process group."""
     import datetime
     import torch.distributed as dist
+    if 'sigterm_marker' in paths:
+        return sigterm_worker(paths)
     dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=120))
     rank, out, report = dist.get_rank(), paths['out'], {}
 
@@ -73,10 +96,11 @@ def worker(paths):
     # sampled rollouts and dropout (each rank's own RNG streams): 6 steps, and 3 + 3 resumed from
     # FSDP's dcp/ or DDP's ckpt.pt; step 3 is in the middle of a rollout phase (4 steps per phase)
     for parallel in ('ddp', 'fsdp'):
-        sampled = [f'--parallel={parallel}', '--gen_temperature=1.0', '--dropout=0.1']
+        sampled = [f'--parallel={parallel}', *SAMPLED]
         run(f'{parallel}full_minillm', *sampled)
         run(f'{parallel}half_minillm', *sampled, '--max_iters=3')
         run(f'{parallel}half_minillm', *sampled, '--init_from=resume')
+    run('fsdpsigterm_minillm', '--parallel=fsdp', *SAMPLED, '--init_from=resume')  # stopped at iter 3 by SIGTERM
     # the llama student with dropout: 4 steps, and 2 + 2 resumed from FSDP's dcp/
     run('fsdpllamafull_llamakd', '--parallel=fsdp', '--dropout=0.1', '--max_iters=4')
     run('fsdpllamahalf_llamakd', '--parallel=fsdp', '--dropout=0.1', '--max_iters=2')
@@ -164,8 +188,24 @@ def runs(tiny_instruct, tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     # --standalone: torchrun binds a free port itself (picking one here and passing it on would race
     # with anything else that binds a port before torchrun does)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           os.path.abspath(__file__), json.dumps(paths)]
+    launch = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', os.path.abspath(__file__)]
+    # first the preempted FSDP run (SIGTERM to rank 1 only), which the main launch resumes
+    marker = str(root / 'rank1_held')
+    with open(root / 'sigterm.log', 'w+') as log:
+        proc = subprocess.Popen(launch + [json.dumps(dict(paths, sigterm_marker=marker))], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=str(root))
+        try:
+            while not os.path.exists(marker):
+                assert proc.poll() is None, open(root / 'sigterm.log').read()[-8000:]
+                time.sleep(0.05)
+            with open(marker) as f:
+                os.kill(int(f.read()), signal.SIGTERM)
+            paths['sigterm_rc'] = proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    paths['sigterm_iter'] = train.load_trainer_state(str(root / 'fsdpsigterm_minillm'))['iter_num']
+    cmd = launch + [json.dumps(paths)]
     with open(root / 'torchrun.log', 'w+') as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(root))
         try:
@@ -203,6 +243,20 @@ def test_resume_continues_exactly(runs, parallel):
     assert written == (['best.pt', 'ckpt.pt', 'log.jsonl'] if parallel == 'ddp' else ['dcp', 'dcp_best', 'log.jsonl'])
 
 
+def test_sigterm_to_one_fsdp_rank_saves_on_every_rank_and_resumes_exactly(runs):
+    """Rank 1 alone was signalled during step 2 of 6: the all-reduced flag stopped both ranks after
+    that step, dcp/ holds iter 3 (every rank's shards), each rank exited 75, and the resumed run's
+    losses are those of the run that was never stopped."""
+    paths, _ = runs
+    with open(f"{paths['out']}/sigterm.log") as f:
+        log = f.read()
+    assert paths['sigterm_rc'] != 0 and 'exitcode  : 75' in log, log[-8000:]
+    assert f"iter 3: SIGTERM received, the last state is in {paths['out']}/fsdpsigterm_minillm/dcp" in log  # rank 0's line
+    assert paths['sigterm_iter'] == 3
+    full, resumed = (losses(f"{paths['out']}/fsdp{v}_minillm") for v in ('full', 'sigterm'))
+    assert len(resumed) == 6 and resumed == full
+
+
 def test_consolidated_fsdp_checkpoint_matches_the_single_process_weights(runs):
     paths, _ = runs
     sharded, _ = load_model(f"{paths['out']}/fsdp_minillm")  # the run dir as it is: its best, from dcp_best/
@@ -211,7 +265,7 @@ def test_consolidated_fsdp_checkpoint_matches_the_single_process_weights(runs):
     assert torch.load(f"{paths['out']}/fsdp_minillm/best.pt", weights_only=True)['best']['iter'] == 6  # = the last
     assert all(torch.equal(a, b) for a, b in zip(sharded.state_dict().values(), model.state_dict().values()))
     single, _ = load_model(f"{paths['out']}/single_minillm")
-    assert tok == 'byte' and torch.load(path, weights_only=False)['iter_num'] == 6
+    assert tok == 'byte' and torch.load(path, weights_only=True)['iter_num'] == 6
     assert model.transformer.wte.weight is model.lm_head.weight
     for (k, a), b in zip(model.state_dict().items(), single.state_dict().values()):
         # atol 5e-6: after 6 AdamW steps (lr 1e-3) fp32 reduction-order noise in near-zero gradients reaches ~1e-6

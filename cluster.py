@@ -1,0 +1,195 @@
+"""
+What a training run needs on a shared cluster, besides the training itself (train.py calls these):
+
+- Preemption. SLURM sends SIGTERM before it kills a preempted job (after its GraceTime), and
+  `#SBATCH --signal=USR1@120` sends SIGUSR1 two minutes before the time limit. `StopSignals`
+  turns both into a flag; train.py checks it between steps, agreed over the ranks by an
+  all-reduce (so every rank saves at the same step), writes the resumable last state (ckpt.pt,
+  FSDP: dcp/) and exits with PREEMPTED_EXIT = 75, EX_TEMPFAIL of sysexits.h ("temporary failure,
+  retry"): the job script requeues on that status and the next start resumes.
+- One run per out_dir. `run_lock` writes out_dir/run.lock (host, pid, SLURM job) at the start; a
+  second run refuses with a message naming the holder. A lock left by a dead process on this host,
+  or by an earlier start of the same (requeued) SLURM job, is taken over.
+- Non-finite steps. `nonfinite_terms` names the loss terms (or gradient norm) that are NaN or inf
+  on any rank, so that every rank skips the same step; `nonfinite_weights` keeps a checkpoint of
+  broken weights from being written.
+- Watching. `start_wandb` mirrors log.jsonl to Weights & Biases when wandb_log=True.
+"""
+import contextlib
+import glob
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+
+from configurator import UserError
+
+PREEMPTED_EXIT = 75  # sysexits.h EX_TEMPFAIL: the job script requeues on it
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+LOCK_NAME = 'run.lock'
+
+
+class StopSignals:
+    """While entered, SIGTERM and SIGUSR1 set `received` (the signal's name) instead of ending the
+    process; on exit the previous handlers come back. Handlers live in the main thread only (a
+    run started from another thread keeps the default behaviour)."""
+
+    def __enter__(self):
+        self.received, self._previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, cfg):
+        """The name of a signal any rank has received, on every rank (collective), or None."""
+        code = getattr(signal, self.received) if self.received else 0
+        if cfg.world_size > 1:
+            flag = torch.tensor([float(code)], device=cfg.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            code = int(flag.item())
+        return signal.Signals(code).name if code else None
+
+
+def nonfinite_terms(cfg, terms):
+    """The names among `terms` (name -> number or 0-dim tensor) whose value is NaN or inf on any
+    rank; the same list on every rank (collective)."""
+    names = list(terms)
+    values = torch.stack([torch.as_tensor(terms[k], dtype=torch.float32).to(cfg.device).reshape(()) for k in names])
+    finite = torch.isfinite(values).float()
+    if cfg.world_size > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return [k for k, ok in zip(names, finite.tolist()) if not ok]
+
+
+def nonfinite_weights(cfg, model):
+    """(any rank has a NaN/inf weight, this rank's offending parameter names); FSDP: this rank's shards."""
+    bad = [name for name, p in model.named_parameters()
+           if not torch.isfinite(p.to_local() if hasattr(p, 'to_local') else p).all()]
+    count = float(len(bad))
+    if cfg.world_size > 1:
+        flag = torch.tensor([count], device=cfg.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        count = flag.item()
+    return count > 0, bad
+
+
+# ----------------------------------------------------------------------------- one run per out_dir
+def _identity():
+    return dict(host=socket.gethostname(), pid=os.getpid(), job=os.environ.get('SLURM_JOB_ID'),
+                restart=int(os.environ.get('SLURM_RESTART_COUNT') or 0), started=time.strftime('%Y-%m-%d %H:%M:%S'))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _stale(holder, me):
+    """A lock whose run is certainly gone: its process is dead (on this host), it is this very
+    process, or it is an earlier start of this SLURM job (a requeue restarts the job under its id)."""
+    if holder is None or not isinstance(holder.get('pid'), int):  # unreadable: the lock is created whole, by a link
+        return True
+    if holder.get('host') == me['host'] and (holder['pid'] == me['pid'] or not _alive(holder['pid'])):
+        return True
+    return me['job'] is not None and holder.get('job') == me['job'] and int(holder.get('restart') or 0) < me['restart']
+
+
+def _take_lock(out_dir):
+    created = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    path, me = os.path.join(out_dir, LOCK_NAME), dict(_identity(), created=created)
+    tmp = f"{path}.{me['host']}.{me['pid']}"
+    with open(tmp, 'w') as f:
+        json.dump(me, f)
+    try:
+        for _ in range(3):
+            try:
+                os.link(tmp, path)  # creates the lock with its content, or fails if one exists
+                break
+            except FileExistsError:
+                try:
+                    with open(path) as f:
+                        holder = json.load(f)
+                except FileNotFoundError:
+                    continue
+                except (OSError, ValueError):
+                    holder = None
+                holder = holder if isinstance(holder, dict) else None
+                if not _stale(holder, me):
+                    raise UserError(
+                        f"{out_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} (since "
+                        f"{holder.get('started')}): one run per out_dir; wait for it, pick another --out_dir, "
+                        f"or delete {path} if that run is gone") from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+        else:
+            raise UserError(f"could not take {path}: other runs keep taking it; start one run per out_dir")
+    finally:
+        os.remove(tmp)
+    # a save killed half way leaves its temp file; no other run writes here now
+    for leftover in glob.glob(os.path.join(glob.escape(out_dir), '*.pt.tmp.*')):
+        os.remove(leftover)
+    return path, me
+
+
+@contextlib.contextmanager
+def run_lock(cfg):
+    """Hold out_dir/run.lock for the duration of the run (rank 0 takes it; its refusal is raised on
+    every rank, so none waits in a collective). Released on the way out, unless another run has
+    taken it over meanwhile."""
+    taken, error = None, None  # taken: (lock path, what it says)
+    if cfg.rank == 0:
+        try:
+            taken = _take_lock(cfg.out_dir)
+        except UserError as e:
+            error = str(e)
+    if cfg.world_size > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise UserError(error)
+    try:
+        yield
+    finally:
+        if taken is not None:
+            path, me = taken
+            with contextlib.suppress(OSError, ValueError):
+                with open(path) as f:
+                    holder = json.load(f)
+                if (holder.get('host'), holder.get('pid')) == (me['host'], me['pid']):
+                    os.remove(path)
+            if me['created']:  # a run that stopped before writing anything leaves no empty out_dir
+                with contextlib.suppress(OSError):
+                    os.rmdir(cfg.out_dir)
+
+
+# ----------------------------------------------------------------------------- watching
+def start_wandb(cfg, config):
+    """A Weights & Biases run (project wandb_project, name wandb_run_name or out_dir's last part)
+    with the run's `config`; wandb is imported only here, when wandb_log=True."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("wandb_log=True needs the wandb package: pip install wandb and wandb login "
+                        "(or leave wandb_log=False; log.jsonl has the same numbers)") from None
+    name = cfg.wandb_run_name or os.path.basename(os.path.normpath(cfg.out_dir))
+    return wandb.init(project=cfg.wandb_project, name=name, config=config)
