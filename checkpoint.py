@@ -253,7 +253,7 @@ def save_sharded(out_dir, model, optimizer, tokenizer, name=DCP_DIR, **state):
         else:
             model_sd, optim_sd = get_state_dict(model, optimizer)
             dcp.save({'model': model_sd, 'optimizer': optim_sd}, checkpoint_id=tmp)
-    except Exception as e:
+    except (Exception, dcp.CheckpointException) as e:  # CheckpointException is a BaseException
         error = _write_failure(e)
     dist.barrier()
     if dist.get_rank() == 0 and error is None:
@@ -283,7 +283,7 @@ def _write_failure(e):
     failures = getattr(e, 'failures', None)
     if failures:
         e = next(iter(failures.values()))[0]
-    return getattr(e, 'strerror', None) or str(e).splitlines()[0][:200] or type(e).__name__
+    return getattr(e, 'strerror', None) or (str(e).splitlines() or [''])[0][:200] or type(e).__name__
 
 
 def sharded_dir(out_dir, name=DCP_DIR):

@@ -338,6 +338,74 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole_and_says_so(tiny_in
     assert sorted(os.listdir(out)) == ['best.pt', 'ckpt.pt', 'log.jsonl']
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: the test copies the directory as it is at that moment first."""
+
+
+def test_a_sharded_save_killed_at_any_file_operation_leaves_a_loadable_checkpoint(tmp_path, monkeypatch):
+    """save_sharded (FSDP's dcp/, here on a 1-rank gloo group) stopped at each of its file
+    operations in turn (DCP's writes, the renames, the deletions), starting from dcp/ and from the
+    dcp.old/ that a save killed between its two renames leaves: dcp/ or dcp.old/ always holds a
+    complete checkpoint of the last or the new iteration. A failed write (disk full) says the
+    previous checkpoint is whole."""
+    import shutil
+
+    import torch.distributed as dist
+    from checkpoint import load_sharded_weights, save_sharded
+    dist.init_process_group('gloo', store=dist.FileStore(str(tmp_path / 'store'), 1), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=1, n_head=2, n_embd=32))
+        starts = {'dcp': str(tmp_path / 'start_dcp'), 'dcp.old': str(tmp_path / 'start_old')}
+        save_sharded(starts['dcp'], model, None, 'byte', iter_num=1)
+        shutil.copytree(starts['dcp'], starts['dcp.old'])
+        os.rename(os.path.join(starts['dcp.old'], 'dcp'), os.path.join(starts['dcp.old'], 'dcp.old'))
+        run, state = str(tmp_path / 'run'), str(tmp_path / 'state')
+        ops, at, originals = [0], [None], {(os, 'replace'): os.replace, (os, 'rename'): os.rename,
+                                          (shutil, 'rmtree'): shutil.rmtree, (torch, 'save'): torch.save}
+
+        def counted(original):
+            def op(*args, **kwargs):
+                ops[0] += 1
+                if ops[0] == at[0]:
+                    shutil.copytree(run, state)  # the directory as a kill at this moment leaves it
+                    raise Killed  # (within dcp.save it arrives wrapped, as a failed write)
+                return original(*args, **kwargs)
+            return op
+        for (module, name), original in originals.items():
+            monkeypatch.setattr(module, name, counted(original))
+        for start in starts.values():
+            k = 0
+            while True:
+                k += 1
+                for d in (run, state):
+                    originals[shutil, 'rmtree'](d, ignore_errors=True)
+                shutil.copytree(start, run)
+                ops[0], at[0] = 0, k
+                try:
+                    save_sharded(run, model, None, 'byte', iter_num=2)
+                    break  # k is past the last file operation: the save completed
+                except (Killed, UserError):
+                    assert ops[0] >= k
+                _, saved = load_sharded_weights(state)  # what init_from=resume / load_model would read
+                assert saved['iter_num'] in (1, 2), (start, k)
+            assert k > 20 and load_sharded_weights(run)[1]['iter_num'] == 2
+            assert sorted(os.listdir(run)) == ['dcp']
+        at[0] = None
+
+        def disk_full(obj, f, *args, **kwargs):
+            if str(f).endswith('trainer_state.pt'):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return originals[torch, 'save'](obj, f, *args, **kwargs)
+        monkeypatch.setattr(torch, 'save', disk_full)
+        with pytest.raises(UserError, match=r"could not write .*/run/dcp \(No space left on device\): the previous "
+                                            r".*/run/dcp is whole"):
+            save_sharded(run, model, None, 'byte', iter_num=3)
+        assert load_sharded_weights(run)[1]['iter_num'] == 2 and sorted(os.listdir(run)) == ['dcp']
+    finally:
+        dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------- one run per out_dir
 def test_a_lock_of_a_dead_run_or_an_earlier_start_of_the_job_is_taken_over(tmp_path, monkeypatch):
     import socket
