@@ -105,11 +105,24 @@ def _alive(pid):
 def _stale(holder, me):
     """A lock whose run is certainly gone: its process is dead (on this host), it is this very
     process, or it is an earlier start of this SLURM job (a requeue restarts the job under its id)."""
-    if holder is None or not isinstance(holder.get('pid'), int):  # unreadable: the lock is created whole, by a link
+    if holder is None or not isinstance(holder.get('pid'), int):  # unreadable: not a lock this code wrote whole
         return True
     if holder.get('host') == me['host'] and (holder['pid'] == me['pid'] or not _alive(holder['pid'])):
         return True
     return me['job'] is not None and holder.get('job') == me['job'] and int(holder.get('restart') or 0) < me['restart']
+
+
+def _create_whole(tmp, path):
+    """Create `path` with tmp's content, or raise FileExistsError: a hard link appears complete at
+    once; on a filesystem without hard links, an exclusive create (a reader may see it empty)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, 'w') as f, open(tmp) as src:
+            f.write(src.read())
 
 
 def _take_lock(out_dir):
@@ -122,7 +135,7 @@ def _take_lock(out_dir):
     try:
         for _ in range(3):
             try:
-                os.link(tmp, path)  # creates the lock with its content, or fails if one exists
+                _create_whole(tmp, path)
                 break
             except FileExistsError:
                 try:
