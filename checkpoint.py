@@ -218,7 +218,7 @@ def load_student(cfg, vocab, tok):
 
 def load_teacher(cfg, vocab, tok):
     """train.py's frozen teacher on CPU (cfg.teacher), or None when cfg.method uses none."""
-    if not (cfg.method in ('kd', 'minillm') or (cfg.method == 'seqkd' and cfg.kd_ratio > 0) or cfg.pt_kd_ratio > 0):
+    if not (cfg.method in ('kd', 'minillm', 'gkd', 'distillm') or (cfg.method == 'seqkd' and cfg.kd_ratio > 0) or cfg.pt_kd_ratio > 0):
         return None
     if not cfg.teacher:
         raise UserError(f"method '{cfg.method}' needs a teacher: set --teacher=<run dir, HF directory or hub name>")

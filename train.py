@@ -7,6 +7,9 @@ One training loop for every method of the MiniLLM paper's comparison:
     seqkd     SFT on teacher-sampled responses (data made by `sample.py --seqkd_out`),
               plus word-level KD when kd_ratio > 0 (the public MiniLLM scripts do both)
     minillm   sequence-level reverse KL by policy gradient (policy_gradient.py, rollout.py) + L_PT
+    gkd       GKD: a token divergence (JSD(beta)) on the student's own samples with probability gkd_lambda,
+              else on gold (or teacher-sampled) responses; distillm: skew KL with DistiLLM's adaptive
+              replay of student samples (the responses of both: onpolicy.py)
     atkd=True swaps the KD term of kd/seqkd for ATKD's uncertainty-weighted TKD/DKD
 
     python train.py config/toy_sft.py --max_iters=500
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 import cluster
 import kl
 import memory
+import onpolicy
 from checkpoint import (BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, atomic_save, checkpoint_payload, load_sharded, load_student,
                         load_teacher, load_trainer_state, models_from_rank0, save_sharded)
 from configurator import UserError, configure, defaults_from, run
@@ -60,10 +64,10 @@ data_dir = 'data/toy_instruct'
 pt_data_dir = ''             # MiniLLM's L_PT corpus (an 'lm' dir or an instruct dir with train.bin)
 pack = True                  # sft/kd/seqkd: pack examples into rows (same loss, no compute on padding)
 # method
-method = 'sft'               # pretrain | sft | kd | seqkd | minillm
-teacher = ''                 # as init_from: a run dir (its best.pt), <run>/last, a .pt, HF dir or name (kd, seqkd, minillm)
+method = 'sft'               # pretrain | sft | kd | seqkd | minillm | gkd | distillm
+teacher = ''                 # as init_from: a run dir (its best.pt), <run>/last, a .pt, HF dir or name (kd, minillm, gkd, ...)
 kd_ratio = 0.5               # kd: (1 - r) CE + r KD  (word-level KD, r = 0.5)
-divergence = 'forward_kl'    # any key of kl.DIVERGENCES
+divergence = ''              # kl.DIVERGENCES key; '' = the method's: jsd (gkd), skew_forward_kl (distillm), forward_kl
 kd_temperature = 1.0
 atkd = False                 # ATKD (arXiv 2402.11890) instead of plain KD
 atkd_hard_fraction = 0.5     # the paper's k: share of tokens, most uncertain (1 - p_teacher(target)) first, taught as hard
@@ -72,6 +76,14 @@ atkd_split = 'sequence'      # 'sequence': ATKD's repository (per sequence, torc
 atkd_k = None                # retired (it was the easy share, 1 - atkd_hard_fraction): an error names the new key
 chunked_loss = 'auto'        # 'auto' (when vocab > 8192) | True | False: never hold [N, V] logits for backward
 loss_chunk_size = 1024
+# gkd (arXiv 2306.13649) and distillm (arXiv 2402.03898): where their responses come from, onpolicy.py
+gkd_lambda = 0.5             # probability of a batch of the student's own samples (gen_temperature, max_new_tokens)
+gkd_beta = 0.5               # JSD(beta): 0 = forward KL(p||q), 1 = reverse KL(q||p) (the limits, kl.jsd)
+gkd_seqkd = False            # the off-policy batches: teacher samples (drawn afresh) instead of gold responses
+skew_alpha = 0.1             # skew_forward_kl KL(p || a p + (1-a) q), skew_reverse_kl KL(q || a q + (1-a) p)
+distillm_init_prob = 0.0     # DistiLLM's probability of student-generated outputs at the start (reference: 0)
+distillm_loss_eps = 0.1      # +0.1 to it whenever the validation loss rose by this much since the last rise
+distillm_capacity = 1000     # replay buffer rows (all ranks together; the reference: 1000 per process)
 # minillm (arXiv 2306.08543 §2; defaults of the reference code for GPT-2 in config/minillm_gpt2.py)
 rollout_size = 64            # prompts sampled per rollout phase (global, over all ranks)
 rollout_batch_size = 64      # prompts generated at once
@@ -173,6 +185,18 @@ def atkd_sequences(cfg, targets, keep, tgt, segments):
     return dict(atkd_sequence_ids=seq, atkd_eos_id=eos), scale
 
 
+def loss_divergence(cfg):
+    """(name, keyword arguments) of the KD term's token divergence: cfg.divergence, or when it is ''
+    the method's own: GKD's generalised JSD(gkd_beta) (arXiv 2306.13649 §3), DistiLLM's skew forward
+    KL(skew_alpha) (arXiv 2402.03898 §3.1), else forward KL. JSD(β) at β = 0 / 1 is forward / reverse
+    KL, the limits of JSD(β)/β and JSD(β)/(1 − β) (kl.jsd); in between it is JSD(β) itself, unscaled."""
+    name = cfg.divergence or {'gkd': 'jsd', 'distillm': 'skew_forward_kl'}.get(cfg.method, 'forward_kl')
+    if name == 'jsd':
+        ends = {0.0: ('forward_kl', {}), 1.0: ('reverse_kl', {})}
+        return ends.get(float(cfg.gkd_beta), ('jsd', dict(beta=cfg.gkd_beta)))
+    return (name, dict(alpha=cfg.skew_alpha)) if name.startswith('skew_') else (name, {})
+
+
 def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight, segments=None):
     """The loss applied to the student's hidden states inside its forward (so FSDP/DDP keep
     control of lm_head). CE and KD share one pass over the response tokens only."""
@@ -180,14 +204,15 @@ def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight, segments=None
     t_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))[keep] if teacher_logits is not None else None
     loss_fn = kl.chunked_kd_loss if cfg.chunked else kl.plain_kd_loss
     split, kd_scale = atkd_sequences(cfg, targets, keep, tgt, segments) if t_logits is not None else ({}, 1.0)
+    divergence, div_kwargs = loss_divergence(cfg)
 
     def head_fn(hidden, weight):
         h = hidden.reshape(-1, hidden.size(-1))[keep]
         if t_logits is None:  # CE alone, chunked as well
             return loss_fn(h, weight, targets=tgt, chunk_size=cfg.loss_chunk_size, ce_weight=1.0, kd_weight=0.0)
-        return loss_fn(h, weight, t_logits, targets=tgt, divergence=cfg.divergence, chunk_size=cfg.loss_chunk_size,
+        return loss_fn(h, weight, t_logits, targets=tgt, divergence=divergence, chunk_size=cfg.loss_chunk_size,
                        temperature=cfg.kd_temperature, atkd=cfg.atkd, atkd_hard_fraction=cfg.atkd_hard_fraction,
-                       atkd_lam=cfg.atkd_lambda, atkd_reverse=cfg.divergence == 'reverse_kl',
+                       atkd_lam=cfg.atkd_lambda, atkd_reverse=divergence == 'reverse_kl', div_kwargs=div_kwargs,
                        ce_weight=ce_weight, kd_weight=kd_weight * kd_scale, **split)
     return head_fn
 
@@ -329,14 +354,21 @@ def wrap(cfg, model, teacher, weights=(None, None)):
 
 
 def validate(cfg):
-    if cfg.method not in ('pretrain', 'sft', 'kd', 'seqkd', 'minillm'):
-        raise UserError(f"unknown method '{cfg.method}': pick pretrain, sft, kd, seqkd or minillm")
+    if cfg.method not in ('pretrain', 'sft', 'kd', 'seqkd', 'minillm', 'gkd', 'distillm'):
+        raise UserError(f"unknown method '{cfg.method}': pick pretrain, sft, kd, seqkd, minillm, gkd or distillm")
     if cfg.parallel not in ('none', 'ddp', 'fsdp'):
         raise UserError(f"unknown parallel '{cfg.parallel}': pick none, ddp or fsdp")
     if cfg.init not in ('gpt2', 'pytorch'):
         raise UserError(f"unknown init '{cfg.init}': pick gpt2 or pytorch")
-    if cfg.divergence not in kl.DIVERGENCES:
-        raise UserError(f"unknown divergence '{cfg.divergence}': pick one of {', '.join(kl.DIVERGENCES)}")
+    if cfg.divergence and cfg.divergence not in kl.DIVERGENCES:
+        raise UserError(f"unknown divergence '{cfg.divergence}': pick one of {', '.join(kl.DIVERGENCES)} "
+                        f"(or '' for the method's own)")
+    for key in ('gkd_lambda', 'gkd_beta', 'skew_alpha', 'distillm_init_prob'):  # gkd / distillm
+        if not 0 <= getattr(cfg, key) <= 1:
+            raise UserError(f"{key} must lie in [0, 1] (got {getattr(cfg, key)})")
+    if cfg.method == 'distillm' and cfg.distillm_capacity < cfg.batch_size * cfg.world_size:
+        raise UserError(f"distillm_capacity {cfg.distillm_capacity} must hold at least one global batch "
+                        f"(batch_size x ranks = {cfg.batch_size * cfg.world_size}): a replay batch takes that many rows")
     if cfg.atkd_k is not None:
         raise UserError(f"atkd_k is retired (it was the share of easy tokens): set atkd_hard_fraction="
                         f"{1 - cfg.atkd_k:g}, the paper's k, the share of most-uncertain tokens taught as hard")
@@ -427,6 +459,7 @@ def run_training(cfg, stop):
     data_gen = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: it draws the global batch
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1 + cfg.rank)
     prompt_order = PromptOrder(len(train_data), cfg.seed) if cfg.method == 'minillm' else None  # epoch by epoch
+    distillm = onpolicy.DistiLLMSource(cfg) if cfg.method == 'distillm' else None  # replay buffer, SGO probability
     iter_num, best, buf, queue = 0, None, None, []  # best: dict(metric, value, iter) of best.pt
     if ckpt is not None:
         if cfg.parallel == 'fsdp':  # this rank's shards of the weights and of the AdamW state
@@ -439,6 +472,8 @@ def run_training(cfg, stop):
         iter_num, best = ckpt['iter_num'], ckpt.get('best')
         if best is not None and best['metric'] != select:  # selection changed at resume: start it afresh
             best = None
+        if ckpt.get('distillm'):
+            distillm.load_state_dict(ckpt['distillm'])
         if ckpt.get('prompt_order'):
             prompt_order.load_state_dict(ckpt['prompt_order'])
         data_gen.set_state(ckpt['data_gen'])
@@ -480,6 +515,21 @@ def run_training(cfg, stop):
             x, y = x.to(cfg.device), y.to(cfg.device)
             with cfg.ctx:
                 return supervised_loss(cfg, model, teacher, x, y), x.numel(), {}
+        if cfg.method in ('gkd', 'distillm'):  # the responses: the student's own, replayed or gold (onpolicy.py)
+            ids = train_data.sample_indices(cfg.batch_size, data_gen, cfg.rank, cfg.world_size)
+            if cfg.method == 'gkd':
+                responses, on_policy = onpolicy.gkd_responses(cfg, model, teacher, train_data, ids, data_gen,
+                                                              sample_gen)
+                stats = dict(on_policy=float(on_policy))
+            else:
+                ids, responses, source = distillm.responses(cfg, model, train_data, ids, data_gen, sample_gen,
+                                                            iter_num + 1)
+                stats = dict(sgo_prob=distillm.prob, fresh=float(source == 'fresh'), replay=float(source == 'replay'))
+            x, y, seg = (t.to(cfg.device) if t is not None else None
+                         for t in onpolicy.training_batch(cfg, train_data, ids, responses))
+            with cfg.ctx:  # the divergence alone (kd_ratio 1: no CE), on whichever responses these are
+                loss = supervised_loss(cfg, model, teacher, x, y, 1.0, seg)
+            return global_mean(cfg, loss, (y != -1).sum()), x.numel(), stats
         if cfg.method != 'minillm':
             ids = train_data.sample_indices(cfg.batch_size, data_gen, cfg.rank, cfg.world_size)
             if cfg.pack:
@@ -562,7 +612,8 @@ def run_training(cfg, stop):
         state = dict(info, data_gen=data_gen.get_state(), sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state(),
                      rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()} if buf else None,
                      rollout_queue=list(queue),
-                     prompt_order=prompt_order.state_dict() if prompt_order else None)
+                     prompt_order=prompt_order.state_dict() if prompt_order else None,
+                     distillm=distillm.state_dict() if distillm else None)
         if cfg.world_size > 1:  # each rank's own sampling and dropout streams
             state['ranks'] = [None] * cfg.world_size
             dist.all_gather_object(state['ranks'], dict(sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state()))
@@ -581,6 +632,8 @@ def run_training(cfg, stop):
         if iter_num % cfg.eval_interval == 0 or rouge_due or last:
             t_eval = time.time()
             metrics = dict(val_loss=evaluate_loss())
+            if distillm is not None:  # DistiLLM adapts its SGO probability to the validation loss
+                distillm.observe(metrics['val_loss'], iter_num)
             if rouge_due:
                 metrics['rouge_l'] = rank_mean(cfg, *validation_rouge_l(cfg, model, val_data, enc, rouge_ids))
             # candidates: states trained here (not the init, nor the state a resume starts from)

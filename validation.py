@@ -3,8 +3,9 @@ Which checkpoint a training run keeps as best.pt, and the validation Rouge-L it 
 
 The MiniLLM protocol (the LMOps minillm README and trainers): the baselines (KD, SeqKD) and
 MiniLLM are selected by validation Rouge-L of sampled responses (MiniLLM evaluates every 100
-steps), the SFT initialisation of the students by validation loss. train.py measures the loss at
-every `eval_interval` and Rouge-L at every `eval_rouge_interval` on a fixed validation subset;
+steps; here GKD and DistiLLM too, whose public code measures Rouge-L at each evaluation), the SFT
+initialisation of the students by validation loss. train.py measures the loss at every
+`eval_interval` and Rouge-L at every `eval_rouge_interval` on a fixed validation subset;
 checkpoint.py says where best.pt and the last state (ckpt.pt, for resume) live.
 """
 import torch
@@ -25,11 +26,11 @@ def rouge_subset(cfg, data):
 
 
 def selection_metric(cfg, rouge_ids):
-    """cfg.select_metric, with 'auto' = rouge_l for kd / seqkd / minillm (when Rouge-L is measured),
-    val_loss for sft / pretrain."""
+    """cfg.select_metric, with 'auto' = rouge_l for kd / seqkd / minillm and the methods compared with
+    them, gkd / distillm (when Rouge-L is measured), val_loss for sft / pretrain."""
     if cfg.select_metric != 'auto':
         return cfg.select_metric
-    return 'rouge_l' if cfg.method in ('kd', 'seqkd', 'minillm') and rouge_ids else 'val_loss'
+    return 'rouge_l' if cfg.method in ('kd', 'seqkd', 'minillm', 'gkd', 'distillm') and rouge_ids else 'val_loss'
 
 
 def improves(metric, value, best):
