@@ -38,6 +38,11 @@ CASES = {
     'llamaminillm': ['--method=minillm', '--rollout_size=16', '--ppo_epochs=2', '--max_new_tokens=6',
                      '--gen_temperature=0.0', '--max_iters=6', '--init_from={llama_student}',
                      '--teacher={llama_teacher}'],
+    # GKD (λ = 0.5: on-policy and gold steps, the coin from the shared data generator) and DistiLLM
+    # (φ = 1: fresh and replayed student samples, the buffer gathered over ranks); greedy as above
+    'gkd': ['--method=gkd', '--gen_temperature=0.0', '--max_new_tokens=6', '--max_iters=4', '--init_from={student}'],
+    'distillm': ['--method=distillm', '--distillm_init_prob=1.0', '--distillm_capacity=16', '--gen_temperature=0.0',
+                 '--max_new_tokens=6', '--max_iters=4', '--init_from={student}'],
     # reference mode: advantages whitened over each PPO minibatch of both ranks' rows (padded buffer)
     'refminillm': ['--method=minillm', '--returns_mode=reference', '--gamma=0.95', '--single_step_weighted=False',
                    '--reward_scale=0.5', '--reward_clip=100.0', '--rollout_size=16', '--ppo_epochs=2',
@@ -231,6 +236,13 @@ def test_ddp_and_fsdp_reproduce_the_single_process_run(runs, name):
         out = f"{paths['out']}/{parallel}_{name}"
         assert losses(out) == pytest.approx(single, rel=1e-4), parallel
         assert losses(out, 'val_loss') == pytest.approx(losses(f"{paths['out']}/single_{name}", 'val_loss'), rel=1e-4)
+
+
+def test_gkd_and_distillm_cases_used_every_source(runs):
+    paths, _ = runs
+    assert set(losses(f"{paths['out']}/single_gkd", 'on_policy')) == {0.0, 1.0}
+    fresh, replay = (losses(f"{paths['out']}/single_distillm", k) for k in ('fresh', 'replay'))
+    assert fresh[:2] == [1.0, 1.0] and 1.0 in replay  # the 16-row buffer fills in 2 global batches of 8
 
 
 @pytest.mark.parametrize('parallel', ['ddp', 'fsdp'])
