@@ -419,6 +419,7 @@ def main(argv):
 
 
 def run_training(cfg, stop):
+    """Build, train, evaluate and save; `stop` (cluster.StopSignals) is read between steps."""
     master, cfg.stopped_by = cfg.rank == 0, None
     torch.manual_seed(cfg.seed)
     cfg.ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.dtype]
