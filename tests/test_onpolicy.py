@@ -199,3 +199,21 @@ def test_distillm_resume_continues_exactly(tiny_instruct, teacher, tmp_path):
 def test_bad_settings_are_one_clear_error(tiny_instruct, teacher, tmp_path, args, message):
     with pytest.raises(UserError, match=message.replace('[', r'\[').replace(']', r'\]')):
         run(tmp_path, 'bad', tiny_instruct, teacher, *args, '--max_iters=1')
+
+
+@pytest.mark.parametrize('name, want, per_step', [
+    # jongwooko/distillm scripts/gpt2/gkd/gkd_base.sh: --mixed-alpha 0.5, js_distance lam 0.9, 2 x 16 GPUs
+    ('gkd_gpt2', dict(method='gkd', gkd_lambda=0.5, gkd_beta=0.1, divergence='jsd', learning_rate=5e-4, epochs=20,
+                      init_from='out/sft_gpt2', teacher='out/sft_gpt2_xl', gen_temperature=1.0, gen_top_k=0,
+                      gen_top_p=1.0, max_new_tokens=256, select_metric='rouge_l'), 32),
+    # scripts/gpt2/distillm/train_0.1B_1.5B.sh: adaptive-sfkl, --skew-alpha 0.1, --init-threshold 0,
+    # --loss-eps 0.1, --capacity 1000 per process on 16, 8 x 16 GPUs
+    ('distillm_gpt2', dict(method='distillm', divergence='skew_forward_kl', skew_alpha=0.1, distillm_init_prob=0.0,
+                           distillm_loss_eps=0.1, distillm_capacity=16000, learning_rate=5e-4, epochs=20,
+                           init_from='out/sft_gpt2', teacher='out/sft_gpt2_xl', select_metric='rouge_l'), 128),
+])
+def test_gpt2_configs_follow_distillms_scripts(name, want, per_step):
+    from conftest import ROOT
+    cfg = configure(train.DEFAULTS, [os.path.join(ROOT, f'config/{name}.py')])
+    assert {k: getattr(cfg, k) for k in want} == want
+    assert cfg.batch_size * 8 * cfg.gradient_accumulation_steps == per_step  # on 8 GPUs
