@@ -35,10 +35,11 @@ from configurator import UserError, configure, defaults_from, run
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = {'loss': '1. Divergence loss: plain vs chunked', 'generate': '2. Generation: KV cache, recompute, transformers',
-            'train': '3. One training step: sft, kd, minillm', 'distributed': '4. DDP and FSDP on CPU'}
+            'train': '3. One training step: sft, kd, minillm', 'distributed': '4. DDP and FSDP on CPU',
+            'onpolicy': '5. On-policy steps: GKD, DistiLLM, MiniLLM'}
 
 # ----------------------------------------------------------------------------- config
-only = 'loss,generate,train,distributed'
+only = 'loss,generate,train,distributed,onpolicy'
 out_file = 'BENCHMARKS.md'
 threads = 1                  # per process; 0 = torch's default. On a shared 2-core machine each OpenMP region
 #                              waits for both threads to get a core: 20 ms per tiny attention call vs 0.02 ms
@@ -72,6 +73,9 @@ dist_parallel = 'ddp,fsdp'
 dist_args = '--method=sft --n_layer=8 --n_head=8 --n_embd=512 --batch_size=8'
 dist_iters = 5
 dist_repeats = 1
+# 5. a GKD, a DistiLLM and a MiniLLM step in one run (train_args, teacher_args, minillm_args, train_iters, _repeats)
+onpolicy_gkd_args = '--gkd_lambda=0.5 --max_new_tokens=32'        # on-policy and gold steps, sampled as minillm's
+onpolicy_distillm_args = '--distillm_init_prob=0.5 --distillm_capacity=64 --max_new_tokens=32'  # fresh, replay, gold
 DEFAULTS = defaults_from(globals())
 # -----------------------------------------------------------------------------
 
@@ -497,6 +501,64 @@ def bench_distributed(cfg):
         f'`{command}`'])
 
 
+# ----------------------------------------------------------------------------- 5. on-policy steps
+def bench_onpolicy(cfg):
+    """GKD, DistiLLM and MiniLLM runs of train.main under the step clock of section 3, interleaved;
+    each GKD / DistiLLM step is named by its data source from the run's log.jsonl (on_policy, fresh,
+    replay), each MiniLLM step by whether it started a rollout phase."""
+    with tempfile.TemporaryDirectory(prefix='bench_onpolicy_') as tmp:
+        data, teacher = toy_data(tmp), os.path.join(tmp, 'teacher')
+        common = [f'--data_dir={data}', f'--seed={cfg.seed}'] + TRAIN_FLAGS
+        quiet_train(common + shlex.split(cfg.teacher_args) + ['--method=sft', '--max_iters=1', f'--out_dir={teacher}'])
+        student = (common + shlex.split(cfg.train_args) + [f'--max_iters={cfg.train_iters}', f'--teacher={teacher}',
+                                                          '--log_interval=1', '--eval_rouge_examples=0'])
+        runs = {'gkd': ['--method=gkd', *shlex.split(cfg.onpolicy_gkd_args)],
+                'distillm': ['--method=distillm', *shlex.split(cfg.onpolicy_distillm_args)],
+                'minillm': ['--method=minillm', f'--pt_data_dir={data}', *shlex.split(cfg.minillm_args)]}
+        steps = {m: [] for m in runs}
+        for r in range(cfg.train_repeats):
+            for method, extra in (runs.items() if r % 2 == 0 else reversed(list(runs.items()))):
+                out = os.path.join(tmp, f'{method}{r}')
+                with StepClock() as clock:
+                    quiet_train(student + extra + [f'--out_dir={out}'])
+                with open(os.path.join(out, 'log.jsonl')) as f:
+                    logged = {row['iter']: row for row in map(json.loads, f) if 'loss' in row}
+                for i, step in enumerate(clock.intervals()):  # interval i ends at optimizer step i + 2
+                    row = logged[i + 2]
+                    step['source'] = ('rollout step' if 'rollout' in step else 'update step') if method == 'minillm' else (
+                        ('on-policy' if row['on_policy'] else 'gold') if method == 'gkd' else
+                        'fresh' if row['fresh'] else 'replay' if row['replay'] else 'gold')
+                    steps[method].append(step)
+                print(f"  {method} run {r}: {med([x['cpu'] for x in clock.intervals()]):.2f} s CPU per step")
+    rows = ['| method | step | steps timed | CPU time (median) | wall time (median) | of which `GPT.generate`, CPU | '
+            'tokens with a loss | what the step does |', '|---|---|---|---|---|---|---|---|']
+    what = {('gkd', 'on-policy'): 'sample the batch\'s responses from the student (KV cache), then JSD on them '
+                                  '(teacher + student forward, backward, AdamW)',
+            ('gkd', 'gold'): 'JSD on the gold responses: a kd step without CE',
+            ('distillm', 'fresh'): 'sample the student, add the rows to the replay buffer, skew KL on them',
+            ('distillm', 'replay'): 'skew KL on a batch drawn from the replay buffer (no generation)',
+            ('distillm', 'gold'): 'skew KL on the gold responses',
+            ('minillm', 'rollout step'): 'a rollout phase (teacher-mixed sampling, scoring) + one policy update',
+            ('minillm', 'update step'): 'one policy update: PPO loss + single-step KL (teacher forward) + L_PT'}
+    mean = {}
+    for method, s in steps.items():
+        mean[method] = (sum(x['cpu'] for x in s) / len(s), len(s))
+        for source in dict.fromkeys(x['source'] for x in s):
+            part = [x for x in s if x['source'] == source]
+            tokens = med([x.get('supervised tokens', 0) + x.get('update tokens', 0) for x in part])
+            rows.append(f"| {method} | {source} | {len(part)} | {med([x['cpu'] for x in part]) * 1e3:.0f} ms | "
+                        f"{med([x['wall'] for x in part]) * 1e3:.0f} ms | "
+                        f"{med([x.get('generate', [0, 0])[1] for x in part]) * 1e3:.0f} ms | {tokens:.0f} | "
+                        f"{what[method, source]} |")
+    return '\n'.join([
+        f'Student `{cfg.train_args}`, teacher `{cfg.teacher_args}` (one SFT step from random); gkd '
+        f'`{cfg.onpolicy_gkd_args}`, distillm `{cfg.onpolicy_distillm_args}`, minillm `{cfg.minillm_args}` with '
+        f'L_PT; CPU, fp32. {cfg.train_repeats} runs × {cfg.train_iters - 1} timed steps per method, methods '
+        f'interleaved; each step is named by its data source and medians are per source.', '', *rows, '',
+        'Mean CPU time per timed step in these runs (the mix of sources above): '
+        + ', '.join(f'{m} {t * 1e3:.0f} ms ({n} steps)' for m, (t, n) in mean.items()) + '.'])
+
+
 # ----------------------------------------------------------------------------- report
 def write_report(path, name, text):
     """Put `text` between the markers of section `name` in BENCHMARKS.md, leaving everything else
@@ -523,7 +585,8 @@ def main(argv):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     path = os.path.join(ROOT, cfg.out_file)  # an absolute out_file stays as it is
-    bench = dict(loss=bench_loss, generate=bench_generate, train=bench_train, distributed=bench_distributed)
+    bench = dict(loss=bench_loss, generate=bench_generate, train=bench_train, distributed=bench_distributed,
+                 onpolicy=bench_onpolicy)
     for name in (s for s in SECTIONS if s in chosen):
         print(f"== {name}")
         head = header(name, argv)
