@@ -48,6 +48,7 @@ def run(tmp_path, name, data, teacher, *args):
 @pytest.mark.parametrize('name, args', [
     ('gkd', ['--method=gkd']),                                                       # JSD(0.5), λ = 0.5
     ('onpolicy_rkl', ['--method=gkd', '--gkd_lambda=1.0', '--divergence=reverse_kl']),
+    ('gkd_seqkd', ['--method=gkd', '--gkd_lambda=0.0', '--gkd_seqkd=True']),          # teacher samples, drawn afresh
     ('distillm', ['--method=distillm', '--distillm_init_prob=1.0', '--distillm_capacity=32']),
     ('distillm_srkl', ['--method=distillm', '--divergence=skew_reverse_kl', '--distillm_init_prob=1.0',
                        '--distillm_capacity=32']),
@@ -217,3 +218,21 @@ def test_gpt2_configs_follow_distillms_scripts(name, want, per_step):
     cfg = configure(train.DEFAULTS, [os.path.join(ROOT, f'config/{name}.py')])
     assert {k: getattr(cfg, k) for k in want} == want
     assert cfg.batch_size * 8 * cfg.gradient_accumulation_steps == per_step  # on 8 GPUs
+
+
+def test_gkd_sources_gold_teacher_or_student(tiny_instruct, teacher):
+    """λ = 0: gold (None), or with gkd_seqkd the teacher's samples; λ = 1: the student's samples."""
+    cfg = configure(train.DEFAULTS, SMALL + ['--method=gkd', '--gkd_lambda=0.0'])
+    cfg.all_done, cfg.raw, cfg.ctx = None, lambda m: m, torch.autocast('cpu', enabled=False)
+    data = InstructSet(tiny_instruct, 'train')
+    student = GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=1, n_head=2, n_embd=32))
+    teach = load_model(teacher)[0]
+    ids, gen = list(range(4)), lambda: torch.Generator().manual_seed(3)
+    assert onpolicy.gkd_responses(cfg, student, teach, data, ids, gen(), gen()) == (None, False)
+    cfg.gkd_seqkd = True
+    teacher_rows = onpolicy.sample_responses(cfg, teach, data, ids, gen())
+    assert onpolicy.gkd_responses(cfg, student, teach, data, ids, gen(), gen()) == (teacher_rows, False)
+    cfg.gkd_lambda = 1.0
+    student_rows = onpolicy.sample_responses(cfg, student, data, ids, gen())
+    assert onpolicy.gkd_responses(cfg, student, teach, data, ids, gen(), gen()) == (student_rows, True)
+    assert student_rows != teacher_rows and all(len(r) <= cfg.max_new_tokens for r in student_rows)
