@@ -29,6 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# next_token_logprobs is also imported from here by older callers
+from sampling import (draw_uniforms, last_position_logits, next_token_logprobs,  # noqa: F401
+                      repeated_ngram_mask, sample_next)
+
 
 @dataclass
 class GPTConfig:
@@ -187,6 +191,13 @@ class KVCache:
     def max_len(self):
         return self.valid.shape[1]
 
+    def keep_rows(self, rows):
+        """Drop every row but `rows` (indices into the batch) from the cache: a finished row leaves
+        the decoding batch, and no later step computes or attends over its keys."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+        self.valid, self.n_valid = self.valid[rows], self.n_valid[rows]
+
 
 class RMSNorm(nn.Module):
     """RMSNorm (Zhang & Sennrich, arXiv 1910.07467, Eq. 4): x / sqrt(mean(x^2) + eps) * g, computed
@@ -262,7 +273,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
 
-    def forward(self, x, mask, rope=None, cache=None, layer=None):
+    def forward(self, x, mask, rope=None, cache=None, layer=None, slot=None):
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split([self.n_head * self.hd, self.n_kv_head * self.hd, self.n_kv_head * self.hd], dim=2)
         q, k, v = q.view(B, T, -1, self.hd), k.view(B, T, -1, self.hd), v.view(B, T, -1, self.hd)
@@ -274,14 +285,21 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             if cache.k[layer].dtype != k.dtype:  # FSDP mixed precision: fp32 weights stored, bf16 computed
                 cache.k[layer], cache.v[layer] = cache.k[layer].to(k.dtype), cache.v[layer].to(k.dtype)
-            start = cache.length
-            cache.k[layer][:, :, start:start + T] = k
-            cache.v[layer][:, :, start:start + T] = v
-            k = cache.k[layer][:, :, :start + T]
-            v = cache.v[layer][:, :, :start + T]
+            if slot is not None:  # GPT.decode_step: a tensor slot and the whole cache, so shapes never change
+                cache.k[layer].index_copy_(2, slot, k)
+                cache.v[layer].index_copy_(2, slot, v)
+                k, v = cache.k[layer], cache.v[layer]
+            else:
+                start = cache.length
+                cache.k[layer][:, :, start:start + T] = k
+                cache.v[layer][:, :, start:start + T] = v
+                k = cache.k[layer][:, :, :start + T]
+                v = cache.v[layer][:, :, :start + T]
         dropout = self.dropout if self.training else 0.0
         gqa = self.n_kv_head != self.n_head  # query head i reads key/value head i // (n_head / n_kv_head)
-        if isinstance(mask, str):  # 'causal' or 'none': let SDPA pick its fastest kernel
+        if slot is not None:  # one query per row: the math kernel's scores are [B, H, 1, S], no need to expand k/v
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        elif isinstance(mask, str):  # 'causal' or 'none': let SDPA pick its fastest kernel
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=mask == 'causal', enable_gqa=gqa)
         else:
             if gqa:  # SDPA has no fused kernel for GQA with a mask (CUDA falls back to [B, H, T, S] math): expand
@@ -324,8 +342,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, mask, rope=None, cache=None, layer=None):
-        x = x + self.attn(self.ln_1(x), mask, rope, cache, layer)
+    def forward(self, x, mask, rope=None, cache=None, layer=None, slot=None):
+        x = x + self.attn(self.ln_1(x), mask, rope, cache, layer, slot)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -398,6 +416,9 @@ class GPT(nn.Module):
         past = cache.length if cache is not None else 0
         if attention_mask is None and (cache is None or not cache.padded):
             pos = torch.arange(past, past + T, device=device).unsqueeze(0)
+            if cache is not None:  # kept up to date for decode_step, which reads them
+                cache.valid[:, past:past + T] = True
+                cache.n_valid += T
             if T == 1:
                 return pos, 'none'
             return pos, 'causal' if past == 0 else self._cached_causal(T, past, None, device)
@@ -414,6 +435,16 @@ class GPT(nn.Module):
         else:
             key_valid = new_valid
         return pos, self._cached_causal(T, past, key_valid, device)
+
+    @staticmethod
+    def _slot_positions_and_mask(cache, slot):
+        """decode_step's positions [B, 1] (each row's count of real tokens so far, as
+        _positions_and_mask counts them) and its mask [B, 1, 1, S] over every cache slot: the valid
+        keys, this token's own slot included; slots not yet written are invalid."""
+        pos = cache.n_valid[:, None].clone()
+        cache.valid.index_fill_(1, slot, True)
+        cache.n_valid.add_(1)  # in place: the tensors a compiled step captured stay the cache's
+        return pos, cache.valid[:, None, None, :]
 
     @staticmethod
     def _packed_positions_and_mask(segments):
@@ -439,7 +470,7 @@ class GPT(nn.Module):
             allowed = allowed | (k_idx == q_idx)[None, None]       # never an empty row
         return allowed
 
-    def forward(self, idx, targets=None, attention_mask=None, cache=None, head_fn=None, segments=None):
+    def forward(self, idx, targets=None, attention_mask=None, cache=None, head_fn=None, segments=None, slot=None):
         """idx [B, T] -> logits [B, T, V] (and mean CE over targets != -1 when targets are given);
         V = config.logit_vocab, the real vocabulary (padding rows of the embedding are left out).
 
@@ -447,13 +478,16 @@ class GPT(nn.Module):
         only the new tokens and the cache is advanced. With `head_fn`, returns
         head_fn(hidden [B, T, d], head weight [V, d]) instead of logits. `segments` [B, T]: packed
         rows, one id per sequence, -1 on padding (dataset.InstructSet.packed_sft_batch); no cache.
+        `slot` [1] (long tensor): the static-shape decoding step (`decode_step`), one token per row.
         """
         B, T = idx.shape
-        past = cache.length if cache is not None else 0
+        past = cache.length if cache is not None and slot is None else 0
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens is longer than block_size "
                              f"{self.config.block_size}: shorten the prompt or max_new_tokens")
-        if segments is not None:
+        if slot is not None:  # reads no Python int of the cache: a compiled step is not re-traced per step
+            pos, mask = self._slot_positions_and_mask(cache, slot)
+        elif segments is not None:
             if cache is not None or attention_mask is not None:
                 raise ValueError("segments (packed rows) cannot be combined with a cache or an attention_mask")
             pos, mask = self._packed_positions_and_mask(segments)
@@ -467,8 +501,8 @@ class GPT(nn.Module):
             rope = rope_cos_sin(self.config, pos, x.dtype)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, mask, rope, cache, i)
-        if cache is not None:
+            x = block(x, mask, rope, cache, i, slot)
+        if cache is not None and slot is None:
             cache.length += T
         x = self.transformer.ln_f(x)
         if head_fn is not None:
@@ -483,52 +517,116 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
                  attention_mask=None, generator=None, mix_model=None, mix_alpha=0.0, all_done=None,
-                 no_repeat_ngram_size=0):
+                 no_repeat_ngram_size=0, decode='eager'):
         """Sample up to `max_new_tokens` after each (left-padded) prompt, with a KV cache.
 
         Returns [B, T + n] token ids; a row that emitted `eos_id` is filled with `eos_id` after it.
         `temperature=0` is greedy. `all_done(done) -> bool` decides when to stop early; under FSDP it
-        must agree across ranks, since every decoding step all-gathers parameters. With `mix_model` and `mix_alpha` > 0, tokens are drawn from
-        p~ = alpha * softmax(mix_model) + (1 - alpha) * softmax(self): MiniLLM §2.2, teacher-mixed
-        sampling, Eq. p~(y_t|y<t,x) = alpha p(y_t|y<t,x) + (1 - alpha) q_theta(y_t|y<t,x).
+        must agree across ranks, since every decoding step all-gathers parameters. With `mix_model` and
+        `mix_alpha` > 0, tokens are drawn from p~ = alpha * softmax(mix_model) + (1 - alpha) *
+        softmax(self): MiniLLM §2.2, teacher-mixed sampling, Eq. p~(y_t|y<t,x) = alpha p(y_t|y<t,x) +
+        (1 - alpha) q_theta(y_t|y<t,x), by composition (sampling.sample_next): a row's lm_head is
+        computed only for the model its token comes from, while both models' bodies advance its caches.
         `no_repeat_ngram_size` n > 0: a token that would complete an n-gram already present in the
         row's real tokens (prompt and response) gets no probability (the MiniLLM evaluation uses 6);
         a row whose every token would repeat one keeps its distribution rather than have none.
+
+        decode: 'eager' (default): a row that emitted eos_id leaves the decoding batch and both KV
+        caches. 'static': after the prompt, every step is `decode_step` on the whole batch and a cache
+        whose length is rounded up to a multiple of 128, so no shape changes between steps; 'compile'
+        runs that step through torch.compile (inductor; CUDA graphs on GPU). Each row draws from its
+        own uniforms (sampling.draw_uniforms, B rows per step whichever rows still decode), so all
+        three give the same tokens for the same generator, up to float rounding of batch-size-dependent
+        kernels.
         """
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
         B, T = idx.shape
         n = min(max_new_tokens, self.config.block_size - T)
         if n <= 0:
             raise ValueError(f"prompt of {T} tokens leaves no room in block_size "
                              f"{self.config.block_size}: shorten it")
-        dtype = next(self.parameters()).dtype
-        cache = KVCache(self.config, B, T + n, idx.device, dtype)
-        models = [(self, cache)]
-        if mix_model is not None and mix_alpha > 0:
-            mix_dtype = next(mix_model.parameters()).dtype
-            models.append((mix_model, KVCache(mix_model.config, B, T + n, idx.device, mix_dtype)))
+        mixing = mix_model is not None and mix_alpha > 0
+        models = [self, mix_model] if mixing else [self]
+        static = decode != 'eager'
+        length = min(-(-(T + n) // 128) * 128, self.config.block_size) if static else T + n
+        caches = [KVCache(m.config, B, length, idx.device, next(m.parameters()).dtype) for m in models]
+        if decode == 'compile' and idx.device.type == 'cuda':  # CUDA graphs replay the cache's own buffers
+            for c in caches:
+                for t in c.k + c.v + [c.valid, c.n_valid]:
+                    torch._dynamo.mark_static_address(t)
         out = torch.full((B, T + n), eos_id if eos_id is not None else 0, dtype=idx.dtype, device=idx.device)
         out[:, :T] = idx
         real = torch.ones(B, T + n, dtype=torch.bool, device=idx.device)
         if attention_mask is not None:
             real[:, :T] = attention_mask.bool()
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        rows = torch.arange(B, device=idx.device)  # the row of `out` each row of the decoding batch fills
+        by_composition = mixing and temperature > 0  # greedy mixing needs both distributions in full
         step_in, step_mask = idx, attention_mask
         for t in range(n):
-            logits = [m(step_in, attention_mask=step_mask, cache=c, head_fn=last_position_logits) for m, c in models]
+            u = draw_uniforms(B, idx.device, generator)[rows]
+            from_mix = u[:, 0] < mix_alpha if by_composition else None
+            picks = [None] * len(models) if from_mix is None else [~from_mix, from_mix]
+            logits = [self._next_logits(m, c, step_in, step_mask, pick, decode if t else 'eager')
+                      for m, c, pick in zip(models, caches, picks)]
             step_mask = None
             if no_repeat_ngram_size > 0:
-                banned = repeated_ngram_mask(out[:, :T + t], real[:, :T + t], no_repeat_ngram_size, logits[0].shape[-1])
+                banned = repeated_ngram_mask(out[rows, :T + t], real[rows, :T + t], no_repeat_ngram_size,
+                                             logits[0].shape[-1])
                 banned &= ~banned.all(-1, keepdim=True)
-                logits = [z.masked_fill(banned, float('-inf')) for z in logits]
-            nxt = sample_next(logits, temperature, top_k, top_p, generator, mix_alpha if len(models) > 1 else 0.0)
+                logits = [z.masked_fill(banned if pick is None else banned[pick], float('-inf'))
+                          for z, pick in zip(logits, picks)]
+            if from_mix is None:
+                nxt = sample_next(logits, temperature, top_k, top_p, mix_alpha=mix_alpha if mixing else 0.0, uniforms=u)
+            else:
+                nxt = torch.empty(len(rows), dtype=idx.dtype, device=idx.device)
+                for z, pick in zip(logits, picks):
+                    nxt[pick] = sample_next(z, temperature, top_k, top_p, uniforms=u[pick])
             if eos_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-                done = done | (nxt == eos_id)
-            out[:, T + t] = nxt
+                nxt = torch.where(done[rows], eos_id, nxt)
+                done[rows] = done[rows] | (nxt == eos_id)
+            out[rows, T + t] = nxt
             step_in = nxt[:, None]
-            if eos_id is not None and (all_done(done) if all_done else bool(done.all())):
+            if eos_id is None:
+                continue
+            finished = int(done[rows].sum())
+            if finished == len(rows) and (all_done(done) if all_done else True):
                 return out[:, :T + t + 1]
+            if finished and not static:  # finished rows leave the batch and both caches
+                keep = (~done[rows]).nonzero().squeeze(1)
+                if keep.numel() == 0:  # other ranks still decode (all_done): keep stepping one row of eos
+                    keep = keep.new_zeros(1)
+                if keep.numel() < len(rows):
+                    rows, step_in = rows[keep], step_in[keep]
+                    for c in caches:
+                        c.keep_rows(keep)
         return out
+
+    @staticmethod
+    def _next_logits(model, cache, idx, attention_mask, pick, decode):
+        """fp32 logits [B', V] of the next token after idx, for the rows `pick` (bool [B], None: all)."""
+        if decode == 'eager':
+            head = last_position_logits if pick is None else (lambda h, w: F.linear(h[pick, -1], w).float())
+            return model(idx, attention_mask=attention_mask, cache=cache, head_fn=head)
+        logits = model.decode_step(idx, cache, compiled=decode == 'compile')
+        return logits if pick is None else logits[pick]
+
+    def decode_step(self, idx, cache, compiled=False):
+        """fp32 logits [B, V] of the token after idx [B, 1] (one token per row), in the style of
+        gpt-fast's static decoding step: the token's keys and values go to cache slot cache.length,
+        attention runs over every slot of the preallocated cache under the mask of its valid keys,
+        and no shape depends on the step, so torch.compile captures one graph for all of them
+        (`compiled`: inductor; mode 'reduce-overhead', CUDA graphs, on GPU)."""
+        slot = torch.full((1,), cache.length, dtype=torch.long, device=idx.device)
+        if compiled:
+            if idx.device.type == 'cuda':
+                torch.compiler.cudagraph_mark_step_begin()
+            logits = compiled_decode_forward(idx.device.type)(self, idx, cache, slot)
+        else:
+            logits = decode_forward(self, idx, cache, slot)
+        cache.length += 1
+        return logits
 
     # ----------------------------------------------------------------------------------------
     @classmethod
@@ -539,77 +637,24 @@ class GPT(nn.Module):
         return hf.from_pretrained(name_or_dir, dropout=dropout, dtype=dtype)
 
 
-def repeated_ngram_mask(tokens, real, n, vocab):
-    """[B, vocab] True for the tokens that would repeat an n-gram of each row's real tokens.
-
-    The banned tokens of a row are those that followed an earlier occurrence of its last n - 1
-    tokens (the rule of Hugging Face's NoRepeatNGramLogitsProcessor, used by the MiniLLM
-    evaluation). Windows that touch padding (`real` False) do not count.
-    """
-    B, L = tokens.shape
-    banned = torch.zeros(B, vocab, dtype=torch.bool, device=tokens.device)
-    if L < n:
-        return banned
-    grams = tokens.unfold(1, n, 1)                      # [B, L - n + 1, n]
-    ok = real.unfold(1, n, 1).all(-1)
-    last = tokens[:, L - n + 1:]                          # the n - 1 tokens the next one extends
-    hit = (grams[:, :, :-1] == last[:, None]).all(-1) & ok & real[:, L - n + 1:].all(-1, keepdim=True)
-    rows, cols = hit.nonzero(as_tuple=True)
-    nxt = grams[rows, cols, -1]
-    keep = nxt < vocab
-    banned[rows[keep], nxt[keep]] = True
-    return banned
+DECODE_MODES = ('eager', 'static', 'compile')
 
 
-def last_position_logits(hidden, weight):
-    """head_fn for decoding: fp32 logits [B, V] of the last position only. At the prompt step
-    this skips the [B, T, V] logits nobody reads (as large as T decoding steps' worth of lm_head)."""
-    return F.linear(hidden[:, -1], weight).float()
+def decode_forward(model, idx, cache, slot):
+    """GPT.decode_step's forward: what torch.compile captures (compiled_decode_forward)."""
+    return model(idx, cache=cache, slot=slot, head_fn=last_position_logits)
 
 
-def next_token_logprobs(logits, temperature=1.0, top_k=None, top_p=None, mix_alpha=0.0):
-    """Log-probabilities [B, V] of the distribution the next token is drawn from.
-
-    `logits` is [B, V], or a pair [own, mix] of last-position logits. top_k / top_p (nucleus)
-    filter each model's tempered distribution; with a pair and mix_alpha > 0 they are mixed as
-    p~ = alpha * p_mix + (1 - alpha) * p_own (MiniLLM §2.2, teacher-mixed sampling).
-    """
-    if not isinstance(logits, (list, tuple)):
-        logits = [logits]
-    logprobs = [_filtered_logprobs(z, temperature, top_k, top_p) for z in logits]
-    if len(logprobs) == 2 and mix_alpha >= 1:
-        return logprobs[1]                         # all teacher: log(1 - alpha) would be log 0
-    if len(logprobs) == 2 and mix_alpha > 0:
-        return torch.logaddexp(logprobs[0] + math.log1p(-mix_alpha), logprobs[1] + math.log(mix_alpha))
-    return logprobs[0]
+_COMPILED_DECODE = {}
 
 
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None, mix_alpha=0.0):
-    """Draw one token per row from `next_token_logprobs(...)`; temperature 0 is greedy."""
-    if temperature == 0 and (torch.is_tensor(logits) or len(logits) == 1 or mix_alpha == 0):
-        # greedy from one model: top-k / top-p always keep the top token and log_softmax keeps the
-        # order, so the argmax of the raw logits is the answer without two more passes over [B, V]
-        return (logits if torch.is_tensor(logits) else logits[0]).argmax(-1)
-    lp = next_token_logprobs(logits, temperature, top_k, top_p, mix_alpha)
-    if temperature == 0:
-        return lp.argmax(-1)
-    return torch.multinomial(lp.exp(), 1, generator=generator).squeeze(-1)
-
-
-def _filtered_logprobs(logits, temperature, top_k, top_p):
-    z = logits.float()
-    if temperature > 0 and temperature != 1:
-        z = z / temperature
-    if top_k is not None and 0 < top_k < z.size(-1):
-        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
-        z = z.masked_fill(z < kth, float('-inf'))
-    if top_p is not None and top_p < 1.0:
-        sorted_z, order = torch.sort(z, dim=-1, descending=True)
-        cum = sorted_z.softmax(-1).cumsum(-1)
-        drop = cum - sorted_z.softmax(-1) >= top_p     # keep the smallest prefix whose mass reaches top_p
-        sorted_z = sorted_z.masked_fill(drop, float('-inf'))
-        z = torch.full_like(z, float('-inf')).scatter(-1, order, sorted_z)
-    return torch.log_softmax(z, dim=-1)
+def compiled_decode_forward(device_type):
+    """decode_forward under torch.compile, one per device type, built on first use; CUDA graphs on GPU
+    (one launch per step instead of one per kernel: decoding a small model is launch-bound)."""
+    if device_type not in _COMPILED_DECODE:
+        mode = 'reduce-overhead' if device_type == 'cuda' else None
+        _COMPILED_DECODE[device_type] = torch.compile(decode_forward, dynamic=False, mode=mode)
+    return _COMPILED_DECODE[device_type]
 
 
 def flops_per_token(config, n_params):

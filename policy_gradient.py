@@ -347,13 +347,32 @@ def minillm_loss(logp, logp_old, logp_teacher, mask, student_logits=None, teache
     ratio (mean q_θ/q_old), clip_frac, loss_long, loss_single.
     """
     _check_mask(mask, logp, logp_old, logp_teacher)
-    if importance not in IMPORTANCE_LEVELS:
-        raise ValueError(f"importance must be one of {IMPORTANCE_LEVELS}, got {importance!r}")
     if single_step and (student_logits is None or teacher_logits is None):
         raise ValueError("single_step=True needs student_logits and teacher_logits [B, T, V]")
+    rewards, advantages, weights = _minillm_inputs(
+        logp_old, logp_teacher, mask, logp_mix, single_step=single_step, teacher_mix_alpha=teacher_mix_alpha,
+        length_norm=length_norm, returns_mode=returns_mode, gamma=gamma, reward_scale=reward_scale,
+        reward_clip=reward_clip, weight_clip=weight_clip, include_current=include_current, importance=importance,
+        advantages=advantages)
+    loss_long, clip_frac = policy_loss(logp, logp_old, advantages, weights, mask, clip_eps=clip_eps)
+    loss = loss_long
+    loss_single = torch.zeros_like(loss_long)
+    if single_step:
+        loss_single = single_step_loss(student_logits, teacher_logits, mask,
+                                       weights=weights if single_step_weighted else None)
+        loss = loss + loss_single
+    return loss, _minillm_stats(rewards, advantages, weights, mask, logp.detach(), logp_old, clip_frac,
+                                loss_long, loss_single)
+
+
+def _minillm_inputs(logp_old, logp_teacher, mask, logp_mix, *, single_step, teacher_mix_alpha, length_norm,
+                    returns_mode, gamma, reward_scale, reward_clip, weight_clip, include_current, importance,
+                    advantages):
+    """(rewards, advantages, importance weights) of minillm_loss, all detached [B, T]."""
+    if importance not in IMPORTANCE_LEVELS:
+        raise ValueError(f"importance must be one of {IMPORTANCE_LEVELS}, got {importance!r}")
     if include_current is None:
         include_current = not single_step
-
     rewards = token_rewards(logp_teacher, logp_old, mask)
     if reward_scale is not None or reward_clip is not None:
         rewards = scale_and_clip_rewards(rewards, mask, scale=reward_scale, clip=reward_clip)
@@ -362,27 +381,19 @@ def minillm_loss(logp, logp_old, logp_teacher, mask, student_logits=None, teache
                                         gamma=gamma, include_current=include_current)
     else:
         _check_mask(mask, advantages)
-
     if teacher_mix_alpha < 0 or teacher_mix_alpha > 1:
         raise ValueError(f"teacher_mix_alpha must be in [0, 1], got {teacher_mix_alpha}")
-    if teacher_mix_alpha > 0:
-        if logp_mix is None:
-            raise ValueError("teacher_mix_alpha > 0 needs logp_mix = log p̃(y_t) of the sampled tokens")
-        weight_fn = importance_weights if importance == "token" else sequence_importance_weights
-        weights = weight_fn(logp_old, logp_mix, mask, clip=weight_clip)
-    else:
-        weights = torch.ones_like(logp_old)
+    if teacher_mix_alpha == 0:
+        return rewards, advantages, torch.ones_like(logp_old)
+    if logp_mix is None:
+        raise ValueError("teacher_mix_alpha > 0 needs logp_mix = log p̃(y_t) of the sampled tokens")
+    weight_fn = importance_weights if importance == "token" else sequence_importance_weights
+    return rewards, advantages, weight_fn(logp_old, logp_mix, mask, clip=weight_clip)
 
-    loss_long, clip_frac = policy_loss(logp, logp_old, advantages, weights, mask, clip_eps=clip_eps)
-    loss = loss_long
-    loss_single = torch.zeros_like(loss_long)
-    if single_step:
-        loss_single = single_step_loss(student_logits, teacher_logits, mask,
-                                       weights=weights if single_step_weighted else None)
-        loss = loss + loss_single
 
+def _minillm_stats(rewards, advantages, weights, mask, logp, logp_old, clip_frac, loss_long, loss_single):
     with torch.no_grad():
-        stats = {
+        return {
             "reward": masked_mean(rewards, mask),
             "advantage": masked_mean(advantages, mask),
             "weight": masked_mean(weights, mask),
@@ -391,4 +402,161 @@ def minillm_loss(logp, logp_old, logp_teacher, mask, student_logits=None, teache
             "loss_long": loss_long.detach(),
             "loss_single": loss_single.detach(),
         }
-    return loss, stats
+
+
+# -----------------------------------------------------------------------------
+# the same loss from hidden states, chunk by chunk
+
+class _HeadLoss(torch.autograd.Function):
+    """Forward computes the loss and its gradients w.r.t. hidden and head weight; backward scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden, head_weight, run):
+        loss, ctx.grad_hidden, ctx.grad_weight = run(hidden, head_weight, ctx.needs_input_grad[:2])
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grads = [g.mul_(grad_output) if g is not None else None for g in (ctx.grad_hidden, ctx.grad_weight)]
+        ctx.grad_hidden = ctx.grad_weight = None
+        return grads[0], grads[1], None
+
+
+def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, mask, teacher_logits=None,
+                         logp_mix=None, *, teacher_hidden=None, teacher_head_weight=None, teacher_index=None,
+                         policy=None, chunk_size=1024, single_step=True, single_step_weighted=True, clip_eps=0.2,
+                         **switches):
+    """minillm_loss (same value, gradients and stats) from the student's hidden states [B, T, d] and
+    lm_head [V, d] instead of its logits: the logits of the valid response tokens exist only
+    chunk_size rows at a time, and each chunk's gradient w.r.t. them is folded into the gradients of
+    hidden and head_weight at once, so no [B, T, V] student logits are kept for backward (as
+    kl.chunked_kd_loss does for KD). Per token the loss is
+
+        l_t = max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε, 1 + ε)) + w_t KL(q_t‖p_t),
+        ρ_t = exp(log q_θ(y_t) − log q_old(y_t)) w_t
+
+    (policy_loss, single_step_loss), whose gradient w.r.t. the logits z_t is, with q = softmax(z_t),
+    g_t = ∂l_t/∂ log q_θ(y_t) = −A_t ρ_t where the clip is off (else 0) and KL = KL(q_t‖p_t):
+    ∂l_t/∂z_t = g_t (onehot(y_t) − q) + w_t q ⊙ (log q − log p − KL).
+
+    tokens [B, T]: the sampled y_t. The teacher (at the valid tokens only) is teacher_logits [..., V]
+    read at rows `teacher_index` [N] of teacher_logits.reshape(-1, V) (default: the valid positions
+    of mask, for teacher_logits [B, T, V]), or teacher_hidden [B, T, d_t] with teacher_head_weight
+    [V, d_t]. `policy(z) -> log-probs`: the student's sampling distribution when it is not
+    softmax(z) (rollout.sampling_logits: temperature, top-k / top-p); its chunks go through autograd.
+    Other switches as minillm_loss. One backward per forward.
+    """
+    _check_mask(mask, tokens, logp_old, logp_teacher)
+    if hidden.shape[:2] != mask.shape or head_weight.dim() != 2 or head_weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"need hidden [B, T, d] with [B, T] = {tuple(mask.shape)} and head_weight [V, d], got "
+                         f"{tuple(hidden.shape)} and {tuple(head_weight.shape)}")
+    if single_step and (teacher_logits is None) == (teacher_hidden is None or teacher_head_weight is None):
+        raise ValueError("single_step=True needs the teacher: teacher_logits, or teacher_hidden with "
+                         "teacher_head_weight (exactly one of the two)")
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if clip_eps is not None and clip_eps <= 0:
+        raise ValueError(f"clip_eps must be > 0 (or None to disable clipping), got {clip_eps}")
+    rewards, advantages, weights = _minillm_inputs(logp_old, logp_teacher, mask, logp_mix, single_step=single_step,
+                                                   **_minillm_defaults(switches))
+    flat = mask.reshape(-1).nonzero().squeeze(1)  # the N valid tokens, row by row
+    n_tok, V = flat.numel(), head_weight.shape[0]
+    n = max(n_tok, 1)  # the token mean's denominator
+    at = {k: x.reshape(-1)[flat] for k, x in (('y', tokens), ('old', logp_old), ('adv', advantages), ('w', weights))}
+    kl_w = at['w'] if single_step_weighted else torch.ones_like(at['w'])
+    device_type = hidden.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    mm_dtype = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype
+    loss_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    t_rows = flat if teacher_index is None else teacher_index
+    t_weight = teacher_head_weight.detach().to(mm_dtype) if teacher_head_weight is not None else None
+
+    def teacher_chunk(rows):
+        if teacher_logits is not None:
+            return teacher_logits.reshape(-1, V)[t_rows[rows]].detach().to(loss_dtype)
+        h_t = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])[flat[rows]].detach().to(mm_dtype)
+        return (h_t @ t_weight.T).to(loss_dtype)
+
+    parts = dict(logp=[], clipped=[], long=0.0, single=0.0)
+
+    def long_term(logp, rows):
+        """This chunk's share of L_Long and its derivative w.r.t. log q_θ(y_t) (policy_loss's clip)."""
+        ratio = torch.exp(logp - at['old'][rows]) * at['w'][rows]
+        surrogate = -at['adv'][rows] * ratio
+        clipped = -at['adv'][rows] * ratio.clamp(1 - clip_eps, 1 + clip_eps) if clip_eps else surrogate
+        clip_on = clipped > surrogate
+        parts['logp'].append(logp.detach())
+        parts['clipped'].append(clip_on)
+        return torch.where(clip_on, clipped, surrogate).sum() / n, torch.where(clip_on, 0.0, surrogate.detach()) / n
+
+    def closed_form(z, rows):
+        """(∂ chunk loss / ∂z) by the formula above, reusing z's buffer (3 [C, V] buffers in all)."""
+        y, a = at['y'][rows, None], kl_w[rows, None] / n
+        log_q = z.sub_(torch.logsumexp(z, -1, keepdim=True))
+        long, g = long_term(log_q.gather(-1, y).squeeze(-1), rows)
+        parts['long'] += long
+        q = log_q.exp()
+        if single_step:
+            log_p = teacher_chunk(rows)
+            log_p = log_p.sub_(torch.logsumexp(log_p, -1, keepdim=True))
+            diff = log_p.neg_().add_(log_q).masked_fill_(q == 0, 0)   # log q − log p, with 0 · log 0 = 0
+            kl = torch.linalg.vecdot(q, diff)
+            parts['single'] += (a.squeeze(1) * kl).sum()
+            grad = diff.sub_(kl[:, None]).mul_(a).sub_(g[:, None]).mul_(q)
+        else:
+            grad = q.mul_(-g[:, None])
+        return grad.scatter_add_(-1, y, g[:, None])
+
+    def by_autograd(z, rows):
+        """The same for a `policy` (filtered, tempered): autograd on this chunk's logits alone."""
+        with torch.enable_grad():
+            z.requires_grad_()
+            log_q = torch.log_softmax(policy(z), -1)
+            long, _ = long_term(log_q.gather(-1, at['y'][rows, None]).squeeze(-1), rows)
+            single = (kl_w[rows] / n * reverse_kl(log_q, teacher_chunk(rows))).sum() if single_step else 0.0
+            parts['long'] += long.detach()
+            parts['single'] += single.detach() if single_step else 0.0
+            return torch.autograd.grad(long + single, z)[0]
+
+    def run(h, w, want_grads):
+        weight = w.detach().to(mm_dtype)
+        grad_h = torch.zeros_like(h) if want_grads[0] else None
+        grad_w = torch.zeros(w.shape, dtype=loss_dtype, device=w.device) if want_grads[1] else None
+        with torch.autocast(device_type, enabled=False):
+            for start in range(0, n_tok, chunk_size):
+                rows = slice(start, min(start + chunk_size, n_tok))
+                x = h[rows].detach().to(mm_dtype)
+                z = (x @ weight.T).to(loss_dtype)
+                grad = (by_autograd if policy is not None else closed_form)(z, rows)
+                if not any(want_grads):
+                    continue
+                grad = grad.to(mm_dtype)
+                if grad_h is not None:
+                    grad_h[rows] = grad @ weight
+                if grad_w is not None:
+                    grad_w += (grad.T @ x).to(loss_dtype)
+        loss = torch.as_tensor(parts['long'] + parts['single'], dtype=loss_dtype, device=h.device)
+        return loss, grad_h, grad_w.to(w.dtype) if grad_w is not None else None
+
+    h = hidden.reshape(-1, hidden.shape[-1])[flat]
+    if torch.is_grad_enabled() and (h.requires_grad or head_weight.requires_grad):
+        loss = _HeadLoss.apply(h, head_weight, run)
+    else:
+        loss = run(h, head_weight, (False, False))[0]
+    logp = torch.zeros_like(logp_old).reshape(-1)
+    logp[flat] = torch.cat(parts['logp'] or [logp_old[:0, 0]]).to(logp_old.dtype)
+    clip_frac = torch.cat(parts['clipped'] or [mask[:0, 0]]).to(loss_dtype).sum() / n
+    loss_long, loss_single = (torch.as_tensor(parts[k], dtype=loss_dtype, device=mask.device)
+                              for k in ('long', 'single'))
+    return loss, _minillm_stats(rewards, advantages, weights, mask, logp.view_as(logp_old), logp_old, clip_frac,
+                                loss_long, loss_single)
+
+
+def _minillm_defaults(switches):
+    """minillm_loss's keyword defaults for the switches chunked_minillm_loss passes through."""
+    allowed = dict(teacher_mix_alpha=0.2, length_norm=True, returns_mode="paper", gamma=None, reward_scale=None,
+                   reward_clip=None, weight_clip=None, include_current=None, importance="token", advantages=None)
+    unknown = set(switches) - set(allowed)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
+    return {**allowed, **switches}

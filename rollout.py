@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import policy_gradient as pg
 from dataset import split_responses
-from model import _filtered_logprobs
+from sampling import filtered_logprobs
 from progress import GenerationProgress
 
 
@@ -63,14 +63,22 @@ def rollout_batch(rows, eot, device):
     return seq.to(device), amask.to(device), Tp, amask[:, Tp:].bool().to(device)
 
 
-def response_logits(cfg, model, seq, amask, Tp):
-    """Logits [B, Tr, V] (fp32) that predict each response token."""
+def response_logits(cfg, model, seq, amask, Tp, upcast=True):
+    """Logits [B, Tr, V] that predict each response token (bf16 / fp16 upcast to fp32 with `upcast`):
+    lm_head runs on those positions only, not on the prompt's (up to half of each row on Dolly)."""
     with cfg.ctx:
-        return model(seq, attention_mask=amask)[:, Tp - 1:-1].float()
+        logits = model(seq, attention_mask=amask, head_fn=lambda h, w: F.linear(h[:, Tp - 1:-1], w))
+    return upcast_half(logits) if upcast else logits
+
+
+def upcast_half(x):
+    """bf16 / fp16 -> fp32 for log-probs and losses; fp32 and fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 def gather_logp(logits, tokens):
-    return torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    """log softmax(logits)[tokens] as z_y − logsumexp(z): no [..., V] log-softmax is written."""
+    return logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
 
 
 def plain_sampling(cfg):
@@ -91,7 +99,7 @@ def sampling_logits(cfg, logits):
     PPO epoch (the reference stores the rollout's mask), the same set at θ = θ_old."""
     if plain_sampling(cfg):
         return logits
-    return _filtered_logprobs(logits, cfg.gen_temperature, cfg.gen_top_k or None, cfg.gen_top_p)
+    return filtered_logprobs(logits, cfg.gen_temperature, cfg.gen_top_k or None, cfg.gen_top_p)
 
 
 @torch.no_grad()
@@ -108,7 +116,7 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
     chosen = prompt_order.take(cfg.rollout_size)
     per_rank = cfg.rollout_size // cfg.world_size
     chosen = chosen[cfg.rank * per_rank:(cfg.rank + 1) * per_rank]
-    rows, parts = [], []
+    rows, parts, cache = [], [], None
     bar = GenerationProgress(per_rank, 'rollouts', enabled=cfg.rank == 0)  # rank 0's share, on a terminal
     for s in range(0, per_rank, cfg.rollout_batch_size):
         ids = chosen[s:s + cfg.rollout_batch_size]
@@ -118,14 +126,19 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
                 p_idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.gen_temperature,
                 top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=prompts.eot,
                 attention_mask=p_mask.to(cfg.device), generator=sample_gen,
-                mix_model=teacher, mix_alpha=cfg.teacher_mix_alpha, all_done=cfg.all_done)
+                mix_model=teacher, mix_alpha=cfg.teacher_mix_alpha, all_done=cfg.all_done, decode=cfg.gen_decode)
         chunk = list(zip([prompts.prompt(i) for i in ids], split_responses(out.cpu(), p_idx.shape[1], prompts.eot)))
         seq, amask, Tp, rmask = rollout_batch(chunk, prompts.eot, cfg.device)
         tokens = seq[:, Tp:]
         s_logits = response_logits(cfg, model, seq, amask, Tp)
         lq = gather_logp(sampling_logits(cfg, s_logits), tokens)    # log q_old(y_t), as sampled
         del s_logits
-        t_logits = response_logits(cfg, teacher, seq, amask, Tp)
+        t_logits = response_logits(cfg, teacher, seq, amask, Tp, upcast=False)
+        if s == 0:
+            cache = new_teacher_cache(cfg, per_rank, t_logits)
+        if cache is not None:  # for the single-step term of the updates on this buffer
+            cache[s:s + len(chunk), :t_logits.shape[1]] = t_logits
+        t_logits = upcast_half(t_logits)
         lp = gather_logp(t_logits, tokens)                          # log p(y_t), the teacher itself
         lp_sampled = lp if plain_sampling(cfg) else gather_logp(sampling_logits(cfg, t_logits), tokens)
         del t_logits
@@ -146,8 +159,42 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
     logp_mix = (torch.logaddexp(logp_teacher_sampled + math.log(a), logp_old + math.log1p(-a)) if a > 0 else logp_old)
     logp_mix = torch.where(mask, logp_mix, 0.0)
     model.train()
-    return dict(rows=rows, logp_old=logp_old, logp_teacher=logp_teacher, logp_mix=logp_mix,
-                advantages=advantages, mask=mask)
+    return {'rows': rows, 'logp_old': logp_old, 'logp_teacher': logp_teacher, 'logp_mix': logp_mix,
+            'advantages': advantages, 'mask': mask, TEACHER_CACHE: cache}
+
+
+TEACHER_CACHE = 'teacher_logits'  # the buffer's key for them (None: not kept); train.py leaves it out of checkpoints
+
+
+def new_teacher_cache(cfg, n_rows, logits):
+    """An empty [n_rows, max_new_tokens, V] tensor for the rollout's teacher logits (in the dtype they
+    come in: bf16 under autocast), or None: they are kept for the single-step term of every update on
+    the buffer (which then needs no teacher forward) when they fit in teacher_logits_cache_gb and
+    one process holds all the rows its updates read (world size 1)."""
+    shape = (n_rows, cfg.max_new_tokens, logits.shape[-1])
+    size_gb = math.prod(shape) * logits.element_size() / 2**30
+    if not cfg.single_step or cfg.world_size > 1 or size_gb > cfg.teacher_logits_cache_gb:
+        return None
+    return torch.zeros(shape, dtype=logits.dtype, device=logits.device)
+
+
+@torch.no_grad()
+def teacher_cache(cfg, teacher, buf):
+    """The buffer's teacher logits; after a resume (checkpoints leave them out) recomputed batch by
+    batch exactly as collect_rollouts scored them, so a resumed run repeats the uninterrupted one."""
+    if TEACHER_CACHE in buf or not cfg.single_step or cfg.world_size > 1:
+        return buf.get(TEACHER_CACHE)
+    cache = None
+    for s in range(0, len(buf['rows']), cfg.rollout_batch_size):
+        chunk = buf['rows'][s:s + cfg.rollout_batch_size]
+        seq, amask, Tp, _ = rollout_batch(chunk, cfg.eot, cfg.device)
+        t_logits = response_logits(cfg, teacher, seq, amask, Tp, upcast=False)
+        cache = new_teacher_cache(cfg, len(buf['rows']), t_logits) if s == 0 else cache
+        if cache is None:
+            break
+        cache[s:s + len(chunk), :t_logits.shape[1]] = t_logits
+    buf[TEACHER_CACHE] = cache
+    return cache
 
 
 def whitened_advantages(cfg, buf, ids, minibatch):
@@ -167,20 +214,46 @@ def whitened_advantages(cfg, buf, ids, minibatch):
 
 def minillm_micro_loss(cfg, model, teacher, buf, ids, minibatch=None):
     """MiniLLM loss on rollout rows `ids` (MiniLLM §2.2: L_Long(clipped) + L_Single), this rank's
-    share of the PPO minibatch `minibatch` (default: `ids`); returns (loss, response-token count, stats)."""
+    share of the PPO minibatch `minibatch` (default: `ids`); returns (loss, response-token count, stats).
+    With cfg.chunked the loss runs on the student's hidden states chunk by chunk
+    (pg.chunked_minillm_loss), never holding [B, Tr, V] logits for backward; the teacher's logits
+    come from the rollout's cache when it kept them (teacher_cache), else from its forward."""
     seq, amask, Tp, rmask = rollout_batch([buf['rows'][i] for i in ids], cfg.eot, cfg.device)
-    Tr = rmask.shape[1]
+    Tr, tokens = rmask.shape[1], seq[:, Tp:]
     take = {k: buf[k][ids, :Tr] for k in ('logp_old', 'logp_teacher', 'logp_mix', 'advantages')}
     if cfg.returns_mode == 'reference':
         take['advantages'] = whitened_advantages(cfg, buf, ids, minibatch)[:, :Tr]
-    s_logits = sampling_logits(cfg, response_logits(cfg, model, seq, amask, Tp))  # q_θ as sampled
-    logp = gather_logp(s_logits, seq[:, Tp:])
-    t_logits = None
-    if cfg.single_step:
-        with torch.no_grad():
-            t_logits = response_logits(cfg, teacher, seq, amask, Tp)
-    loss, stats = pg.minillm_loss(
-        logp, take['logp_old'], take['logp_teacher'], rmask, s_logits, t_logits, logp_mix=take['logp_mix'],
-        single_step=cfg.single_step, teacher_mix_alpha=cfg.teacher_mix_alpha, clip_eps=cfg.clip_eps,
-        single_step_weighted=cfg.single_step_weighted, advantages=take['advantages'])
+    switches = dict(logp_mix=take['logp_mix'], single_step=cfg.single_step, teacher_mix_alpha=cfg.teacher_mix_alpha,
+                    clip_eps=cfg.clip_eps, single_step_weighted=cfg.single_step_weighted, advantages=take['advantages'])
+    cache = teacher_cache(cfg, teacher, buf)
+    rows = torch.as_tensor(ids, device=cfg.device)
+    if not cfg.chunked:
+        s_logits = sampling_logits(cfg, response_logits(cfg, model, seq, amask, Tp))  # q_θ as sampled
+        t_logits = None
+        if cfg.single_step:
+            with torch.no_grad():
+                t_logits = (upcast_half(cache[rows, :Tr]) if cache is not None
+                            else response_logits(cfg, teacher, seq, amask, Tp))
+        loss, stats = pg.minillm_loss(gather_logp(s_logits, tokens), take['logp_old'], take['logp_teacher'], rmask,
+                                      s_logits, t_logits, **switches)
+        return loss, rmask.sum(), stats
+    teacher_in = {}
+    if cfg.single_step and cache is not None:  # row-major valid positions of the [N, max_new_tokens, V] cache
+        teacher_in = dict(teacher_logits=cache,
+                          teacher_index=(rows[:, None] * cache.shape[1] + torch.arange(Tr, device=cfg.device))[rmask])
+    elif cfg.single_step:
+        with torch.no_grad(), cfg.ctx:
+            if cfg.parallel == 'fsdp':  # the sharded teacher's head exists only inside its forward
+                teacher_in = dict(teacher_logits=teacher(seq, attention_mask=amask,
+                                                         head_fn=lambda h, w: F.linear(h[:, Tp - 1:-1], w)))
+            else:
+                h, w = teacher(seq, attention_mask=amask, head_fn=lambda h, w: (h[:, Tp - 1:-1], w))
+                teacher_in = dict(teacher_hidden=h, teacher_head_weight=w)
+    policy = None if plain_sampling(cfg) else (lambda z: sampling_logits(cfg, z))
+
+    def head_fn(hidden, weight):
+        return pg.chunked_minillm_loss(hidden[:, Tp - 1:-1], weight, tokens, take['logp_old'], take['logp_teacher'],
+                                       rmask, policy=policy, chunk_size=cfg.loss_chunk_size, **teacher_in, **switches)
+    with cfg.ctx:
+        loss, stats = model(seq, attention_mask=amask, head_fn=head_fn)
     return loss, rmask.sum(), stats

@@ -36,8 +36,8 @@ from checkpoint import (BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, atomic_save
                         load_teacher, load_trainer_state, models_from_rank0, save_sharded)
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta
-from model import GPT, GPTConfig, mfu, peak_flops
-from rollout import PromptOrder, collect_rollouts, minillm_micro_loss
+from model import DECODE_MODES, GPT, GPTConfig, mfu, peak_flops
+from rollout import TEACHER_CACHE, PromptOrder, collect_rollouts, minillm_micro_loss
 from tokenizer import get_encoding
 from validation import SELECT_METRICS, improves, rouge_subset, selection_metric, validation_rouge_l
 
@@ -100,6 +100,8 @@ whiten_padding = True        # reference mode: whiten over the padded [B, max_ne
 gamma = 1.0
 clip_eps = 0.2
 single_step_weighted = True  # paper: the single-step term carries w_t; reference code: no
+teacher_logits_cache_gb = 2.0  # keep the rollout's teacher logits for the updates' single-step term (world size 1) when they fit
+gen_decode = 'eager'         # rollout decoding: 'eager' (finished rows leave the batch) | 'static' | 'compile' (GPT.generate)
 reward_scale = 0.0           # reference code: 0.5 (rewards doubled); 0 = off
 reward_clip = 0.0            # reference code: 100; 0 = off
 pt_weight = 1.0              # weight of L_PT; 0 or pt_data_dir '' = off
@@ -382,6 +384,8 @@ def validate(cfg):
         # may lie outside the student's, where q_old = 0 and the reward log p - log q_old is infinite
         raise UserError("teacher_mix_alpha > 0 needs gen_top_k=0 and gen_top_p=1 (the reference's sampling): "
                         "a teacher-mixed token outside the student's top-k/top-p set has q_old = 0")
+    if cfg.gen_decode not in DECODE_MODES:
+        raise UserError(f"unknown gen_decode '{cfg.gen_decode}': pick one of {', '.join(DECODE_MODES)}")
     if cfg.method == 'minillm' and cfg.rollout_size % cfg.world_size:
         raise UserError(f"rollout_size {cfg.rollout_size} must be divisible by the {cfg.world_size} ranks")
     if (cfg.fsdp_activation_checkpointing or cfg.fsdp_cpu_offload) and cfg.parallel != 'fsdp':
@@ -611,7 +615,8 @@ def run_training(cfg, stop):
                 write(BEST_NAME, lambda: checkpoint_payload(raw_model, meta['tokenizer'], **info))
             return
         state = dict(info, data_gen=data_gen.get_state(), sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state(),
-                     rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()} if buf else None,
+                     rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items() if k != TEACHER_CACHE}
+                     if buf else None,  # the teacher's logits are recomputed after a resume (rollout.teacher_cache)
                      rollout_queue=list(queue),
                      prompt_order=prompt_order.state_dict() if prompt_order else None,
                      distillm=distillm.state_dict() if distillm else None)

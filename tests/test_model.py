@@ -311,3 +311,103 @@ def test_no_repeat_ngram_equals_transformers_processor_and_never_repeats():
     for row, skip in zip(out.tolist(), (0, 2)):
         grams = [tuple(row[skip:][i:i + 2]) for i in range(len(row) - skip - 1)]
         assert len(grams) == len(set(grams))
+
+
+# ----------------------------------------------------------------------------- the fast sampler (sampling.py)
+def frequency_bound(p, n, sigmas=5.0):
+    """|frequency - p| allowed for n independent draws: 5 binomial standard deviations per token
+    (a fixed seed, so the test is deterministic; at 5 sigma a correct sampler fails 1 in 1.7 million)."""
+    return sigmas * (p * (1 - p) / n).sqrt() + 1e-12
+
+
+@pytest.mark.parametrize('V', [7, 600])  # one block; three blocks of CDF_BLOCK = 256, the last one short
+def test_inverse_cdf_sampler_draws_the_exact_distribution(V):
+    import sampling
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(1, V, generator=g).pow(4)
+    p[0, ::3] = 0                                           # zero-probability entries, inside and at block ends
+    p[0, 255::256] = 0
+    p[0, -1] = 0
+    p = (p / p.sum()).expand(100_000, V).contiguous()
+    u = sampling.draw_uniforms(100_000, 'cpu', torch.Generator().manual_seed(1))
+    freq = torch.bincount(sampling.inverse_cdf_sample(p, u), minlength=V).double() / 100_000
+    exact = p[0].double()
+    assert freq[exact == 0].sum() == 0                      # never an entry of probability 0
+    assert ((freq - exact).abs() <= frequency_bound(exact, 100_000)).all()
+    # unnormalised rows are drawn in proportion, and a row that is one-hot always gives its index
+    hot = torch.zeros(3, V)
+    hot[torch.arange(3), torch.tensor([0, V // 2, V - 1])] = 5.0
+    assert sampling.inverse_cdf_sample(hot, sampling.draw_uniforms(3, 'cpu')).tolist() == [0, V // 2, V - 1]
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(temperature=0.7, top_k=3), dict(top_p=0.8),
+                                dict(mix_alpha=0.3), dict(temperature=1.4, mix_alpha=0.3), dict(mix_alpha=1.0)])
+def test_sample_next_frequencies_equal_next_token_logprobs(kw):
+    """sample_next draws from next_token_logprobs' distribution, teacher-mixed ones by composition."""
+    import sampling
+    n, g = 100_000, torch.Generator().manual_seed(2)
+    own, mix = torch.randn(1, 9, generator=g) * 2, torch.randn(1, 9, generator=g) * 2
+    logits = [own.expand(n, 9), mix.expand(n, 9)] if 'mix_alpha' in kw else own.expand(n, 9)
+    args = dict(temperature=kw.get('temperature', 1.0), top_k=kw.get('top_k'), top_p=kw.get('top_p'),
+                mix_alpha=kw.get('mix_alpha', 0.0))
+    draws = sampling.sample_next(logits, generator=torch.Generator().manual_seed(3), **args)
+    freq = torch.bincount(draws, minlength=9).double() / n
+    exact = next_token_logprobs([own, mix] if 'mix_alpha' in kw else own, **args)[0].exp().double()
+    assert ((freq - exact).abs() <= frequency_bound(exact, n)).all()
+    assert freq[exact == 0].sum() == 0
+    # greedy: the argmax of the (mixed) distribution
+    greedy = sampling.sample_next([own, mix] if 'mix_alpha' in kw else own, **{**args, 'temperature': 0})
+    assert greedy.item() == next_token_logprobs([own, mix] if 'mix_alpha' in kw else own,
+                                                **{**args, 'temperature': 1.0}).argmax().item()
+
+
+def batch_sizes_seen(m):
+    """Record the batch size of every forward of m (a decoding step each, after the prompt)."""
+    sizes = []
+    m.register_forward_pre_hook(lambda mod, args, kwargs: sizes.append(args[0].shape[0]), with_kwargs=True)
+    return sizes
+
+
+@families
+def test_finished_rows_leave_the_batch_and_change_no_token(family):
+    """decode='eager' drops rows that emitted eos from the batch and both caches; 'static' decodes
+    the full batch to the end. Each row draws from its own uniforms, so the same generator gives the
+    same tokens, greedy, sampled, and teacher-mixed (both caches compacted)."""
+    student, teacher = tiny(9, family=family), tiny(10, family=family)
+    idx, mask = left_pad([[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40], [7, 7, 7, 7, 7], [2, 4], [11, 12, 13]])
+    free = student.generate(idx, 16, attention_mask=mask, generator=torch.Generator().manual_seed(0))
+    eos = int(torch.mode(free[:, idx.shape[1]:].flatten()).values)   # a frequent token: rows end at different steps
+    for kw in (dict(temperature=0), dict(), dict(mix_model=teacher, mix_alpha=0.4), dict(temperature=0.8, top_k=5)):
+        sizes = batch_sizes_seen(student)
+        out = {d: student.generate(idx, 16, attention_mask=mask, eos_id=eos, decode=d,
+                                   generator=torch.Generator().manual_seed(4), **kw) for d in ('eager', 'static')}
+        assert torch.equal(out['eager'], out['static']), kw
+        eager_sizes = sizes[:len(sizes) - (out['static'].shape[1] - idx.shape[1])]
+        new = out['eager'][:, idx.shape[1]:]
+        first_eos = torch.where((new == eos).any(1), (new == eos).int().argmax(1), new.shape[1])
+        # step t decodes exactly the rows that had not emitted eos before it
+        assert eager_sizes == [int((first_eos >= t).sum()) for t in range(len(eager_sizes))], kw
+    for row in out['eager'][:, idx.shape[1]:].tolist():                  # after eos, only eos
+        assert eos not in row or set(row[row.index(eos):]) == {eos}
+
+
+@families
+def test_static_decode_step_gives_the_eager_greedy_tokens(family):
+    """GPT.decode_step (the static-shape step torch.compile captures: decode='compile') with left
+    padding equals the eager cache and recomputing the prefix; the cache length is rounded up."""
+    m = tiny(11, family=family)
+    prompts = [[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40], [7, 7, 7, 7, 7]]
+    idx, mask = left_pad(prompts)
+    static = m.generate(idx, 12, temperature=0, attention_mask=mask, decode='static')
+    assert torch.equal(static, m.generate(idx, 12, temperature=0, attention_mask=mask))
+    for i, p in enumerate(prompts):
+        assert static[i, idx.shape[1]:].tolist() == greedy_reference(m, p, 12)
+    cache = KVCache(m.config, 1, 20, 'cpu', torch.float32)
+    x = torch.tensor([[3, 1, 4]])
+    with torch.no_grad():
+        m(x[:, :2], cache=cache)
+        step = m.decode_step(x[:, 2:], cache)
+        assert cache.length == 3 and cache.n_valid.tolist() == [3]
+        assert torch.allclose(step, m(x)[:, -1], atol=1e-5)
+    with pytest.raises(ValueError, match='decode must be one of'):
+        m.generate(idx, 2, decode='jit')

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import policy_gradient as pg
 from policy_gradient import (
     compute_advantages,
     importance_weights,
@@ -465,6 +466,7 @@ def rollout_setup(tiny_instruct, *flags):
                                      f'--data_dir={tiny_instruct}', *flags])
     cfg.rank, cfg.world_size, cfg.all_done, cfg.ctx = 0, 1, None, torch.autocast('cpu', enabled=False)
     cfg.raw = lambda m: m
+    cfg.chunked = cfg.chunked_loss is True
     data = InstructSet(tiny_instruct, 'train')
     cfg.eot = data.eot
     models = []
@@ -476,7 +478,8 @@ def rollout_setup(tiny_instruct, *flags):
 
 @pytest.mark.parametrize("flags", [["--gen_temperature=0.7", "--gen_top_k=5", "--teacher_mix_alpha=0.0"],
                                    ["--gen_temperature=1.3", "--gen_top_p=0.8", "--teacher_mix_alpha=0.0"],
-                                   ["--gen_temperature=0.6", "--teacher_mix_alpha=0.2"]])
+                                   ["--gen_temperature=0.6", "--teacher_mix_alpha=0.2"],
+                                   ["--gen_temperature=0.6", "--teacher_mix_alpha=0.2", "--chunked_loss=True"]])
 def test_rollout_logprobs_are_those_of_the_sampled_distribution(tiny_instruct, flags):
     from model import last_position_logits, next_token_logprobs
     from rollout import collect_rollouts, minillm_micro_loss
@@ -511,3 +514,78 @@ def test_teacher_mixing_with_top_k_or_top_p_is_refused(tiny_instruct, tmp_path):
         with pytest.raises(UserError, match="teacher_mix_alpha > 0 needs gen_top_k=0 and gen_top_p=1"):
             train.main(['--method=minillm', f'--data_dir={tiny_instruct}', f'--out_dir={tmp_path}', '--device=cpu',
                         '--teacher_mix_alpha=0.2', flag])
+
+
+# -----------------------------------------------------------------------------
+# the chunked loss: minillm_loss from hidden states, chunk by chunk
+
+@pytest.mark.parametrize("switches", [dict(), dict(single_step_weighted=False), dict(single_step=False),
+                                      dict(teacher_mix_alpha=0.0, clip_eps=None),
+                                      dict(returns_mode="reference", importance="sequence", reward_scale=0.5)])
+@pytest.mark.parametrize("filtered", [False, True])
+def test_chunked_minillm_loss_equals_minillm_loss(switches, filtered):
+    """Value, gradients w.r.t. hidden states and lm_head, and every stat, for any chunking and
+    each way of giving the teacher (logits, logits read through an index, hidden states + head)."""
+    from sampling import filtered_logprobs
+    g = torch.Generator().manual_seed(0)
+    B, T, d, V = 3, 5, 8, 13
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    hidden = torch.randn(B, T, d, generator=g, dtype=torch.float64).requires_grad_()
+    head = torch.randn(V, d, generator=g, dtype=torch.float64).requires_grad_()
+    t_hidden = torch.randn(B, T, d, generator=g, dtype=torch.float64)
+    t_head = torch.randn(V, d, generator=g, dtype=torch.float64)
+    tokens = torch.randint(V, (B, T), generator=g)
+    policy = (lambda z: filtered_logprobs(z, 0.7, 6, None).double()) if filtered else None
+    if filtered:  # sampled tokens lie in the student's top-k set
+        tokens = (hidden.detach() @ head.detach().T).topk(6, -1).indices[..., 0]
+    gather = lambda z: torch.log_softmax(z, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    s_logits = hidden @ head.T
+    s_policy = policy(s_logits) if filtered else s_logits
+    logp_old = gather(s_policy.detach()) + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    logp_teacher = gather(t_hidden @ t_head.T)
+    logp_mix = torch.logaddexp(logp_old + math.log(0.8), logp_teacher + math.log(0.2))
+    kw = dict(logp_mix=logp_mix, **switches)
+    ref, ref_stats = pg.minillm_loss(gather(s_policy), logp_old, logp_teacher, mask, s_policy, t_hidden @ t_head.T, **kw)
+    ref_grads = torch.autograd.grad(ref, [hidden, head])
+    flat_teacher = (t_hidden @ t_head.T)[mask]                      # [N, V], read through teacher_index
+    teachers = [dict(teacher_logits=t_hidden @ t_head.T), dict(teacher_hidden=t_hidden, teacher_head_weight=t_head),
+                dict(teacher_logits=torch.cat([flat_teacher.flip(0), flat_teacher[:2]]),
+                     teacher_index=torch.arange(flat_teacher.shape[0]).flip(0))]
+    for chunk, teacher in [(1, teachers[0]), (4, teachers[1]), (100, teachers[2]), (2, teachers[2])]:
+        loss, stats = pg.chunked_minillm_loss(hidden, head, tokens, logp_old, logp_teacher, mask, policy=policy,
+                                              chunk_size=chunk, **teacher, **kw)
+        grads = torch.autograd.grad(loss, [hidden, head])
+        assert torch.allclose(loss, ref, rtol=1e-10, atol=1e-12), (chunk, loss, ref)
+        for a, b in zip(grads, ref_grads):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), chunk
+        for k in ref_stats:
+            assert torch.allclose(stats[k].double(), ref_stats[k].double(), atol=1e-12), k
+    assert ref_grads[1].abs().sum() > 0 and (ref_stats["clip_frac"] > 0 or switches.get("clip_eps", 0.2) is None)
+    with pytest.raises(ValueError, match="needs the teacher"):
+        pg.chunked_minillm_loss(hidden, head, tokens, logp_old, logp_teacher, mask, logp_mix=logp_mix, single_step=True)
+
+
+def test_chunked_minillm_loss_keeps_no_vocabulary_sized_tensor_for_backward():
+    """What autograd saves for backward, by shape: the plain loss keeps [B, T, V] logits and their
+    softmaxes; the chunked loss keeps nothing with a vocabulary axis (its gradients are folded in
+    during the forward)."""
+    g = torch.Generator().manual_seed(1)
+    B, T, d, V = 2, 6, 4, 97
+    mask = torch.ones(B, T, dtype=torch.bool)
+    hidden = torch.randn(B, T, d, generator=g).requires_grad_()
+    head = torch.randn(V, d, generator=g).requires_grad_()
+    teacher, tokens = torch.randn(B, T, V, generator=g), torch.randint(V, (B, T), generator=g)
+    old = torch.log_softmax(hidden.detach() @ head.detach().T, -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+    def saved_shapes(fn):
+        shapes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+            fn()
+        return shapes
+    plain = saved_shapes(lambda: pg.minillm_loss(
+        torch.log_softmax(hidden @ head.T, -1).gather(-1, tokens[..., None]).squeeze(-1), old, old, mask,
+        hidden @ head.T, teacher, logp_mix=old))
+    chunked = saved_shapes(lambda: pg.chunked_minillm_loss(hidden, head, tokens, old, old, mask, teacher, logp_mix=old,
+                                                           chunk_size=4))
+    assert (B, T, V) in plain
+    assert not [s for s in chunked if V in s], chunked

@@ -383,3 +383,41 @@ def test_scratch_family_switches_and_weight_decay_groups(tiny_instruct, tmp_path
     assert len(no_decay['params']) == 2 * c.n_layer + 1        # ln_1, ln_2 per block and ln_f: no biases in LLaMA
     with pytest.raises(UserError, match="unknown family 'gpt5'"):
         run_train(tmp_path, 'bad', f'--data_dir={tiny_instruct}', '--family=gpt5', '--max_iters=1')
+
+
+@pytest.mark.parametrize('flags', [[], ['--gen_temperature=0.8', '--gen_top_k=20', '--teacher_mix_alpha=0.0'],
+                                   ['--returns_mode=reference', '--single_step_weighted=False']])
+def test_minillm_update_chunked_and_with_cached_teacher_equals_the_plain_update(tiny_instruct, teacher, flags):
+    """minillm_micro_loss four ways: full logits or chunked (pg.chunked_minillm_loss from hidden
+    states), the teacher's logits recomputed or read from the rollout's cache. Same loss, gradients
+    and stats; and the cache that a resume rebuilds is the rollout's, bit for bit."""
+    from dataset import InstructSet
+    from rollout import TEACHER_CACHE, PromptOrder, teacher_cache
+    cfg = configure(train.DEFAULTS, SMALL + ['--method=minillm', '--rollout_size=8', '--rollout_batch_size=3',
+                                             '--max_new_tokens=7', '--loss_chunk_size=5', *flags])
+    cfg.rank, cfg.world_size, cfg.all_done, cfg.ctx = 0, 1, None, torch.autocast('cpu', enabled=False)
+    cfg.raw, cfg.chunked = (lambda m: m), False
+    data = InstructSet(tiny_instruct, 'train')
+    cfg.eot = data.eot
+    student, teach = (m.double() for m in perturbed_student_and_teacher(teacher))  # float64: exact up to 1e-12
+    buf = train.collect_rollouts(cfg, student, teach, data, PromptOrder(len(data), 0), torch.Generator().manual_seed(5))
+    cache = buf[TEACHER_CACHE]
+    assert cache.shape == (8, 7, 257) and (cache[:, buf['mask'].shape[1]:] == 0).all()
+    assert torch.equal(teacher_cache(cfg, teach, {k: v for k, v in buf.items() if k != TEACHER_CACHE}), cache)
+    results = {}
+    for chunked, cached in [(False, False), (False, True), (True, True), (True, False)]:
+        cfg.chunked = chunked
+        cfg.teacher_logits_cache_gb = 1.0 if cached else 0.0
+        b = buf if cached else {k: v for k, v in buf.items() if k != TEACHER_CACHE}
+        student.zero_grad()
+        loss, n, stats = train.minillm_micro_loss(cfg, student, teach, b, [6, 0, 3, 5], list(range(8)))
+        loss.backward()
+        results[chunked, cached] = loss, [p.grad.clone() for p in student.parameters()], stats
+    ref_loss, ref_grads, ref_stats = results[False, False]
+    assert ref_stats['loss_single'] > 0 and ref_loss != 0
+    for key, (loss, grads, stats) in results.items():
+        assert torch.allclose(loss, ref_loss, rtol=1e-10, atol=1e-12), key
+        for g, r in zip(grads, ref_grads):
+            assert torch.allclose(g, r, rtol=1e-10, atol=1e-12), key
+        for k in ref_stats:
+            assert torch.allclose(stats[k].double(), ref_stats[k].double(), rtol=1e-10, atol=1e-12), (key, k)
