@@ -181,14 +181,14 @@ def markdown(cfg, results, table, comps, lengths, n_runs):
     return '\n\n'.join(parts) + '\n', seeds
 
 
-def plot(table_set, seeds, path):
+def plot(table_set, comps, seeds, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     names = list(table_set)
     bars = [(k, t, sc) for k, t, sc, _ in COLUMNS if k in ('rouge_l', 'validity', 'validity_multi')
             and any(table_set[m][k]['mean'] is not None for m in names)]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    fig, axes = plt.subplots(1, 3 if comps else 2, figsize=(19 if comps else 13, 4.4))
     ax, width = axes[0], 0.8 / max(len(bars), 1)
     for j, (key, title, scale) in enumerate(bars):
         xs = [i + j * width for i in range(len(names))]
@@ -220,6 +220,18 @@ def plot(table_set, seeds, path):
     ax.set_ylabel('ExAccErr(l) %')
     ax.set_title('exposure bias (MiniLLM §3.3), mean ± std across seeds')
     ax.legend(fontsize=7)
+    if comps:  # the paired differences: what a claim 'a above b' rests on
+        ax = axes[2]
+        diffs = [[(x - y) * 100 for x, y in zip(table_set[a]['validity']['per_run'], table_set[b]['validity']['per_run'])
+                  if x is not None and y is not None] for a, b in comps]
+        ax.barh(range(len(comps)), [sum(d) / len(d) if d else 0 for d in diffs], color='lightgray')
+        for i, d in enumerate(diffs):
+            ax.plot(d, [i] * len(d), 'k.', ms=5)
+        ax.axvline(0, color='gray', lw=0.5)
+        ax.set_yticks(range(len(comps)), [f'{a} − {b}' for a, b in comps], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel('valid % difference, same init (bar: mean, dots: each seed)')
+        ax.set_title('paired differences per training seed')
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -247,7 +259,7 @@ def main(argv):
                        comparisons={s: dict(c) for s, c in comps.items()}), f, indent=1)
     pngs = {s: cfg.out + ('.png' if len(table) == 1 else f'_{s}.png') for s in table}
     for s, path in pngs.items():
-        plot(table[s], seeds, path)
+        plot(table[s], [p for p in pairs if p[0] in table[s] and p[1] in table[s]], seeds, path)
     print(f"wrote {cfg.out}.md, {cfg.out}.json, {', '.join(pngs.values())}")
     return table, comps
 
