@@ -36,7 +36,7 @@ from configurator import UserError, configure, defaults_from, run
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = {'loss': '1. Divergence loss: plain vs chunked', 'generate': '2. Generation: KV cache, recompute, transformers',
             'train': '3. One training step: sft, kd, minillm', 'distributed': '4. DDP and FSDP on CPU',
-            'onpolicy': '5. On-policy steps: GKD, DistiLLM, MiniLLM'}
+            'onpolicy': '5. On-policy steps: GKD, DistiLLM, MiniLLM', 'trl': '6. A MiniLLM step against TRL'}
 
 # ----------------------------------------------------------------------------- config
 only = 'loss,generate,train,distributed,onpolicy'
@@ -76,6 +76,21 @@ dist_repeats = 1
 # 5. a GKD, a DistiLLM and a MiniLLM step in one run (train_args, teacher_args, minillm_args, train_iters, _repeats)
 onpolicy_gkd_args = '--gkd_lambda=0.5 --max_new_tokens=32'        # on-policy and gold steps, sampled as minillm's
 onpolicy_distillm_args = '--distillm_init_prob=0.5 --distillm_capacity=64 --max_new_tokens=32'  # fresh, replay, gold
+# 6. a MiniLLM step against TRL's trainers (bench_trl.py; TRL installed with pip install --target, see there)
+trl_minillm_dir = '/tmp/trl114'   # trl 1.14.2, the last release with MiniLLMTrainer
+trl_current_dir = '/tmp/trl116'   # the current release: GKDTrainer, DistillationTrainer
+trl_deps_dirs = '/tmp/trl_deps'   # comma-separated: what TRL needs that the venv lacks (accelerate, psutil)
+trl_variants = 'ours,minillm,gkd,distillation'
+trl_student = '2,2,128'           # layers, heads, d (TRL's tiny test models)
+trl_teacher = '4,4,256'
+trl_block_size = 512
+trl_prompts = 8
+trl_prompt_tokens = 62
+trl_new_tokens = 32
+trl_steps = 5                     # per run; the first is not timed
+trl_repeats = 2
+trl_threads = 0                   # threads of each run, both sides; 0 = torch's default, as the issue measured
+trl_ours_args = ''                # more train.py flags for our runs
 DEFAULTS = defaults_from(globals())
 # -----------------------------------------------------------------------------
 
@@ -585,8 +600,9 @@ def main(argv):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     path = os.path.join(ROOT, cfg.out_file)  # an absolute out_file stays as it is
+    import bench_trl
     bench = dict(loss=bench_loss, generate=bench_generate, train=bench_train, distributed=bench_distributed,
-                 onpolicy=bench_onpolicy)
+                 onpolicy=bench_onpolicy, trl=bench_trl.bench_trl)
     for name in (s for s in SECTIONS if s in chosen):
         print(f"== {name}")
         head = header(name, argv)

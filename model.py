@@ -517,7 +517,7 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
                  attention_mask=None, generator=None, mix_model=None, mix_alpha=0.0, all_done=None,
-                 no_repeat_ngram_size=0, decode='eager'):
+                 no_repeat_ngram_size=0, decode='eager', on_logits=None):
         """Sample up to `max_new_tokens` after each (left-padded) prompt, with a KV cache.
 
         Returns [B, T + n] token ids; a row that emitted `eos_id` is filled with `eos_id` after it.
@@ -538,6 +538,13 @@ class GPT(nn.Module):
         own uniforms (sampling.draw_uniforms, B rows per step whichever rows still decode), so all
         three give the same tokens for the same generator, up to float rounding of batch-size-dependent
         kernels.
+
+        `on_logits(rows, t, logits, tokens)`, called after each step, receives the rows of `out` still
+        decoding, the response position t, each model's fp32 logits [len(rows), V] for all those rows
+        (the distribution's, after any n-gram ban) and the tokens drawn: a caller can read the log-probs
+        of what was sampled off the decoding loop (rollout.collect_rollouts in fp32). With it, every
+        model's lm_head runs on every row (decoding a small batch reads the whole head weight per step
+        whatever the number of rows, so the cost is nearly the same).
         """
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
@@ -568,21 +575,25 @@ class GPT(nn.Module):
             u = draw_uniforms(B, idx.device, generator)[rows]
             from_mix = u[:, 0] < mix_alpha if by_composition else None
             picks = [None] * len(models) if from_mix is None else [~from_mix, from_mix]
-            logits = [self._next_logits(m, c, step_in, step_mask, pick, decode if t else 'eager')
-                      for m, c, pick in zip(models, caches, picks)]
+            heads = [None] * len(models) if on_logits is not None else picks  # the rows each lm_head runs on
+            logits = [self._next_logits(m, c, step_in, step_mask, head, decode if t else 'eager')
+                      for m, c, head in zip(models, caches, heads)]
             step_mask = None
             if no_repeat_ngram_size > 0:
                 banned = repeated_ngram_mask(out[rows, :T + t], real[rows, :T + t], no_repeat_ngram_size,
                                              logits[0].shape[-1])
                 banned &= ~banned.all(-1, keepdim=True)
-                logits = [z.masked_fill(banned if pick is None else banned[pick], float('-inf'))
-                          for z, pick in zip(logits, picks)]
+                logits = [z.masked_fill(banned if head is None else banned[head], float('-inf'))
+                          for z, head in zip(logits, heads)]
             if from_mix is None:
                 nxt = sample_next(logits, temperature, top_k, top_p, mix_alpha=mix_alpha if mixing else 0.0, uniforms=u)
             else:
                 nxt = torch.empty(len(rows), dtype=idx.dtype, device=idx.device)
-                for z, pick in zip(logits, picks):
-                    nxt[pick] = sample_next(z, temperature, top_k, top_p, uniforms=u[pick])
+                for z, pick, head in zip(logits, picks, heads):
+                    nxt[pick] = sample_next(z if head is not None else z[pick], temperature, top_k, top_p,
+                                            uniforms=u[pick])
+            if on_logits is not None:
+                on_logits(rows, t, logits, nxt)
             if eos_id is not None:
                 nxt = torch.where(done[rows], eos_id, nxt)
                 done[rows] = done[rows] | (nxt == eos_id)
@@ -605,15 +616,15 @@ class GPT(nn.Module):
 
     @staticmethod
     def _next_logits(model, cache, idx, attention_mask, pick, decode):
-        """fp32 logits [B', V] of the next token after idx, for the rows `pick` (bool [B], None: all)."""
+        """Logits [B', V] (fp32, or fp64) of the next token after idx, for the rows `pick` (bool [B], None: all)."""
         if decode == 'eager':
-            head = last_position_logits if pick is None else (lambda h, w: F.linear(h[pick, -1], w).float())
-            return model(idx, attention_mask=attention_mask, cache=cache, head_fn=head)
+            return model(idx, attention_mask=attention_mask, cache=cache,
+                         head_fn=lambda h, w: last_position_logits(h, w, pick))
         logits = model.decode_step(idx, cache, compiled=decode == 'compile')
         return logits if pick is None else logits[pick]
 
     def decode_step(self, idx, cache, compiled=False):
-        """fp32 logits [B, V] of the token after idx [B, 1] (one token per row), in the style of
+        """Logits [B, V] (fp32, or fp64) of the token after idx [B, 1] (one token per row), in the style of
         gpt-fast's static decoding step: the token's keys and values go to cache slot cache.length,
         attention runs over every slot of the preallocated cache under the mask of its valid keys,
         and no shape depends on the step, so torch.compile captures one graph for all of them

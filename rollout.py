@@ -116,32 +116,36 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
     chosen = prompt_order.take(cfg.rollout_size)
     per_rank = cfg.rollout_size // cfg.world_size
     chosen = chosen[cfg.rank * per_rank:(cfg.rank + 1) * per_rank]
-    rows, parts, cache = [], [], None
+    rows, parts = [], []
+    cache = new_teacher_cache(cfg, per_rank, cfg.raw(teacher).config.logit_vocab,
+                              next(teacher.parameters()).dtype, cfg.device)
+    # in fp32 a decoding step's logits are a full forward's up to rounding (1e-6): the rollout's scores are
+    # read off the decoding loop; under bf16 / fp16 they are recomputed by a forward, as the reference
+    # does "because of the fp16 loss" (LMOps minillm/minillm/sampler.py)
+    from_decoding = cfg.dtype == 'float32'
     bar = GenerationProgress(per_rank, 'rollouts', enabled=cfg.rank == 0)  # rank 0's share, on a terminal
     for s in range(0, per_rank, cfg.rollout_batch_size):
         ids = chosen[s:s + cfg.rollout_batch_size]
         p_idx, p_mask = prompts.prompt_batch(ids)
+        recorder = {}
         with cfg.ctx:
             out = cfg.raw(model).generate(
                 p_idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.gen_temperature,
                 top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=prompts.eot,
                 attention_mask=p_mask.to(cfg.device), generator=sample_gen,
-                mix_model=teacher, mix_alpha=cfg.teacher_mix_alpha, all_done=cfg.all_done, decode=cfg.gen_decode)
+                mix_model=teacher, mix_alpha=cfg.teacher_mix_alpha, all_done=cfg.all_done, decode=cfg.gen_decode,
+                on_logits=decoding_scores(cfg, recorder, len(ids), cache, s) if from_decoding else None)
         chunk = list(zip([prompts.prompt(i) for i in ids], split_responses(out.cpu(), p_idx.shape[1], prompts.eot)))
         seq, amask, Tp, rmask = rollout_batch(chunk, prompts.eot, cfg.device)
-        tokens = seq[:, Tp:]
-        s_logits = response_logits(cfg, model, seq, amask, Tp)
-        lq = gather_logp(sampling_logits(cfg, s_logits), tokens)    # log q_old(y_t), as sampled
-        del s_logits
-        t_logits = response_logits(cfg, teacher, seq, amask, Tp, upcast=False)
-        if s == 0:
-            cache = new_teacher_cache(cfg, per_rank, t_logits)
-        if cache is not None:  # for the single-step term of the updates on this buffer
-            cache[s:s + len(chunk), :t_logits.shape[1]] = t_logits
-        t_logits = upcast_half(t_logits)
-        lp = gather_logp(t_logits, tokens)                          # log p(y_t), the teacher itself
-        lp_sampled = lp if plain_sampling(cfg) else gather_logp(sampling_logits(cfg, t_logits), tokens)
-        del t_logits
+        Tr, tokens = rmask.shape[1], seq[:, Tp:]
+        if from_decoding:  # log q_old(y_t) as sampled, and with mixing the teacher's, read off the decoding loop
+            lq = recorder['lq'][:, :Tr]
+        else:
+            lq = response_scores(cfg, model, seq, amask, Tp, tokens)[1]
+        if from_decoding and 'lp' in recorder:
+            lp, lp_sampled = recorder['lp'][:, :Tr], recorder['lp_sampled'][:, :Tr]
+        else:  # log p(y_t) of the teacher itself, and of the teacher as sampled; its logits into the cache
+            lp, lp_sampled = response_scores(cfg, teacher, seq, amask, Tp, tokens, cache=cache, first_row=s)
         parts.append([torch.where(rmask, x, 0.0) for x in (lq, lp, lp_sampled)] + [rmask])
         rows += chunk
         bar.update(len(chunk), sum(len(r) for _, r in chunk))
@@ -163,38 +167,80 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
             'advantages': advantages, 'mask': mask, TEACHER_CACHE: cache}
 
 
-TEACHER_CACHE = 'teacher_logits'  # the buffer's key for them (None: not kept); train.py leaves it out of checkpoints
+TEACHER_CACHE = 'teacher_logits'  # the buffer's key for them (None: not kept)
 
 
-def new_teacher_cache(cfg, n_rows, logits):
-    """An empty [n_rows, max_new_tokens, V] tensor for the rollout's teacher logits (in the dtype they
-    come in: bf16 under autocast), or None: they are kept for the single-step term of every update on
-    the buffer (which then needs no teacher forward) when they fit in teacher_logits_cache_gb and
-    one process holds all the rows its updates read (world size 1)."""
-    shape = (n_rows, cfg.max_new_tokens, logits.shape[-1])
-    size_gb = math.prod(shape) * logits.element_size() / 2**30
+def new_teacher_cache(cfg, n_rows, vocab, dtype, device):
+    """An empty [n_rows, max_new_tokens, V] tensor for the rollout's teacher logits, or None: they are
+    kept for the single-step term of every update on the buffer (which then needs no teacher
+    forward) when they fit in teacher_logits_cache_gb and one process holds all the rows its updates
+    read (world size 1). In `dtype`, or cfg.ptdtype under autocast (the dtype the logits come in)."""
+    dtype = cfg.ptdtype if cfg.dtype != 'float32' else dtype
+    size_gb = n_rows * cfg.max_new_tokens * vocab * torch.finfo(dtype).bits / 8 / 2**30
     if not cfg.single_step or cfg.world_size > 1 or size_gb > cfg.teacher_logits_cache_gb:
         return None
-    return torch.zeros(shape, dtype=logits.dtype, device=logits.device)
+    return torch.zeros(n_rows, cfg.max_new_tokens, vocab, dtype=dtype, device=device)
 
 
 @torch.no_grad()
 def teacher_cache(cfg, teacher, buf):
-    """The buffer's teacher logits; after a resume (checkpoints leave them out) recomputed batch by
-    batch exactly as collect_rollouts scored them, so a resumed run repeats the uninterrupted one."""
+    """The buffer's teacher logits (checkpoints keep them with the buffer); recomputed batch by batch
+    as collect_rollouts scores them for a buffer without the key (a checkpoint written before it)."""
     if TEACHER_CACHE in buf or not cfg.single_step or cfg.world_size > 1:
         return buf.get(TEACHER_CACHE)
-    cache = None
-    for s in range(0, len(buf['rows']), cfg.rollout_batch_size):
+    cache = new_teacher_cache(cfg, len(buf['rows']), cfg.raw(teacher).config.logit_vocab,
+                              next(teacher.parameters()).dtype, cfg.device)
+    for s in range(0, len(buf['rows']) if cache is not None else 0, cfg.rollout_batch_size):
         chunk = buf['rows'][s:s + cfg.rollout_batch_size]
         seq, amask, Tp, _ = rollout_batch(chunk, cfg.eot, cfg.device)
-        t_logits = response_logits(cfg, teacher, seq, amask, Tp, upcast=False)
-        cache = new_teacher_cache(cfg, len(buf['rows']), t_logits) if s == 0 else cache
-        if cache is None:
-            break
-        cache[s:s + len(chunk), :t_logits.shape[1]] = t_logits
+        response_scores(cfg, teacher, seq, amask, Tp, seq[:, Tp:], cache=cache, first_row=s)
     buf[TEACHER_CACHE] = cache
     return cache
+
+
+def decoding_scores(cfg, recorder, n_rows, cache, first_row):
+    """GPT.generate's on_logits for one rollout batch: fills recorder['lq'] [n_rows, max_new_tokens]
+    with log q_old(y_t) as sampled and, when the teacher decodes too (mixing), recorder['lp'] and
+    ['lp_sampled'] with log p(y_t) of the teacher itself and as sampled, and the cache's rows
+    first_row.. with its logits."""
+    def record(rows, t, logits, tokens):
+        if not recorder:
+            for key in ('lq', 'lp', 'lp_sampled')[:1 + 2 * (len(logits) > 1)]:
+                recorder[key] = torch.zeros(n_rows, cfg.max_new_tokens, dtype=logits[0].dtype, device=tokens.device)
+        recorder['lq'][rows, t] = gather_logp(sampling_logits(cfg, logits[0]), tokens)
+        if len(logits) > 1:
+            recorder['lp'][rows, t] = lp = gather_logp(logits[1], tokens)
+            recorder['lp_sampled'][rows, t] = lp if plain_sampling(cfg) else gather_logp(
+                sampling_logits(cfg, logits[1]), tokens)
+            if cache is not None:
+                cache[first_row + rows, t] = logits[1].to(cache.dtype)
+    return record
+
+
+def response_scores(cfg, model, seq, amask, Tp, tokens, cache=None, first_row=0):
+    """(log softmax(z)(y_t), the same under the sampled distribution `sampling_logits`) [B, Tr] at
+    every response position, from one forward whose lm_head runs on response positions only,
+    loss_chunk_size rows of logits at a time; with `cache` the logits also go to its rows
+    first_row.. (see new_teacher_cache)."""
+    B, Tr = tokens.shape
+    y = tokens.reshape(-1)
+
+    def head_fn(hidden, weight):
+        h = hidden[:, Tp - 1:-1].reshape(B * Tr, -1)
+        plain = sampled = None
+        for i in range(0, B * Tr, cfg.loss_chunk_size):
+            rows = slice(i, min(i + cfg.loss_chunk_size, B * Tr))
+            z = upcast_half(F.linear(h[rows], weight))
+            if plain is None:
+                plain, sampled = (torch.empty(B * Tr, dtype=z.dtype, device=z.device) for _ in range(2))
+            if cache is not None:
+                at = torch.arange(rows.start, rows.stop, device=h.device)
+                cache[first_row + at // Tr, at % Tr] = z.to(cache.dtype)
+            plain[rows] = gather_logp(z, y[rows])
+            sampled[rows] = plain[rows] if plain_sampling(cfg) else gather_logp(sampling_logits(cfg, z), y[rows])
+        return plain.view(B, Tr), sampled.view(B, Tr)
+    with cfg.ctx:
+        return model(seq, attention_mask=amask, head_fn=head_fn)
 
 
 def whitened_advantages(cfg, buf, ids, minibatch):

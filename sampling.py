@@ -23,10 +23,12 @@ import torch.nn.functional as F
 CDF_BLOCK = 256   # inverse_cdf_sample's block: V / 256 block sums, then 256 entries of one block
 
 
-def last_position_logits(hidden, weight):
-    """head_fn for decoding: fp32 logits [B, V] of the last position only. At the prompt step
-    this skips the [B, T, V] logits nobody reads (as large as T decoding steps' worth of lm_head)."""
-    return F.linear(hidden[:, -1], weight).float()
+def last_position_logits(hidden, weight, rows=None):
+    """head_fn for decoding: logits [B, V] of the last position only (bf16 / fp16 upcast to fp32), for
+    the batch rows `rows` (bool [B]) when given. At the prompt step this skips the [B, T, V] logits
+    nobody reads (as large as T decoding steps' worth of lm_head)."""
+    z = F.linear(hidden[:, -1] if rows is None else hidden[rows, -1], weight)
+    return z if z.dtype == torch.float64 else z.float()
 
 
 def filtered_logprobs(logits, temperature, top_k, top_p):

@@ -37,7 +37,7 @@ from checkpoint import (BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, atomic_save
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta
 from model import DECODE_MODES, GPT, GPTConfig, mfu, peak_flops
-from rollout import TEACHER_CACHE, PromptOrder, collect_rollouts, minillm_micro_loss
+from rollout import PromptOrder, collect_rollouts, minillm_micro_loss
 from tokenizer import get_encoding
 from validation import SELECT_METRICS, improves, rouge_subset, selection_metric, validation_rouge_l
 
@@ -615,8 +615,7 @@ def run_training(cfg, stop):
                 write(BEST_NAME, lambda: checkpoint_payload(raw_model, meta['tokenizer'], **info))
             return
         state = dict(info, data_gen=data_gen.get_state(), sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state(),
-                     rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items() if k != TEACHER_CACHE}
-                     if buf else None,  # the teacher's logits are recomputed after a resume (rollout.teacher_cache)
+                     rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()} if buf else None,
                      rollout_queue=list(queue),
                      prompt_order=prompt_order.state_dict() if prompt_order else None,
                      distillm=distillm.state_dict() if distillm else None)
