@@ -3,7 +3,7 @@ Where the responses of GKD and DistiLLM come from: the gold dataset, the teacher
 student's own fresh samples, or a replay buffer of the student's earlier samples. train.py then
 trains on whichever it gets exactly as `kd` trains on gold responses: the teacher's and the
 student's logits on the same tokens, a token-level divergence over the vocabulary averaged over
-response tokens (train.kd_head_fn: chunked loss, packed rows, DDP / FSDP).
+response tokens (supervised.kd_head_fn: chunked loss, packed rows, DDP / FSDP).
 
 GKD (Agarwal et al., arXiv 2306.13649, §3, Algorithm 1): at each step, with probability λ
 (`gkd_lambda`) the responses are the student's own samples (on-policy, τ = gen_temperature = 1),

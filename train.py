@@ -26,7 +26,6 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import cluster
 import kl
@@ -36,8 +35,11 @@ from checkpoint import (BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, atomic_save
                         load_teacher, load_trainer_state, models_from_rank0, save_sharded)
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta
-from model import DECODE_MODES, GPT, GPTConfig, mfu, peak_flops
+from model import DECODE_MODES, GPT, GPTConfig, mfu
+from model import peak_flops as gpu_peak_flops  # the config key `peak_flops` below shadows the name
+from parallel import gather_rollouts, global_mean, rank_mean, setup_distributed, wrap
 from rollout import PromptOrder, collect_rollouts, minillm_micro_loss
+from supervised import supervised_loss
 from tokenizer import get_encoding
 from validation import SELECT_METRICS, improves, rouge_subset, selection_metric, validation_rouge_l
 
@@ -159,79 +161,6 @@ def get_lr(cfg, it):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def response_positions(targets):
-    """Flattened indices and targets of the positions that carry a loss (targets != -1)."""
-    flat = targets.reshape(-1)
-    keep = (flat != -1).nonzero().squeeze(1)
-    return keep, flat[keep]
-
-
-def atkd_sequences(cfg, targets, keep, tgt, segments):
-    """ATKD's per-sequence split (atkd_split='sequence', kl.atkd_token_weights): the sequence id of
-    each kept position (a padded row is one sequence; packed rows number theirs in `segments`), the
-    EOS id its split leaves out, and the factor on the KD weight that keeps the loss a mean over the
-    global batch's sequences under DDP: global_mean rescales this rank's loss by
-    n_local * world / n_global tokens, so the factor is n_global * S_local / (n_local * S_global)."""
-    if not cfg.atkd or cfg.atkd_split != 'sequence':
-        return {}, 1.0
-    rows = segments if segments is not None else torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
-    seq, eos = rows.reshape(-1)[keep], getattr(cfg, 'eot', None)
-    scale = 1.0
-    if getattr(cfg, 'world_size', 1) > 1:
-        counted = seq if eos is None else seq[tgt != eos]
-        local = torch.tensor([float(counted.unique().numel()), float(keep.numel())], dtype=torch.float64, device=targets.device)
-        total = local.clone()
-        dist.all_reduce(total)
-        if local[0] > 0:
-            scale = (total[1] * local[0] / (local[1] * total[0])).item()
-    return dict(atkd_sequence_ids=seq, atkd_eos_id=eos), scale
-
-
-def loss_divergence(cfg):
-    """(name, keyword arguments) of the KD term's token divergence: cfg.divergence, or when it is ''
-    the method's own: GKD's generalised JSD(gkd_beta) (arXiv 2306.13649 §3), DistiLLM's skew forward
-    KL(skew_alpha) (arXiv 2402.03898 §3.1), else forward KL. JSD(β) at β = 0 / 1 is forward / reverse
-    KL, the limits of JSD(β)/β and JSD(β)/(1 − β) (kl.jsd); in between it is JSD(β) itself, unscaled."""
-    name = cfg.divergence or {'gkd': 'jsd', 'distillm': 'skew_forward_kl'}.get(cfg.method, 'forward_kl')
-    if name == 'jsd':
-        ends = {0.0: ('forward_kl', {}), 1.0: ('reverse_kl', {})}
-        return ends.get(float(cfg.gkd_beta), ('jsd', dict(beta=cfg.gkd_beta)))
-    return (name, dict(alpha=cfg.skew_alpha)) if name.startswith('skew_') else (name, {})
-
-
-def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight, segments=None):
-    """The loss applied to the student's hidden states inside its forward (so FSDP/DDP keep
-    control of lm_head). CE and KD share one pass over the response tokens only."""
-    keep, tgt = response_positions(targets)
-    t_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))[keep] if teacher_logits is not None else None
-    loss_fn = kl.chunked_kd_loss if cfg.chunked else kl.plain_kd_loss
-    split, kd_scale = atkd_sequences(cfg, targets, keep, tgt, segments) if t_logits is not None else ({}, 1.0)
-    divergence, div_kwargs = loss_divergence(cfg)
-
-    def head_fn(hidden, weight):
-        h = hidden.reshape(-1, hidden.size(-1))[keep]
-        if t_logits is None:  # CE alone, chunked as well
-            return loss_fn(h, weight, targets=tgt, chunk_size=cfg.loss_chunk_size, ce_weight=1.0, kd_weight=0.0)
-        return loss_fn(h, weight, t_logits, targets=tgt, divergence=divergence, chunk_size=cfg.loss_chunk_size,
-                       temperature=cfg.kd_temperature, atkd=cfg.atkd, atkd_hard_fraction=cfg.atkd_hard_fraction,
-                       atkd_lam=cfg.atkd_lambda, atkd_reverse=divergence == 'reverse_kl', div_kwargs=div_kwargs,
-                       ce_weight=ce_weight, kd_weight=kd_weight * kd_scale, **split)
-    return head_fn
-
-
-def supervised_loss(cfg, model, teacher, x, y, kd_ratio=0.0, segments=None):
-    """pretrain / sft / seqkd / kd (and L_PT) loss on one micro-batch; y = -1 where no loss;
-    `segments` for packed rows. Word-level KD (Kim & Rush, arXiv 1606.07947 §3.1):
-    (1 - kd_ratio) CE(gold) + kd_ratio * mean_t D(p_t || q_t)."""
-    if teacher is None or kd_ratio <= 0:
-        if not cfg.chunked:
-            return model(x, y, segments=segments)[1]
-        return model(x, head_fn=kd_head_fn(cfg, y, None, 1.0, 0.0), segments=segments)
-    with torch.no_grad():
-        t_logits = teacher(x, segments=segments)
-    return model(x, head_fn=kd_head_fn(cfg, y, t_logits, 1.0 - kd_ratio, kd_ratio, segments), segments=segments)
-
-
 def iters_per_epoch(cfg, n_train):
     """Optimizer steps per pass over the n_train training examples at the global batch, as the LMOps
     scripts count them (minillm/finetune.py: int(n / (batch x ranks x accumulation))); minillm: a
@@ -241,65 +170,6 @@ def iters_per_epoch(cfg, n_train):
 
 
 # ----------------------------------------------------------------------------- setup
-def setup_distributed(cfg):
-    """torchrun sets RANK/WORLD_SIZE; nccl on GPU, gloo on CPU. A process group that already exists
-    (main() called from a script that set one up) is used and left open."""
-    cfg.rank, cfg.world_size, cfg.all_done, cfg.own_group = 0, 1, None, False
-    if cfg.parallel == 'none':
-        return
-    if 'RANK' not in os.environ and not dist.is_initialized():
-        raise UserError(f"parallel='{cfg.parallel}' needs a torchrun launch: "
-                        f"torchrun --nproc_per_node=N train.py <config>")
-    on_gpu = cfg.device.startswith('cuda')
-    if on_gpu:
-        cfg.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(cfg.device)
-    if not dist.is_initialized():
-        dist.init_process_group('nccl' if on_gpu else 'gloo')
-        cfg.own_group = True
-    cfg.rank, cfg.world_size = dist.get_rank(), dist.get_world_size()
-
-    def all_done(done):  # every rank takes the same number of decoding steps (FSDP all-gathers)
-        flag = torch.tensor([float(done.all())], device=done.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
-    cfg.all_done = all_done
-
-
-def global_mean(cfg, loss, n_local):
-    """Rescale a rank's token-mean loss so that DDP's gradient averaging yields the mean over the
-    global batch's tokens (ranks hold different numbers of response tokens)."""
-    if cfg.world_size == 1:
-        return loss
-    n = torch.tensor([float(n_local)], device=loss.device)
-    dist.all_reduce(n)
-    return loss * (float(n_local) * cfg.world_size / n.clamp(min=1).item())
-
-
-def rank_mean(cfg, value, weight=1.0):
-    """sum_r w_r x_r / sum_r w_r over the ranks, the same on every rank (w = tokens: a global token mean)."""
-    if cfg.world_size == 1:
-        return value
-    t = torch.tensor([float(value) * float(weight), float(weight)], dtype=torch.float64, device=cfg.device)
-    dist.all_reduce(t)
-    return (t[0] / t[1]).item()
-
-
-def gather_rollouts(cfg, buf):
-    """Every rank's rollout rows on every rank, in rank order. The ranks sample their own prompts
-    in parallel; PPO minibatches are then drawn from the global buffer as in one process."""
-    if cfg.world_size == 1:
-        return buf
-    parts = [None] * cfg.world_size
-    dist.all_gather_object(parts, {k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()})
-    Tr = max(p['mask'].shape[1] for p in parts)
-    out = {'rows': [row for p in parts for row in p['rows']]}
-    for k, v in buf.items():
-        if torch.is_tensor(v):
-            out[k] = torch.cat([F.pad(p[k], (0, Tr - p[k].shape[1])) for p in parts]).to(cfg.device)
-    return out
-
-
 def build_models(cfg, meta):
     """Student (scratch / checkpoint / HF GPT-2 / resume) and the frozen teacher. Returns
     (student, teacher or None, resume state or None, weights): `weights` are what `wrap` loads
@@ -322,37 +192,6 @@ def build_models(cfg, meta):
     if teacher is not None:
         teacher.requires_grad_(False).eval()
     return model, teacher, ckpt, weights
-
-
-def wrap(cfg, model, teacher, weights=(None, None)):
-    """DDP: replicate the student and average its gradients. FSDP2: shard student and teacher per
-    block + root (`fully_shard`), all-gathering each block's weights in cfg.ptdtype just for its
-    forward/backward and reduce-scattering gradients in fp32; then allocate this rank's shards and
-    fill them from rank 0's `weights` (build_models)."""
-    if cfg.parallel == 'ddp':
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[cfg.device] if cfg.device.startswith('cuda') else None)
-    elif cfg.parallel == 'fsdp':
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-        mp = MixedPrecisionPolicy(param_dtype=cfg.ptdtype, reduce_dtype=torch.float32)
-        offload = CPUOffloadPolicy() if cfg.fsdp_cpu_offload else OffloadPolicy()
-        if cfg.fsdp_activation_checkpointing:
-            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-            for i, block in enumerate(model.transformer.h):
-                model.transformer.h[i] = checkpoint_wrapper(block)
-        for m, sd in [(m, sd) for m, sd in zip((model, teacher), weights) if m is not None]:
-            if m is teacher:
-                m.to(cfg.ptdtype)  # frozen: stored in the dtype it computes in, half the memory of fp32
-            for block in m.transformer.h:
-                fully_shard(block, mp_policy=mp, offload_policy=offload)
-            fully_shard(m, mp_policy=mp, offload_policy=offload)
-            m.to_empty(device='cpu' if cfg.fsdp_cpu_offload else cfg.device)
-            if sd is not None:
-                set_model_state_dict(m, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    if cfg.compile:
-        model = torch.compile(model)
-    return model
 
 
 def validate(cfg):
@@ -491,7 +330,7 @@ def run_training(cfg, stop):
             buf = {k: v.to(cfg.device) if torch.is_tensor(v) else v for k, v in buf.items()}
     # MFU counts the student's training FLOPs only (a KD teacher's forward and MiniLLM's generation
     # take time but are not in flops_per_token), so it is the sft / pretrain step's figure of merit
-    peak = cfg.peak_flops or (peak_flops(torch.cuda.get_device_name(cfg.device)) if on_gpu else 0.0)
+    peak = cfg.peak_flops or (gpu_peak_flops(torch.cuda.get_device_name(cfg.device)) if on_gpu else 0.0)
     n_params = raw_model.num_params()
     if master:
         os.makedirs(cfg.out_dir, exist_ok=True)

@@ -1,0 +1,103 @@
+"""
+How one run spreads over ranks (torchrun): the process group, token means over the global batch,
+the global MiniLLM rollout buffer, and wrapping the models for DDP or sharding them with FSDP2.
+With parallel='none' every function here is the identity, so train.py's loop reads the same for
+one process and for many.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from configurator import UserError
+
+
+def setup_distributed(cfg):
+    """torchrun sets RANK/WORLD_SIZE; nccl on GPU, gloo on CPU. A process group that already exists
+    (main() called from a script that set one up) is used and left open."""
+    cfg.rank, cfg.world_size, cfg.all_done, cfg.own_group = 0, 1, None, False
+    if cfg.parallel == 'none':
+        return
+    if 'RANK' not in os.environ and not dist.is_initialized():
+        raise UserError(f"parallel='{cfg.parallel}' needs a torchrun launch: "
+                        f"torchrun --nproc_per_node=N train.py <config>")
+    on_gpu = cfg.device.startswith('cuda')
+    if on_gpu:
+        cfg.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(cfg.device)
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if on_gpu else 'gloo')
+        cfg.own_group = True
+    cfg.rank, cfg.world_size = dist.get_rank(), dist.get_world_size()
+
+    def all_done(done):  # every rank takes the same number of decoding steps (FSDP all-gathers)
+        flag = torch.tensor([float(done.all())], device=done.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+    cfg.all_done = all_done
+
+
+def global_mean(cfg, loss, n_local):
+    """Rescale a rank's token-mean loss so that DDP's gradient averaging yields the mean over the
+    global batch's tokens (ranks hold different numbers of response tokens)."""
+    if cfg.world_size == 1:
+        return loss
+    n = torch.tensor([float(n_local)], device=loss.device)
+    dist.all_reduce(n)
+    return loss * (float(n_local) * cfg.world_size / n.clamp(min=1).item())
+
+
+def rank_mean(cfg, value, weight=1.0):
+    """sum_r w_r x_r / sum_r w_r over the ranks, the same on every rank (w = tokens: a global token mean)."""
+    if cfg.world_size == 1:
+        return value
+    t = torch.tensor([float(value) * float(weight), float(weight)], dtype=torch.float64, device=cfg.device)
+    dist.all_reduce(t)
+    return (t[0] / t[1]).item()
+
+
+def gather_rollouts(cfg, buf):
+    """Every rank's rollout rows on every rank, in rank order. The ranks sample their own prompts
+    in parallel; PPO minibatches are then drawn from the global buffer as in one process."""
+    if cfg.world_size == 1:
+        return buf
+    parts = [None] * cfg.world_size
+    dist.all_gather_object(parts, {k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()})
+    Tr = max(p['mask'].shape[1] for p in parts)
+    out = {'rows': [row for p in parts for row in p['rows']]}
+    for k, v in buf.items():
+        if torch.is_tensor(v):
+            out[k] = torch.cat([F.pad(p[k], (0, Tr - p[k].shape[1])) for p in parts]).to(cfg.device)
+    return out
+
+
+def wrap(cfg, model, teacher, weights=(None, None)):
+    """DDP: replicate the student and average its gradients. FSDP2: shard student and teacher per
+    block + root (`fully_shard`), all-gathering each block's weights in cfg.ptdtype just for its
+    forward/backward and reduce-scattering gradients in fp32; then allocate this rank's shards and
+    fill them from rank 0's `weights` (build_models)."""
+    if cfg.parallel == 'ddp':
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[cfg.device] if cfg.device.startswith('cuda') else None)
+    elif cfg.parallel == 'fsdp':
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+        mp = MixedPrecisionPolicy(param_dtype=cfg.ptdtype, reduce_dtype=torch.float32)
+        offload = CPUOffloadPolicy() if cfg.fsdp_cpu_offload else OffloadPolicy()
+        if cfg.fsdp_activation_checkpointing:
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+            for i, block in enumerate(model.transformer.h):
+                model.transformer.h[i] = checkpoint_wrapper(block)
+        for m, sd in [(m, sd) for m, sd in zip((model, teacher), weights) if m is not None]:
+            if m is teacher:
+                m.to(cfg.ptdtype)  # frozen: stored in the dtype it computes in, half the memory of fp32
+            for block in m.transformer.h:
+                fully_shard(block, mp_policy=mp, offload_policy=offload)
+            fully_shard(m, mp_policy=mp, offload_policy=offload)
+            m.to_empty(device='cpu' if cfg.fsdp_cpu_offload else cfg.device)
+            if sd is not None:
+                set_model_state_dict(m, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    if cfg.compile:
+        model = torch.compile(model)
+    return model
