@@ -36,7 +36,8 @@ from configurator import UserError, configure, defaults_from, run
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = {'loss': '1. Divergence loss: plain vs chunked', 'generate': '2. Generation: KV cache, recompute, transformers',
             'train': '3. One training step: sft, kd, minillm', 'distributed': '4. DDP and FSDP on CPU',
-            'onpolicy': '5. On-policy steps: GKD, DistiLLM, MiniLLM', 'trl': '6. A MiniLLM step against TRL'}
+            'onpolicy': '5. On-policy steps: GKD, DistiLLM, MiniLLM', 'trl': '6. A MiniLLM step against TRL',
+            'update': '7. MiniLLM update loss: plain vs chunked', 'decode': '8. Decoding: eager, static, compiled'}
 
 # ----------------------------------------------------------------------------- config
 only = 'loss,generate,train,distributed,onpolicy'
@@ -67,6 +68,8 @@ teacher_args = '--n_layer=6 --n_head=6 --n_embd=192'
 minillm_args = '--rollout_size=64 --rollout_batch_size=32 --ppo_epochs=2 --max_new_tokens=32'
 train_iters = 9              # steps per run; the first is not timed (it holds set-up and eval)
 train_repeats = 2
+train_baseline = ''          # a directory with an older checkout (git archive <commit> | tar -x -C DIR): its minillm
+#                              runs beside this tree's, both in fresh processes, interleaved, and the table compares them
 # 4. DDP / FSDP on CPU through torchrun
 dist_nprocs = (1, 2)
 dist_parallel = 'ddp,fsdp'
@@ -76,7 +79,7 @@ dist_repeats = 1
 # 5. a GKD, a DistiLLM and a MiniLLM step in one run (train_args, teacher_args, minillm_args, train_iters, _repeats)
 onpolicy_gkd_args = '--gkd_lambda=0.5 --max_new_tokens=32'        # on-policy and gold steps, sampled as minillm's
 onpolicy_distillm_args = '--distillm_init_prob=0.5 --distillm_capacity=64 --max_new_tokens=32'  # fresh, replay, gold
-# 6. a MiniLLM step against TRL's trainers (bench_trl.py; TRL installed with pip install --target, see there)
+# 6. a MiniLLM step against TRL's trainers (bench_minillm.py; TRL installed with pip install --target, see there)
 trl_minillm_dir = '/tmp/trl114'   # trl 1.14.2, the last release with MiniLLMTrainer
 trl_current_dir = '/tmp/trl116'   # the current release: GKDTrainer, DistillationTrainer
 trl_deps_dirs = '/tmp/trl_deps'   # comma-separated: what TRL needs that the venv lacks (accelerate, psutil)
@@ -91,6 +94,21 @@ trl_steps = 5                     # per run; the first is not timed
 trl_repeats = 2
 trl_threads = 0                   # threads of each run, both sides; 0 = torch's default, as the issue measured
 trl_ours_args = ''                # more train.py flags for our runs
+# 7. the MiniLLM update loss, plain vs chunked (bench_minillm.py), at GPT-2 124M head shapes (loss_vocab)
+update_rows = 8
+update_tokens = 256
+update_dim = 768
+update_chunk_sizes = (256, 512, 1024)
+update_repeats = 2
+# 8. GPT.generate's decode modes (bench_minillm.py): a GPU figure (CUDA graphs); on CPU inductor compiles for minutes
+decode_preset = 'gpt2'
+decode_device = ''                # '' = cuda when available, else cpu
+decode_dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'
+decode_batch = 64
+decode_prompt_len = 16
+decode_new_tokens = 256
+decode_modes = 'eager,static,compile'
+decode_repeats = 3
 DEFAULTS = defaults_from(globals())
 # -----------------------------------------------------------------------------
 
@@ -396,11 +414,19 @@ def bench_train(cfg):
         runs = {'sft': ['--method=sft'], 'sft, padded': ['--method=sft', '--pack=False'],
                 'kd': ['--method=kd', f'--teacher={teacher}'],
                 'minillm': ['--method=minillm', f'--teacher={teacher}', f'--pt_data_dir={data}', *shlex.split(cfg.minillm_args)]}
+        trees = {'minillm': ROOT, 'minillm (before)': os.path.abspath(cfg.train_baseline)} if cfg.train_baseline else {}
+        if cfg.train_baseline:
+            runs['minillm (before)'] = runs['minillm']
         steps = {m: [] for m in runs}
         for r in range(cfg.train_repeats):
-            for method, extra in runs.items():
+            for method, extra in (runs.items() if r % 2 == 0 or not trees else list(runs.items())[::-1]):
+                argv = student + extra + [f'--out_dir={os.path.join(tmp, f"{method}{r}")}']
+                if method in trees:
+                    steps[method] += steps_in_tree(trees[method], argv, cfg.threads, os.path.join(tmp, f'{method}{r}.json'))
+                    print(f"  {method} run {r}: {med([x['cpu'] for x in steps[method]]):.2f} s CPU per step")
+                    continue
                 with StepClock() as clock:
-                    quiet_train(student + extra + [f'--out_dir={os.path.join(tmp, f"{method}{r}")}'])
+                    quiet_train(argv)
                 steps[method] += clock.intervals()
                 print(f"  {method} run {r}: {med([x['cpu'] for x in clock.intervals()]):.2f} s CPU per step")
     rows = ['| method | phase | CPU time (median) | wall time (median) | tokens | tokens/s: CPU (wall) | what is timed and counted |',
@@ -416,25 +442,49 @@ def bench_train(cfg):
             + (' + the teacher forward' if method == 'kd' else '')
             + ('; padded rows (`--pack=False`)' if 'padded' in method else '; packed rows') + '; response tokens')
     mc = configure(train.DEFAULTS, shlex.split(cfg.train_args) + shlex.split(cfg.minillm_args))
-    s, per_rollout = steps['minillm'], mc.ppo_epochs * (mc.rollout_size // mc.batch_size)  # as train.py queues them
-    roll = [x for x in s if 'rollout' in x]
-    if roll:
-        r_tok = med([x['rollout tokens'] for x in roll])
-        (r_wall, r_cpu), (g_wall, g_cpu) = ([med([x[k][c] for x in roll]) for c in (0, 1)] for k in ('rollout', 'generate'))
-        row('minillm', 'rollout', r_cpu, r_wall, r_tok, f'one rollout phase (one per {per_rollout} updates): '
-            'sampling + scoring; response tokens')
-        row('minillm', '├ generation', g_cpu, g_wall, r_tok, '`GPT.generate` (teacher-mixed sampling, both KV caches)')
-        row('minillm', '└ scoring', r_cpu - g_cpu, r_wall - g_wall, r_tok,
-            'teacher and old-student forward, rewards, advantages')
-    row('minillm', 'update', med([x['cpu'] - x.get('rollout', [0, 0])[1] for x in s]),
-        med([x['wall'] - x.get('rollout', [0, 0])[0] for x in s]),
-        med([x.get('update tokens', 0) + x.get('supervised tokens', 0) for x in s]),
-        'one step minus any rollout in it: policy gradient + single-step KL (teacher forward) + L_PT, '
-        'backward + AdamW; response + L_PT tokens')
+    per_rollout = mc.ppo_epochs * (mc.rollout_size // mc.batch_size)  # as train.py queues them
+    phases = {}
+    for method in [m for m in runs if m.startswith('minillm')]:
+        s = steps[method]
+        roll = [x for x in s if 'rollout' in x]
+        if roll:
+            r_tok = med([x['rollout tokens'] for x in roll])
+            (r_wall, r_cpu), (g_wall, g_cpu) = ([med([x[k][c] for x in roll]) for c in (0, 1)] for k in ('rollout', 'generate'))
+            phases[method, 'rollout'] = r_cpu
+            row(method, 'rollout', r_cpu, r_wall, r_tok, f'one rollout phase (one per {per_rollout} updates): '
+                'sampling + scoring; response tokens')
+            row(method, '├ generation', g_cpu, g_wall, r_tok, '`GPT.generate` (teacher-mixed sampling, both KV caches)')
+            row(method, '└ scoring', r_cpu - g_cpu, r_wall - g_wall, r_tok,
+                'teacher and old-student forward, rewards, advantages')
+        phases[method, 'update'] = med([x['cpu'] - x.get('rollout', [0, 0])[1] for x in s])
+        row(method, 'update', phases[method, 'update'], med([x['wall'] - x.get('rollout', [0, 0])[0] for x in s]),
+            med([x.get('update tokens', 0) + x.get('supervised tokens', 0) for x in s]),
+            'one step minus any rollout in it: policy gradient + single-step KL (teacher forward) + L_PT, '
+            'backward + AdamW; response + L_PT tokens')
+    before = [f"- minillm {phase}: {phases['minillm (before)', phase] / phases['minillm', phase]:.2f}x faster than "
+              f"before (CPU time, {phases['minillm (before)', phase] * 1e3:.0f} → {phases['minillm', phase] * 1e3:.0f} ms)"
+              for phase in ('rollout', 'update') if ('minillm (before)', phase) in phases and ('minillm', phase) in phases]
     return '\n'.join([
         f'Student `{cfg.train_args}`, teacher `{cfg.teacher_args}` (one SFT step from random), minillm '
         f'`{cfg.minillm_args}` with L_PT; CPU, fp32. Medians over {cfg.train_repeats} runs × {cfg.train_iters - 1} '
-        f'timed steps, methods interleaved.', '', *rows])
+        f'timed steps, methods interleaved.'
+        + (f' "minillm (before)" is the same run in `{cfg.train_baseline}` (an older checkout); both minillm runs '
+           'are fresh processes.' if cfg.train_baseline else ''), '', *rows] + (['', *before] if before else []))
+
+
+def steps_in_tree(tree, argv, threads, report):
+    """StepClock.intervals() of one train.main(argv) run in a fresh process whose imports come from `tree`
+    (this checkout or an older one: its own bench.StepClock and train.py)."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import torch, bench; "
+            "threads = int(sys.argv[2]); threads and torch.set_num_threads(threads); clock = bench.StepClock(); "
+            "clock.__enter__(); bench.quiet_train(json.loads(sys.argv[3])); clock.__exit__(); "
+            "json.dump(clock.intervals(), open(sys.argv[4], 'w'))")
+    res = subprocess.run([sys.executable, '-c', code, tree, str(threads), json.dumps(argv), report], cwd=tree,
+                         capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"train run in {tree} failed:\n{res.stderr[-2000:]}")
+    with open(report) as f:
+        return json.load(f)
 
 
 # ----------------------------------------------------------------------------- 4. distributed
@@ -600,9 +650,10 @@ def main(argv):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     path = os.path.join(ROOT, cfg.out_file)  # an absolute out_file stays as it is
-    import bench_trl
+    import bench_minillm
     bench = dict(loss=bench_loss, generate=bench_generate, train=bench_train, distributed=bench_distributed,
-                 onpolicy=bench_onpolicy, trl=bench_trl.bench_trl)
+                 onpolicy=bench_onpolicy, trl=bench_minillm.bench_trl, update=bench_minillm.bench_update_loss,
+                 decode=bench_minillm.bench_decode)
     for name in (s for s in SECTIONS if s in chosen):
         print(f"== {name}")
         head = header(name, argv)

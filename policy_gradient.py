@@ -492,10 +492,13 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
     def closed_form(z, rows):
         """(∂ chunk loss / ∂z) by the formula above, reusing z's buffer (3 [C, V] buffers in all)."""
         y, a = at['y'][rows, None], kl_w[rows, None] / n
-        log_q = z.sub_(torch.logsumexp(z, -1, keepdim=True))
+        z = z.sub_(z.amax(-1, keepdim=True))
+        q = z.exp()                                          # softmax and log-softmax from one exp pass
+        total = q.sum(-1, keepdim=True)
+        q.div_(total)
+        log_q = z.sub_(total.log_())
         long, g = long_term(log_q.gather(-1, y).squeeze(-1), rows)
         parts['long'] += long
-        q = log_q.exp()
         if single_step:
             log_p = teacher_chunk(rows)
             log_p = log_p.sub_(torch.logsumexp(log_p, -1, keepdim=True))
@@ -533,7 +536,9 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
                 grad = grad.to(mm_dtype)
                 if grad_h is not None:
                     grad_h[rows] = grad @ weight
-                if grad_w is not None:
+                if grad_w is not None and grad_w.dtype == mm_dtype:
+                    grad_w.addmm_(grad.T, x)                     # in place: no [V, d] temporary per chunk
+                elif grad_w is not None:
                     grad_w += (grad.T @ x).to(loss_dtype)
         loss = torch.as_tensor(parts['long'] + parts['single'], dtype=loss_dtype, device=h.device)
         return loss, grad_h, grad_w.to(w.dtype) if grad_w is not None else None
