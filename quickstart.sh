@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline of the MiniLLM paper's comparison on the embedded toy task, on CPU:
-# data -> teacher -> common student init -> SFT, KD, ATKD, SeqKD, MiniLLM (+ ablations) -> evaluation.
+# data -> teacher -> common student init -> SFT, KD, ATKD, SeqKD, GKD, DistiLLM, MiniLLM (+ ablations) -> evaluation.
 #   bash quickstart.sh             # one training seed (about 12 minutes on 2 CPU cores)
 #   bash quickstart.sh --seeds=3   # 3 training seeds of every student: mean ± std across them (about 30 minutes)
 #   bash quickstart.sh --fast      # a smoke run of every step (about 2 minutes; --fast --seeds=2 works too)
@@ -78,7 +78,7 @@ seqkd() {  # SeqKD: the teacher's sampled responses (sampled with seed s) become
     --max_new_tokens=20 --seed=$s "${SEQKD_FAST[@]}"
   $PY train.py config/toy_seqkd.py --out_dir=$d/seqkd --data_dir=$d/toy_instruct_seqkd "$@"
 }
-step "students: SFT, SeqKD, KD, ATKD, MiniLLM and its ablations, seeds" $SEEDS "($JOBS at a time)"
+step "students: SFT, SeqKD, KD, ATKD, GKD, DistiLLM, MiniLLM and its ablations, seeds" $SEEDS "($JOBS at a time)"
 for s in $SEEDS; do
   d=$OUT/seed$s
   common=(--init_from=$d/init --teacher=$OUT/teacher --seed=$s "${STUDENT_FAST[@]}")
@@ -86,6 +86,8 @@ for s in $SEEDS; do
   job "seqkd $s"   seqkd $s "${common[@]}"
   job "kd $s"      $PY train.py config/toy_kd.py      --out_dir=$d/kd      "${common[@]}"
   job "atkd $s"    $PY train.py config/toy_atkd.py    --out_dir=$d/atkd    "${common[@]}"
+  job "gkd $s"     $PY train.py config/toy_gkd.py     --out_dir=$d/gkd     "${common[@]}"
+  job "distillm $s" $PY train.py config/toy_distillm.py --out_dir=$d/distillm "${common[@]}"
   job "minillm $s" $PY train.py config/toy_minillm.py --out_dir=$d/minillm "${common[@]}"
   minillm=($PY train.py config/toy_minillm.py "${common[@]}")
   job "minillm-no-single-step $s" "${minillm[@]}" --out_dir=$d/minillm_no_single --single_step=False
@@ -97,6 +99,7 @@ wait_jobs
 evaluate_seed() {  # every model of training seed $1 on the held-out test prompts
   local d=$OUT/seed$1 models
   models="teacher=$OUT/teacher,init=$d/init,sft=$d/sft,kd=$d/kd,atkd=$d/atkd,seqkd=$d/seqkd"
+  models="$models,gkd=$d/gkd,distillm=$d/distillm"
   models="$models,minillm=$d/minillm,minillm-no-single-step=$d/minillm_no_single"
   models="$models,minillm-no-teacher-mix=$d/minillm_no_mix,minillm-no-length-norm=$d/minillm_no_norm"
   # the toy's own protocol: answers of a few tokens, 3 seeds, no n-gram ban (evaluate.py defaults to the paper's)
