@@ -425,3 +425,28 @@ def test_minillm_update_chunked_and_with_cached_teacher_equals_the_plain_update(
             assert torch.allclose(g, r, rtol=1e-10, atol=1e-12), key
         for k in ref_stats:
             assert torch.allclose(stats[k].double(), ref_stats[k].double(), rtol=1e-10, atol=1e-12), (key, k)
+
+
+@pytest.mark.parametrize('alpha', ['0.0', '0.2'])
+def test_rollout_scores_off_the_decoding_loop_equal_a_forward(tiny_instruct, teacher, alpha):
+    """In fp32 collect_rollouts reads log q_old, log p, log p~ and the teacher-logit cache off the
+    decoding loop; under bf16 / fp16 (dtype != float32) it recomputes them with a forward, as the
+    reference does. Same samples (same generator), same buffer up to float rounding."""
+    from dataset import InstructSet
+    from rollout import TEACHER_CACHE, PromptOrder
+    data = InstructSet(tiny_instruct, 'train')
+    student, teach = perturbed_student_and_teacher(teacher)
+    bufs = {}
+    for dtype in ('float32', 'bfloat16'):
+        cfg = configure(train.DEFAULTS, SMALL + ['--method=minillm', '--rollout_size=6', '--rollout_batch_size=3',
+                                                 '--max_new_tokens=7', f'--teacher_mix_alpha={alpha}', f'--dtype={dtype}'])
+        cfg.rank, cfg.world_size, cfg.all_done, cfg.ctx = 0, 1, None, torch.autocast('cpu', enabled=False)
+        cfg.raw, cfg.eot, cfg.ptdtype = (lambda m: m), data.eot, torch.float32   # bf16 path, fp32 arithmetic
+        bufs[dtype] = train.collect_rollouts(cfg, student, teach, data, PromptOrder(len(data), 0),
+                                             torch.Generator().manual_seed(2))
+    a, b = bufs['float32'], bufs['bfloat16']
+    assert a['rows'] == b['rows']
+    for key in ('logp_old', 'logp_teacher', 'logp_mix', 'advantages'):
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    valid = F.pad(a['mask'], (0, 7 - a['mask'].shape[1]))           # the cache positions an update reads
+    assert torch.allclose(a[TEACHER_CACHE][valid], b[TEACHER_CACHE][valid], atol=1e-5)
