@@ -6,8 +6,9 @@ Speed and memory of the hot paths, measured side by side; the tables go into BEN
     python bench.py --only=generate --gen_batch_sizes=1, --gen_recompute_tokens=256,
 
 Sections: loss (plain vs chunked KD loss), generate (KV cache vs recompute vs Hugging Face
-`generate`), train (a step of sft / kd / minillm, minillm split into rollout and update) and
-distributed (DDP / FSDP with 1 and 2 processes, through torchrun). What matters are ratios: the
+`generate`), train (a step of sft / kd / minillm, minillm split into rollout and update),
+distributed (DDP / FSDP with 1 and 2 processes, through torchrun) and onpolicy (a GKD, a DistiLLM
+and a MiniLLM step, each named by where its responses came from). What matters are ratios: the
 variants of a section run in one process, interleaved A B C, C B A, A B C, ..., and the median of
 each is kept, so load from other programs lands on all of them alike. Each table is written
 between `<!-- bench:NAME -->` markers; the prose around the markers is left as it is.
