@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from configurator import UserError
+from parallel import on_rank0
 
 PREEMPTED_EXIT = 75  # sysexits.h EX_TEMPFAIL: the job script requeues on it
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -168,18 +169,7 @@ def run_lock(cfg):
     """Hold out_dir/run.lock for the duration of the run (rank 0 takes it; its refusal is raised on
     every rank, so none waits in a collective). Released on the way out, unless another run has
     taken it over meanwhile."""
-    taken, error = None, None  # taken: (lock path, what it says)
-    if cfg.rank == 0:
-        try:
-            taken = _take_lock(cfg.out_dir)
-        except UserError as e:
-            error = str(e)
-    if cfg.world_size > 1:
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        error = box[0]
-    if error:
-        raise UserError(error)
+    taken = on_rank0(cfg, lambda: _take_lock(cfg.out_dir))  # (lock path, what it says) on rank 0
     try:
         yield
     finally:

@@ -101,3 +101,21 @@ def wrap(cfg, model, teacher, weights=(None, None)):
     if cfg.compile:
         model = torch.compile(model)
     return model
+
+
+def on_rank0(cfg, fn):
+    """fn() on rank 0 only, its UserError raised on every rank (none is left waiting in the next
+    collective); returns fn's value on rank 0, None elsewhere. Collective when distributed."""
+    value, error = None, None
+    if cfg.rank == 0:
+        try:
+            value = fn()
+        except UserError as e:
+            error = str(e)
+    if cfg.world_size > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise UserError(error)
+    return value

@@ -37,7 +37,7 @@ from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta
 from model import DECODE_MODES, GPT, GPTConfig, mfu
 from model import peak_flops as gpu_peak_flops  # the config key `peak_flops` below shadows the name
-from parallel import gather_rollouts, global_mean, rank_mean, setup_distributed, wrap
+from parallel import gather_rollouts, global_mean, on_rank0, rank_mean, setup_distributed, wrap
 from rollout import PromptOrder, collect_rollouts, minillm_micro_loss
 from supervised import supervised_loss
 from tokenizer import get_encoding
@@ -422,18 +422,7 @@ def run_training(cfg, stop):
 
     def write(name, payload):
         """Rank 0 writes out_dir/name (atomic_save of payload()); a failed write is raised on every rank."""
-        error = None
-        if master:
-            try:
-                atomic_save(payload(), os.path.join(cfg.out_dir, name))
-            except UserError as e:
-                error = str(e)
-        if cfg.world_size > 1:
-            box = [error]
-            dist.broadcast_object_list(box, src=0)
-            error = box[0]
-        if error:
-            raise UserError(error)
+        on_rank0(cfg, lambda: atomic_save(payload(), os.path.join(cfg.out_dir, name)))
 
     def save(which, metrics):
         """which='best': the weights (best.pt from rank 0; FSDP: dcp_best/, shards without AdamW state,
