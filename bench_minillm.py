@@ -124,7 +124,7 @@ def ours_child(argv, report):
     with bench.StepClock() as clock:
         bench.quiet_train(argv)
     with open(report, 'w') as f:
-        json.dump(dict(steps=clock.intervals(), version='this tree'), f)
+        json.dump(dict(steps=clock.intervals(), version='this tree', threads=torch.get_num_threads()), f)
 
 
 def trl_child(spec, report):
@@ -173,7 +173,8 @@ def trl_child(spec, report):
     marks = step_clock()
     trainer.train()
     with open(report, 'w') as f:
-        json.dump(dict(steps=intervals(marks), version=f'trl {trl.__version__}', generated=generated), f)
+        json.dump(dict(steps=intervals(marks), version=f'trl {trl.__version__} (transformers {transformers.__version__})',
+                       generated=generated, threads=torch.get_num_threads()), f)
 
 
 def run_child(cfg, kind, payload, tmp, tag):
@@ -250,7 +251,7 @@ def bench_trl(cfg):
             phases.append(f"- {n}: generation {parts.get('generate', 0):.2f} s, scoring "
                           f"{parts.get('rollout', 0) - parts.get('generate', 0):.2f} s, update (policy loss, "
                           f"backward, AdamW) {parts.get('update', 0):.2f} s of the step (wall, medians)")
-    threads = cfg.trl_threads or torch.get_num_threads()
+    threads = '/'.join(map(str, sorted({x.get('threads') for runs in ok.values() for x in runs})))
     return '\n'.join([
         f'Student {cfg.trl_student.replace(",", "/")} (layers/heads/d), teacher {cfg.trl_teacher.replace(",", "/")}, '
         f'GPT-2 vocabulary 50257, block {cfg.trl_block_size}, random weights, fp32 on CPU, {threads} thread(s) per '

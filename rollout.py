@@ -71,6 +71,13 @@ def response_logits(cfg, model, seq, amask, Tp, upcast=True):
     return upcast_half(logits) if upcast else logits
 
 
+def chunk_rows(cfg, vocab, device):
+    """Rows of [rows, V] logits per chunk: loss_chunk_size, and on CPU at most 32 MiB of fp32 logits, since
+    glibc maps every larger block fresh from the kernel (M_MMAP_THRESHOLD grows to 32 MiB at most) and each
+    pass over it pays its page faults again (0.2 s of a MiniLLM step at GPT-2's vocabulary, bench.py trl)."""
+    return cfg.loss_chunk_size if device.type != 'cpu' else max(1, min(cfg.loss_chunk_size, 2**23 // vocab))
+
+
 def upcast_half(x):
     """bf16 / fp16 -> fp32 for log-probs and losses; fp32 and fp64 stay as they are."""
     return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
@@ -228,8 +235,9 @@ def response_scores(cfg, model, seq, amask, Tp, tokens, cache=None, first_row=0)
     def head_fn(hidden, weight):
         h = hidden[:, Tp - 1:-1].reshape(B * Tr, -1)
         plain = sampled = None
-        for i in range(0, B * Tr, cfg.loss_chunk_size):
-            rows = slice(i, min(i + cfg.loss_chunk_size, B * Tr))
+        chunk = chunk_rows(cfg, weight.shape[0], h.device)
+        for i in range(0, B * Tr, chunk):
+            rows = slice(i, min(i + chunk, B * Tr))
             z = upcast_half(F.linear(h[rows], weight))
             if plain is None:
                 plain, sampled = (torch.empty(B * Tr, dtype=z.dtype, device=z.device) for _ in range(2))
@@ -299,7 +307,8 @@ def minillm_micro_loss(cfg, model, teacher, buf, ids, minibatch=None):
 
     def head_fn(hidden, weight):
         return pg.chunked_minillm_loss(hidden[:, Tp - 1:-1], weight, tokens, take['logp_old'], take['logp_teacher'],
-                                       rmask, policy=policy, chunk_size=cfg.loss_chunk_size, **teacher_in, **switches)
+                                       rmask, policy=policy, chunk_size=chunk_rows(cfg, weight.shape[0], hidden.device),
+                                       **teacher_in, **switches)
     with cfg.ctx:
         loss, stats = model(seq, attention_mask=amask, head_fn=head_fn)
     return loss, rmask.sum(), stats
