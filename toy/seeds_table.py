@@ -33,8 +33,9 @@ from report import COLUMNS, SET_TITLES, markdown_table, summarize  # noqa: E402
 # ----------------------------------------------------------------------------- config
 runs = ''                    # comma-separated results.json paths, one per training seed
 out = 'out/quickstart/results'  # writes <out>.md, .json, .png
-compare = ('minillm>kd,minillm>sft,minillm>seqkd,kd>sft,seqkd>sft,atkd>kd,minillm>minillm-no-single-step,'
-           'minillm>minillm-no-teacher-mix,minillm>minillm-no-length-norm')  # pairs a>b; absent names skipped
+compare = ('minillm>kd,minillm>sft,minillm>seqkd,kd>sft,seqkd>sft,atkd>kd,gkd>kd,distillm>kd,minillm>gkd,'
+           'minillm>distillm,minillm>minillm-no-single-step,minillm>minillm-no-teacher-mix,'
+           'minillm>minillm-no-length-norm')  # pairs a>b; names absent from the runs are skipped
 exaccerr_lengths = (4, 8, 16)
 DEFAULTS = defaults_from(globals())
 # -----------------------------------------------------------------------------
@@ -203,6 +204,7 @@ def plot(table_set, comps, seeds, path):
     ax.set_ylabel('%')
     ax.legend()
     ax = axes[1]
+    ax.set_prop_cycle(color=plt.get_cmap('tab20').colors[::2] + plt.get_cmap('tab20').colors[1::2])  # 20 distinct
     for m in names:
         if table_set[m]['rouge_l']['once']:
             continue
