@@ -39,7 +39,7 @@ def load_meta(data_dir):
         meta = json.load(f)
     # meta.json written before tokenizer fingerprints: a named encoding's is computed from its name
     if meta.get('tokenizer_fingerprint') is None:
-        from tokenizer import fingerprint_for_name
+        from components.tokenizer import fingerprint_for_name
         meta['tokenizer_fingerprint'] = fingerprint_for_name(meta.get('tokenizer'))
     meta.setdefault('bos_token', None)
     return meta

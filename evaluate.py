@@ -43,12 +43,14 @@ from contextlib import nullcontext
 import torch
 
 import kl
-from checkpoint import load_model
+from components.checkpoint import load_model
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, split_responses
-from progress import GenerationProgress
-from report import format_stat, summarize, write_report
-from tokenizer import get_encoding
+from sampling import generate
+from components.progress import GenerationProgress
+from components.report import format_stat, summarize, write_report
+from components.tokenizer import get_encoding
+from components.validation import rollout_texts, rouge_l  # noqa: F401  (rouge_l: evaluate.rouge_l for callers)
 
 # ----------------------------------------------------------------------------- config
 models = 'sft=out/toy_sft'   # name=path pairs, comma-separated (run dirs, ckpt.pt, HF GPT-2)
@@ -75,33 +77,6 @@ DEFAULTS = defaults_from(globals())
 
 
 # ----------------------------------------------------------------------------- text metrics
-@functools.lru_cache(maxsize=None)
-def _rouge_scorer():
-    from rouge_score import rouge_scorer, tokenizers
-
-    class CachedTokenizer(tokenizers.Tokenizer):
-        """rouge-score's own tokenizer (lowercase, alphanumeric words, Porter stems), memoised:
-        the same references are scored against every sample of every model."""
-        def __init__(self):
-            self._cached = functools.lru_cache(maxsize=1 << 17)(tokenizers.DefaultTokenizer(use_stemmer=True).tokenize)
-
-        def tokenize(self, text):
-            return self._cached(text)
-
-    return rouge_scorer.RougeScorer(['rougeL'], tokenizer=CachedTokenizer())
-
-
-def rouge_l(prediction, references):
-    """Rouge-L (Lin, 2004): F = 2PR / (P + R) with P = LCS/|pred|, R = LCS/|ref|
-    over stemmed words (the rouge-score package); max over `references`, x100. 0 when empty."""
-    if isinstance(references, str):
-        references = [references]
-    if not prediction.strip() or not references:
-        return 0.0
-    scorer = _rouge_scorer()
-    return 100.0 * max(scorer.score(ref, prediction)['rougeL'].fmeasure for ref in references)
-
-
 def dist_n(texts, n=4):
     """Dist-n (Li et al., 2016, 'A diversity-promoting objective'): distinct n-grams / all n-grams,
     pooled over all `texts`. A str is split into whitespace-separated words; a list of tokens is
@@ -241,22 +216,13 @@ def sample_rollouts(model, data, indices, seed, max_new_tokens=0, batch_size=256
         idx, pmask = data.prompt_batch(ids)
         n = new_token_budget(context or model.config.block_size, idx.shape[1], max_new_tokens, cap)
         with ctx:
-            seq = model.generate(idx.to(device), n, temperature=temperature, top_p=top_p, eos_id=data.eot,
+            seq = generate(model, idx.to(device), n, temperature=temperature, top_p=top_p, eos_id=data.eot,
                                  attention_mask=pmask.to(device), generator=gen,
                                  no_repeat_ngram_size=no_repeat_ngram_size)
         rollouts.append(dict(ids=ids, seq=seq.cpu(), prompt_mask=pmask))
         bar.update(len(ids), sum(map(len, split_responses(rollouts[-1]['seq'], idx.shape[1], data.eot))))
     bar.close()
     return rollouts
-
-
-def rollout_texts(rollouts, enc, eot):
-    """Decoded responses, in rollout order, without their eot."""
-    texts = []
-    for b in rollouts:
-        for r in split_responses(b['seq'], b['prompt_mask'].shape[1], eot):
-            texts.append(enc.decode([t for t in r if t != eot and t < enc.n_vocab]))
-    return texts
 
 
 def _scored_positions(batch, eot, device):

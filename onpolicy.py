@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from dataset import split_responses
+from sampling import generate
 
 SGO_PROB_STEP = 0.1  # φ's increment at a validation-loss rise (finetune.py: adaptive_threshold += 0.1)
 
@@ -47,7 +48,7 @@ def sample_responses(cfg, model, data, ids, generator):
     m.eval()
     idx, mask = data.prompt_batch(ids)
     with cfg.ctx:
-        out = m.generate(idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.gen_temperature,
+        out = generate(m, idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.gen_temperature,
                          top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=data.eot,
                          attention_mask=mask.to(cfg.device), generator=generator, all_done=cfg.all_done)
     m.train(was_training)

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 import policy_gradient as pg
 from dataset import split_responses
-from sampling import filtered_logprobs
-from progress import GenerationProgress
+from sampling import filtered_logprobs, generate
+from components.progress import GenerationProgress
 
 
 class PromptOrder:
@@ -136,7 +136,7 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
         p_idx, p_mask = prompts.prompt_batch(ids)
         recorder = {}
         with cfg.ctx:
-            out = cfg.raw(model).generate(
+            out = generate(cfg.raw(model), 
                 p_idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.gen_temperature,
                 top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=prompts.eot,
                 attention_mask=p_mask.to(cfg.device), generator=sample_gen,

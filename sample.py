@@ -18,11 +18,12 @@ import shutil
 import numpy as np
 import torch
 
-from checkpoint import load_model
+from components.checkpoint import load_model
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, left_pad, load_meta, split_responses
-from progress import GenerationProgress
-from tokenizer import get_encoding
+from sampling import generate
+from components.progress import GenerationProgress
+from components.tokenizer import get_encoding
 
 # ----------------------------------------------------------------------------- config
 init_from = 'out/toy_teacher'  # run dir / ckpt.pt / HF GPT-2 dir or name
@@ -51,7 +52,7 @@ def sample_responses(model, prompts, eot, cfg, generator, desc='sampling'):
     out, bar = [], GenerationProgress(len(prompts), desc)
     for s in range(0, len(prompts), cfg.batch_size):
         idx, mask = left_pad(prompts[s:s + cfg.batch_size], eot)
-        gen = model.generate(idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.temperature,
+        gen = generate(model, idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.temperature,
                              top_k=cfg.top_k or None, top_p=cfg.top_p, eos_id=eot,
                              attention_mask=mask.to(cfg.device), generator=generator)
         out += split_responses(gen.cpu(), idx.shape[1], eot)

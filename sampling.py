@@ -18,21 +18,11 @@ batch) draws the same tokens whichever rows share the batch.
 import math
 
 import torch
-import torch.nn.functional as F
+
+from model import DECODE_MODES, KVCache, last_position_logits
 
 CDF_BLOCK = 256   # inverse_cdf_sample's block: V / 256 block sums, then 256 entries of one block
 
-
-def last_position_logits(hidden, weight, rows=None):
-    """head_fn for decoding: logits [B, V] of the last position only (bf16 / fp16 upcast to fp32), for
-    the batch rows `rows` (bool [B]) when given. At the prompt step this skips the [B, T, V] logits
-    nobody reads (as large as T decoding steps' worth of lm_head)."""
-    h = hidden[:, -1] if rows is None else hidden[rows, -1]
-    # on CPU, W @ h.T reads the [V, d] weight about 1.5-2x faster than F.linear's h @ W.T at decoding batch
-    # sizes (MKL's kernel for that layout; bench.py's trl section); the [B, V] copy back is small
-    z = (weight @ h.T).T.contiguous() if h.device.type == 'cpu' and not torch.is_autocast_enabled('cpu') \
-        else F.linear(h, weight)
-    return z if z.dtype == torch.float64 else z.float()
 
 
 def filtered_logprobs(logits, temperature, top_k, top_p):
@@ -151,3 +141,113 @@ def repeated_ngram_mask(tokens, real, n, vocab):
     keep = nxt < vocab
     banned[rows[keep], nxt[keep]] = True
     return banned
+
+
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
+             attention_mask=None, generator=None, mix_model=None, mix_alpha=0.0, all_done=None,
+             no_repeat_ngram_size=0, decode='eager', on_logits=None):
+    """Sample up to `max_new_tokens` after each (left-padded) prompt, with a KV cache.
+
+    Returns [B, T + n] token ids; a row that emitted `eos_id` is filled with `eos_id` after it.
+    `temperature=0` is greedy. `all_done(done) -> bool` decides when to stop early; under FSDP it
+    must agree across ranks, since every decoding step all-gathers parameters. With `mix_model` and
+    `mix_alpha` > 0, tokens are drawn from p~ = alpha * softmax(mix_model) + (1 - alpha) *
+    softmax(model): MiniLLM §2.2, teacher-mixed sampling, Eq. p~(y_t|y<t,x) = alpha p(y_t|y<t,x) +
+    (1 - alpha) q_theta(y_t|y<t,x), by composition (sampling.sample_next): a row's lm_head is
+    computed only for the model its token comes from, while both models' bodies advance its caches.
+    `no_repeat_ngram_size` n > 0: a token that would complete an n-gram already present in the
+    row's real tokens (prompt and response) gets no probability (the MiniLLM evaluation uses 6);
+    a row whose every token would repeat one keeps its distribution rather than have none.
+
+    decode: 'eager' (default): a row that emitted eos_id leaves the decoding batch and both KV
+    caches. 'static': after the prompt, every step is `model.decode_step` on the whole batch and a cache
+    whose length is rounded up to a multiple of 128, so no shape changes between steps; 'compile'
+    runs that step through torch.compile (inductor; CUDA graphs on GPU). Each row draws from its
+    own uniforms (sampling.draw_uniforms, B rows per step whichever rows still decode), so all
+    three give the same tokens for the same generator, up to float rounding of batch-size-dependent
+    kernels.
+
+    `on_logits(rows, t, logits, tokens)`, called after each step, receives the rows of `out` still
+    decoding, the response position t, each model's fp32 logits [len(rows), V] for all those rows
+    (the distribution's, after any n-gram ban) and the tokens drawn: a caller can read the log-probs
+    of what was sampled off the decoding loop (rollout.collect_rollouts in fp32). With it, every
+    model's lm_head runs on every row (decoding a small batch reads the whole head weight per step
+    whatever the number of rows, so the cost is nearly the same).
+    """
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    B, T = idx.shape
+    n = min(max_new_tokens, model.config.block_size - T)
+    if n <= 0:
+        raise ValueError(f"prompt of {T} tokens leaves no room in block_size "
+                         f"{model.config.block_size}: shorten it")
+    mixing = mix_model is not None and mix_alpha > 0
+    models = [model, mix_model] if mixing else [model]
+    static = decode != 'eager'
+    length = min(-(-(T + n) // 128) * 128, model.config.block_size) if static else T + n
+    caches = [KVCache(m.config, B, length, idx.device, next(m.parameters()).dtype) for m in models]
+    if decode == 'compile' and idx.device.type == 'cuda':  # CUDA graphs replay the cache's own buffers
+        for c in caches:
+            for t in c.k + c.v + [c.valid, c.n_valid]:
+                torch._dynamo.mark_static_address(t)
+    out = torch.full((B, T + n), eos_id if eos_id is not None else 0, dtype=idx.dtype, device=idx.device)
+    out[:, :T] = idx
+    real = torch.ones(B, T + n, dtype=torch.bool, device=idx.device)
+    if attention_mask is not None:
+        real[:, :T] = attention_mask.bool()
+    done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    rows = torch.arange(B, device=idx.device)  # the row of `out` each row of the decoding batch fills
+    by_composition = mixing and temperature > 0  # greedy mixing needs both distributions in full
+    step_in, step_mask = idx, attention_mask
+    for t in range(n):
+        u = draw_uniforms(B, idx.device, generator)[rows]
+        from_mix = u[:, 0] < mix_alpha if by_composition else None
+        picks = [None] * len(models) if from_mix is None else [~from_mix, from_mix]
+        heads = [None] * len(models) if on_logits is not None else picks  # the rows each lm_head runs on
+        logits = [_next_logits(m, c, step_in, step_mask, head, decode if t else 'eager')
+                  for m, c, head in zip(models, caches, heads)]
+        step_mask = None
+        if no_repeat_ngram_size > 0:
+            banned = repeated_ngram_mask(out[rows, :T + t], real[rows, :T + t], no_repeat_ngram_size,
+                                         logits[0].shape[-1])
+            banned &= ~banned.all(-1, keepdim=True)
+            logits = [z.masked_fill(banned if head is None else banned[head], float('-inf'))
+                      for z, head in zip(logits, heads)]
+        if from_mix is None:
+            nxt = sample_next(logits, temperature, top_k, top_p, mix_alpha=mix_alpha if mixing else 0.0, uniforms=u)
+        else:
+            nxt = torch.empty(len(rows), dtype=idx.dtype, device=idx.device)
+            for z, pick, head in zip(logits, picks, heads):
+                nxt[pick] = sample_next(z if head is not None else z[pick], temperature, top_k, top_p,
+                                        uniforms=u[pick])
+        if on_logits is not None:
+            on_logits(rows, t, logits, nxt)
+        if eos_id is not None:
+            nxt = torch.where(done[rows], eos_id, nxt)
+            done[rows] = done[rows] | (nxt == eos_id)
+        out[rows, T + t] = nxt
+        step_in = nxt[:, None]
+        if eos_id is None:
+            continue
+        finished = int(done[rows].sum())
+        if finished == len(rows) and (all_done(done) if all_done else True):
+            return out[:, :T + t + 1]
+        if finished and not static:  # finished rows leave the batch and both caches
+            keep = (~done[rows]).nonzero().squeeze(1)
+            if keep.numel() == 0:  # other ranks still decode (all_done): keep stepping one row of eos
+                keep = keep.new_zeros(1)
+            if keep.numel() < len(rows):
+                rows, step_in = rows[keep], step_in[keep]
+                for c in caches:
+                    c.keep_rows(keep)
+    return out
+
+
+def _next_logits(model, cache, idx, attention_mask, pick, decode):
+    """Logits [B', V] (fp32, or fp64) of the next token after idx, for the rows `pick` (bool [B], None: all)."""
+    if decode == 'eager':
+        return model(idx, attention_mask=attention_mask, cache=cache,
+                     head_fn=lambda h, w: last_position_logits(h, w, pick))
+    logits = model.decode_step(idx, cache, compiled=decode == 'compile')
+    return logits if pick is None else logits[pick]

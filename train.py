@@ -27,21 +27,21 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-import cluster
+from components import cluster
 import kl
-import memory
+from components import memory
 import onpolicy
-from checkpoint import (BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, atomic_save, checkpoint_payload, load_sharded, load_student,
+from components.checkpoint import (BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, atomic_save, checkpoint_payload, load_sharded, load_student,
                         load_teacher, load_trainer_state, models_from_rank0, save_sharded)
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta
 from model import DECODE_MODES, GPT, GPTConfig, mfu
 from model import peak_flops as gpu_peak_flops  # the config key `peak_flops` below shadows the name
-from parallel import gather_rollouts, global_mean, on_rank0, rank_mean, setup_distributed, wrap
+from components.parallel import gather_rollouts, global_mean, on_rank0, rank_mean, setup_distributed, wrap
 from rollout import PromptOrder, collect_rollouts, minillm_micro_loss
 from supervised import supervised_loss
-from tokenizer import get_encoding
-from validation import SELECT_METRICS, improves, rouge_subset, selection_metric, validation_rouge_l
+from components.tokenizer import get_encoding
+from components.validation import SELECT_METRICS, improves, rouge_subset, selection_metric, validation_rouge_l
 
 # ----------------------------------------------------------------------------- config
 # I/O

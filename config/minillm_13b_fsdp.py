@@ -8,11 +8,11 @@
 #   torchrun --nnodes=8 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HEAD:29500 train.py \
 #       config/minillm_13b_fsdp.py --batch_size=1 --pt_batch_size=1 --gradient_accumulation_steps=1 --rollout_batch_size=1
 # At start rank 0 prints the per-GPU memory estimate (memory.py) for the world size it runs on and
-# the run stops if it exceeds gpu_memory_gb: it fits from 8 GPUs up (python memory.py). Only rank 0
+# the run stops if it exceeds gpu_memory_gb: it fits from 8 GPUs up (python scripts/memory_table.py). Only rank 0
 # reads the checkpoints, into CPU RAM (~30 GB and ~66 GB in bf16); every GPU receives its shards
 # only. Afterwards:
-#   python checkpoint.py --consolidate out/minillm_qwen2.5_14b
-#   python checkpoint.py --export_hf out/minillm_qwen2.5_14b out/minillm_qwen2.5_14b_hf
+#   python scripts/convert_checkpoint.py --consolidate out/minillm_qwen2.5_14b
+#   python scripts/convert_checkpoint.py --export_hf out/minillm_qwen2.5_14b out/minillm_qwen2.5_14b_hf
 exec(open('config/minillm_qwen2.5.py').read())
 init_from = 'Qwen/Qwen2.5-14B-Instruct'
 teacher = 'Qwen/Qwen2.5-32B-Instruct'

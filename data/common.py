@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer import get_encoding, tokenizer_fingerprint
+from components.tokenizer import get_encoding, tokenizer_fingerprint
 
 
 @contextlib.contextmanager

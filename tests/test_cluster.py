@@ -24,10 +24,11 @@ import torch
 if __name__ == '__main__':  # a worker subprocess: make the repo importable as the tests' conftest does
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import checkpoint
-import cluster
+from components import checkpoint
+from components import cluster
+from scripts import convert_checkpoint
 import train
-from checkpoint import atomic_save, checkpoint_payload, load_checkpoint
+from components.checkpoint import atomic_save, checkpoint_payload, load_checkpoint
 from configurator import UserError
 from model import GPT, GPTConfig
 
@@ -163,8 +164,8 @@ def test_a_crafted_pickle_is_refused_by_every_loader_and_never_runs(tiny_instruc
                                               f'--out={tmp_path}/results']),
         'train.py --init_from': lambda: train.main(train_args + [f'--init_from={evil}']),
         'train.py --teacher': lambda: train.main(train_args + ['--method=kd', f'--teacher={evil}']),
-        'checkpoint.py --export_hf': lambda: checkpoint.main(['--export_hf', str(evil), str(tmp_path / 'hf')]),
-        'checkpoint.py --consolidate': lambda: checkpoint.main(['--consolidate', str(sharded)]),
+        'scripts/convert_checkpoint.py --export_hf': lambda: convert_checkpoint.main(['--export_hf', str(evil), str(tmp_path / 'hf')]),
+        'scripts/convert_checkpoint.py --consolidate': lambda: convert_checkpoint.main(['--consolidate', str(sharded)]),
         'train.py --init_from=resume (FSDP state)': lambda: checkpoint.load_trainer_state(str(sharded)),
     }
     for name, load in loaders.items():
@@ -351,7 +352,7 @@ def test_a_sharded_save_killed_at_any_file_operation_leaves_a_loadable_checkpoin
     import shutil
 
     import torch.distributed as dist
-    from checkpoint import load_sharded_weights, save_sharded
+    from components.checkpoint import load_sharded_weights, save_sharded
     dist.init_process_group('gloo', store=dist.FileStore(str(tmp_path / 'store'), 1), rank=0, world_size=1)
     try:
         torch.manual_seed(0)

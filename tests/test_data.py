@@ -13,7 +13,7 @@ from data.toy_instruct import prepare as toy_prepare
 from data.toy_instruct.task import (
     DEFAULT_FAMILIES, FAMILIES, SINGLE_ANSWER, TASKS, generate, heldout_split, is_valid, make_example, reference_answers,
 )
-from tokenizer import get_encoding
+from components.tokenizer import get_encoding
 
 # ---------------------------------------------------------------- toy task: generator and checker
 

@@ -18,7 +18,7 @@ if __name__ == '__main__':  # a torchrun worker: make the repo importable as the
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train
-from checkpoint import atomic_save, checkpoint_payload, consolidate, load_model
+from components.checkpoint import atomic_save, checkpoint_payload, consolidate, load_model
 from configurator import UserError
 from model import GPT, GPTConfig
 
@@ -301,7 +301,7 @@ def test_consolidation_and_export_of_an_fsdp_llama_run(runs, tmp_path):
     for (k, a), b in zip(model.state_dict().items(), single.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), k
     out = str(tmp_path / 'hf')
-    r = subprocess.run([sys.executable, 'checkpoint.py', '--export_hf', run_dir, out], cwd=ROOT,
+    r = subprocess.run([sys.executable, 'scripts/convert_checkpoint.py', '--export_hf', run_dir, out], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()

@@ -12,11 +12,11 @@ import torch.nn as nn
 
 import evaluate as ev
 import kl
-from checkpoint import atomic_save, checkpoint_payload, load_model
+from components.checkpoint import atomic_save, checkpoint_payload, load_model
 from configurator import UserError
 from dataset import InstructSet, left_pad
 from model import GPT, GPTConfig
-from tokenizer import get_encoding
+from components.tokenizer import get_encoding
 
 EOT = 256
 
@@ -315,7 +315,7 @@ def test_main_end_to_end(tmp_path, capsys):
     assert '| student |' in capsys.readouterr().out
 
 
-def test_default_max_new_tokens_is_the_space_left_capped_at_256():
+def test_default_max_new_tokens_is_the_space_left_capped_at_256(monkeypatch):
     assert ev.new_token_budget(512, 200) == 256                  # GPT-2: 512 - prompt >= 256 for prompts <= 256
     assert ev.new_token_budget(512, 256) == 256 and ev.new_token_budget(512, 300) == 212
     assert ev.new_token_budget(1024, 10) == 256 and ev.new_token_budget(64, 48) == 16
@@ -325,9 +325,10 @@ def test_default_max_new_tokens_is_the_space_left_capped_at_256():
     class Recorder:   # generate's arguments, per batch: the budget follows each batch's padded width
         config = SimpleNamespace(block_size=40)
 
-        def generate(self, idx, n, **kw):
-            asked.append((idx.shape[1], n, kw['no_repeat_ngram_size']))
-            return idx
+    def generate(model, idx, n, **kw):
+        asked.append((idx.shape[1], n, kw['no_repeat_ngram_size']))
+        return idx
+    monkeypatch.setattr(ev, 'generate', generate)
     data = SimpleNamespace(eot=EOT, prompt_batch=lambda ids: left_pad([[1] * (5 + 10 * i) for i in ids], EOT))
     ev.sample_rollouts(Recorder(), data, [0, 1, 2, 3], seed=0, batch_size=2, cap=20, no_repeat_ngram_size=6)
     ev.sample_rollouts(Recorder(), data, [0, 1, 2, 3], seed=0, batch_size=2, cap=20, context=30)

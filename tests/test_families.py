@@ -11,11 +11,12 @@ import os
 import pytest
 import torch
 
-import hf
+from components import hf
 import train
-from checkpoint import load_model
+from components.checkpoint import load_model
 from configurator import UserError
 from model import GPT, GPTConfig
+from sampling import generate
 
 transformers = pytest.importorskip('transformers')
 
@@ -84,7 +85,7 @@ def hf_logits(ref, idx, mask):
 @families
 def test_logits_equal_transformers(checkpoints, family):
     path, ref = checkpoints[family]
-    ours = GPT.from_pretrained(path).eval()
+    ours = hf.from_pretrained(path).eval()
     idx, mask = left_padded([11, 6, 9])
     with torch.no_grad():
         mine, full = ours(idx, attention_mask=mask), ours(idx[:, -6:])
@@ -109,10 +110,10 @@ def test_logits_equal_transformers(checkpoints, family):
 @families
 def test_greedy_generation_equals_transformers(checkpoints, family):
     path, ref = checkpoints[family]
-    ours = GPT.from_pretrained(path).eval()
+    ours = hf.from_pretrained(path).eval()
     idx, mask = left_padded([3, 8, 5], seed=1)
     eos = 7
-    mine = ours.generate(idx, 12, temperature=0.0, attention_mask=mask, eos_id=eos)
+    mine = generate(ours, idx, 12, temperature=0.0, attention_mask=mask, eos_id=eos)
     theirs = ref.generate(input_ids=idx, attention_mask=mask, max_new_tokens=12, do_sample=False,
                           eos_token_id=eos, pad_token_id=eos)
     assert mine.tolist() == theirs.tolist()
@@ -121,9 +122,9 @@ def test_greedy_generation_equals_transformers(checkpoints, family):
 def test_weights_load_in_the_checkpoints_dtype_without_a_second_copy(tmp_path):
     path, ref = write_hf(tmp_path / 'bf16', 'qwen2')
     ref.to(torch.bfloat16).save_pretrained(path)
-    ours = GPT.from_pretrained(path)
+    ours = hf.from_pretrained(path)
     assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
-    assert {p.dtype for p in GPT.from_pretrained(path, dtype=torch.float32).parameters()} == {torch.float32}
+    assert {p.dtype for p in hf.from_pretrained(path, dtype=torch.float32).parameters()} == {torch.float32}
     theirs = {k: v for k, v in ref.state_dict().items()}
     q, k, v = (theirs[f'model.layers.1.self_attn.{n}_proj.weight'] for n in 'qkv')
     assert torch.equal(ours.transformer.h[1].attn.c_attn.weight, torch.cat([q, k, v]))  # fused, bit for bit
@@ -150,7 +151,7 @@ def test_unsupported_features_are_one_clear_error(tmp_path, family, change, mess
     with open(tmp_path / 'config.json', 'w') as f:
         json.dump(cfg, f)
     with pytest.raises(UserError, match=message.replace('(', r'\(').replace(')', r'\)')):
-        GPT.from_pretrained(str(tmp_path))
+        hf.from_pretrained(str(tmp_path))
 
 
 def test_broken_checkpoints_and_names_are_one_clear_error(checkpoints, tmp_path):
@@ -167,9 +168,9 @@ def test_broken_checkpoints_and_names_are_one_clear_error(checkpoints, tmp_path)
         edit(broken)
         save_file(broken, str(d / 'model.safetensors'))
         with pytest.raises(UserError, match=message):
-            GPT.from_pretrained(str(d))
+            hf.from_pretrained(str(d))
     with pytest.raises(UserError, match='neither a directory nor a Hugging Face hub name'):
-        GPT.from_pretrained('/no/such/dir')
+        hf.from_pretrained('/no/such/dir')
 
 
 # config.json fields as the hub's checkpoints (written by transformers 4.x) spell them
@@ -224,7 +225,7 @@ def test_a_sliding_window_caps_block_size_where_it_equals_full_attention(tmp_pat
     if family == 'qwen2':
         assert cfg.layer_types == ['full_attention', 'sliding_attention']
     path, ref = write_hf(tmp_path / family, family, config=cfg)
-    ours = GPT.from_pretrained(path).eval()
+    ours = hf.from_pretrained(path).eval()
     assert ours.config.block_size == 8
     idx, mask = left_padded([8, 5], seed=2)
     with torch.no_grad():
@@ -237,7 +238,7 @@ def test_a_sliding_window_caps_block_size_where_it_equals_full_attention(tmp_pat
 @families
 def test_export_reloads_in_transformers_with_the_same_logits(checkpoints, family, tmp_path):
     path, _ = checkpoints[family]
-    ours = GPT.from_pretrained(path).eval()
+    ours = hf.from_pretrained(path).eval()
     out = hf.export_hf(ours, 'byte', str(tmp_path / 'export'), max_shard_size='20KB' if family == 'qwen3' else '5GB')
     files = set(os.listdir(out))
     assert {'config.json', 'generation_config.json'} <= files
@@ -251,7 +252,7 @@ def test_export_reloads_in_transformers_with_the_same_logits(checkpoints, family
     idx, mask = left_padded([10, 4], seed=3)
     with torch.no_grad():
         assert (ours(idx, attention_mask=mask) - hf_logits(theirs, idx, mask))[mask.bool()].abs().max().item() < 1e-4
-    back = GPT.from_pretrained(out)
+    back = hf.from_pretrained(out)
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), ours.state_dict().values()))
 
 
@@ -276,13 +277,13 @@ def test_export_keeps_padding_rows_and_gpt2_without_biases(tmp_path):
 def test_export_cli_on_a_run_of_ours(tmp_path):
     import subprocess
     import sys
-    from checkpoint import atomic_save, checkpoint_payload
+    from components.checkpoint import atomic_save, checkpoint_payload
     from conftest import ROOT
     torch.manual_seed(0)
     m = GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=1, n_head=2, n_embd=16, norm='rmsnorm', pos='rope',
                       mlp='swiglu', bias=False, qk_norm=True, tie_embeddings=False)).eval()
     atomic_save(checkpoint_payload(m, 'byte'), str(tmp_path / 'run' / 'ckpt.pt'))
-    r = subprocess.run([sys.executable, 'checkpoint.py', '--export_hf', str(tmp_path / 'run'), str(tmp_path / 'hf')],
+    r = subprocess.run([sys.executable, 'scripts/convert_checkpoint.py', '--export_hf', str(tmp_path / 'run'), str(tmp_path / 'hf')],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'hf')).eval()
@@ -293,7 +294,7 @@ def test_export_cli_on_a_run_of_ours(tmp_path):
     with torch.no_grad():
         assert (theirs(idx).logits - m(idx)).abs().max().item() < 1e-4
     os.remove(tmp_path / 'hf' / 'config.json')  # no longer an export: never overwritten
-    r = subprocess.run([sys.executable, 'checkpoint.py', '--export_hf', str(tmp_path / 'run'), str(tmp_path / 'hf')],
+    r = subprocess.run([sys.executable, 'scripts/convert_checkpoint.py', '--export_hf', str(tmp_path / 'run'), str(tmp_path / 'hf')],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and 'is not an earlier export' in r.stderr
 
@@ -342,7 +343,7 @@ def llama_pair(tiny_instruct, tmp_path_factory):
     run = str(root / 'teacher_run')
     train.main(TRAIN + [f'--data_dir={tiny_instruct}', f'--out_dir={run}', '--method=sft', '--max_iters=60',
                         '--eval_interval=60', '--learning_rate=3e-3', f"--init_from={write_llama(root / 'init', 64, V, 2)}"])
-    from checkpoint import export_run
+    from components.checkpoint import export_run
     return student, export_run(run, str(root / 'teacher_hf')), run
 
 
@@ -421,12 +422,12 @@ def test_padding_rows_are_never_sampled_alone_or_teacher_mixed(llama_pair):
         teacher.lm_head.weight[257:, 0] = 1000.0  # ...which the padding rows turn into the largest logits by far
     idx = torch.randint(0, 257, (6, 5), generator=torch.Generator().manual_seed(0))
     teacher.config.tokenizer_vocab = 0  # all 300 rows as logits: padding wins every draw
-    full = teacher.generate(idx, 16, generator=torch.Generator().manual_seed(1))[:, 5:]
+    full = generate(teacher, idx, 16, generator=torch.Generator().manual_seed(1))[:, 5:]
     assert (full >= 257).all()
     teacher.config.tokenizer_vocab = 257
     for temperature in (1.0, 0.0):
         for mix_alpha in (0.0, 0.2, 0.9):  # the student alone; MiniLLM's teacher-mixed sampling
-            out = student.generate(idx, 16, temperature=temperature, mix_model=teacher, mix_alpha=mix_alpha,
+            out = generate(student, idx, 16, temperature=temperature, mix_model=teacher, mix_alpha=mix_alpha,
                                    generator=torch.Generator().manual_seed(2))
             assert out.max().item() < 257
-        assert teacher.generate(idx, 16, temperature=temperature).max().item() < 257
+        assert generate(teacher, idx, 16, temperature=temperature).max().item() < 257

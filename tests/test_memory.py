@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
-import hf
-import memory
+from components import hf
+from components import memory
+from scripts import memory_table
 import model
 import train
 from configurator import UserError
@@ -214,8 +215,8 @@ def test_13b_config_fits_80gb_gpus_from_8_on(capsys, monkeypatch):
         memory.check_run(cfg, student, teacher)
 
 
-# The README's memory table at 8 GPUs (python memory.py): peak GiB without / with activation
-# checkpointing, for each run of memory.TABLE_RUNS (model trained, teacher).
+# The README's memory table at 8 GPUs (python scripts/memory_table.py): peak GiB without / with activation
+# checkpointing, for each run of memory_table.TABLE_RUNS (model trained, teacher).
 README_8_GPUS = {
     ('opt-1.3b', 'opt-13b'): (18.7, 11.4),
     ('opt-2.7b', 'opt-13b'): (27.8, 14.5),
@@ -230,9 +231,9 @@ README_8_GPUS = {
 
 
 def test_real_pair_configs_at_the_readme_figures():
-    assert [(s, t) for s, t, _, _ in memory.TABLE_RUNS] == list(README_8_GPUS)
-    for student, teacher, config_file, overrides in memory.TABLE_RUNS:
-        cfg, s, t = memory.table_run(student, teacher, config_file, overrides)
+    assert [(s, t) for s, t, _, _ in memory_table.TABLE_RUNS] == list(README_8_GPUS)
+    for student, teacher, config_file, overrides in memory_table.TABLE_RUNS:
+        cfg, s, t = memory_table.table_run(student, teacher, config_file, overrides)
         assert cfg.method == ('minillm' if teacher else 'sft') and cfg.parallel == 'fsdp'
         assert cfg.fsdp_activation_checkpointing and cfg.gpu_memory_gb == 80
         peaks = []
@@ -241,13 +242,13 @@ def test_real_pair_configs_at_the_readme_figures():
             peaks.append(round(memory.estimate_run(cfg, s, t, 8)['total'] / GiB, 1))
         assert tuple(peaks) == README_8_GPUS[(student, teacher)], (student, teacher)
         assert peaks[1] <= 0.9 * cfg.gpu_memory_gb   # as written (with activation checkpointing) it fits 8 GPUs
-    table = memory.markdown_table()
+    table = memory_table.markdown_table()
     for (student, teacher), (plain, ac) in README_8_GPUS.items():
         row = next(r for r in table.splitlines() if r.startswith(f"| {student} | {teacher or '-'} |") and '| 8 |' in r)
         assert row.endswith(f"| {plain} | {ac} |")
     # on 64 GPUs the same global batch: 8 sequences per GPU become 1
-    cfg, s, t = memory.table_run(*memory.TABLE_RUNS[0])
-    run = memory.on_gpus(cfg, 64)
+    cfg, s, t = memory_table.table_run(*memory_table.TABLE_RUNS[0])
+    run = memory_table.on_gpus(cfg, 64)
     assert (run.batch_size, run.pt_batch_size, run.world_size, cfg.batch_size) == (1, 1, 64, 8)
 
 

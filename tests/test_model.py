@@ -5,7 +5,10 @@ import torch
 import torch.nn.functional as F
 
 import model
-from model import GPT, GPTConfig, KVCache, next_token_logprobs
+import sampling
+from components import hf as hf_interop
+from model import GPT, GPTConfig, KVCache
+from sampling import generate, next_token_logprobs
 
 
 # every family's switches on a tiny shape: the cache, padding and packing tests run on each
@@ -58,7 +61,7 @@ def test_matches_transformers_gpt2(tmp_path):
     for safe in (True, False):  # model.safetensors and pytorch_model.bin
         d = tmp_path / f'safe{safe}'
         hf.save_pretrained(d, safe_serialization=safe)
-        ours = GPT.from_pretrained(str(d)).eval()
+        ours = hf_interop.from_pretrained(str(d)).eval()
         with torch.no_grad():
             diff = (ours(idx) - ref).abs().max().item()
         assert diff < 1e-4, diff
@@ -66,7 +69,7 @@ def test_matches_transformers_gpt2(tmp_path):
 
 def test_from_pretrained_bad_name():
     with pytest.raises(ValueError, match='neither a directory'):
-        GPT.from_pretrained('/no/such/dir')
+        hf_interop.from_pretrained("/no/such/dir")
 
 
 def greedy_reference(m, prompt, n, eos_id=None):
@@ -86,7 +89,7 @@ def test_kv_cache_greedy_equals_recompute_with_left_padding(family):
     m = tiny(family=family)
     prompts = [[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40], [7, 7, 7, 7, 7]]
     idx, mask = left_pad(prompts)
-    out = m.generate(idx, 12, temperature=0, attention_mask=mask)
+    out = generate(m, idx, 12, temperature=0, attention_mask=mask)
     for i, p in enumerate(prompts):
         assert out[i, idx.shape[1]:].tolist() == greedy_reference(m, p, 12)
 
@@ -146,9 +149,9 @@ def test_chunked_prefill_with_cache_equals_full_forward(family):
 def test_eos_stops_rows_and_pads_with_eos(family):
     m = tiny(3, family=family)
     idx, mask = left_pad([[1, 2, 3], [4, 5]])
-    free = m.generate(idx, 10, temperature=0, attention_mask=mask)
+    free = generate(m, idx, 10, temperature=0, attention_mask=mask)
     eos = int(free[0, 3])  # row 0's first generated token: row 0 stops at once
-    out = m.generate(idx, 10, temperature=0, attention_mask=mask, eos_id=eos)
+    out = generate(m, idx, 10, temperature=0, attention_mask=mask, eos_id=eos)
     assert out[0, 3:].eq(eos).all()
     ref1 = greedy_reference(m, [4, 5], 10, eos_id=eos)
     got1 = out[1, 3:].tolist()
@@ -158,15 +161,15 @@ def test_eos_stops_rows_and_pads_with_eos(family):
 def test_sampling_is_reproducible_by_generator():
     m = tiny(4)
     idx = torch.randint(0, 61, (3, 4))
-    a = m.generate(idx, 8, generator=torch.Generator().manual_seed(7))
-    b = m.generate(idx, 8, generator=torch.Generator().manual_seed(7))
+    a = generate(m, idx, 8, generator=torch.Generator().manual_seed(7))
+    b = generate(m, idx, 8, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
 
 
 def test_prompt_longer_than_block_size_is_an_error():
     m = tiny(block_size=8)
     with pytest.raises(ValueError, match='block_size'):
-        m.generate(torch.zeros(1, 8, dtype=torch.long), 4)
+        generate(m, torch.zeros(1, 8, dtype=torch.long), 4)
     with pytest.raises(ValueError, match='block_size'):
         m(torch.zeros(1, 9, dtype=torch.long))
 
@@ -194,7 +197,7 @@ def test_mixed_generation_matches_mixture_frequencies():
     # one step from a fixed prompt: empirical frequencies of teacher-mixed draws vs the exact mixture
     student, teacher = tiny(5, vocab_size=7), tiny(6, vocab_size=7)
     idx = torch.full((20000, 3), 2, dtype=torch.long)
-    out = student.generate(idx, 1, mix_model=teacher, mix_alpha=0.3, generator=torch.Generator().manual_seed(0))
+    out = generate(student, idx, 1, mix_model=teacher, mix_alpha=0.3, generator=torch.Generator().manual_seed(0))
     freq = torch.bincount(out[:, -1], minlength=7).double() / 20000
     with torch.no_grad():
         exact = next_token_logprobs([student(idx[:1])[:, -1], teacher(idx[:1])[:, -1]], mix_alpha=0.3).exp()[0]
@@ -227,7 +230,7 @@ def test_peak_flops_by_gpu_name_and_mfu():
 def test_untied_head_and_pytorch_init(tmp_path):
     """tie_embeddings=False gives lm_head its own [V, d] weight; init='pytorch' keeps each module's
     default (Embedding N(0, 1), Linear U(+-1/sqrt(fan_in))); a checkpoint round-trips both."""
-    from checkpoint import atomic_save, checkpoint_payload, load_model
+    from components.checkpoint import atomic_save, checkpoint_payload, load_model
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=32, vocab_size=257, n_layer=2, n_head=2, n_embd=64, tie_embeddings=False, init='pytorch')
     m = GPT(cfg)
@@ -284,7 +287,7 @@ def test_padded_vocabulary_rows_get_no_logit_and_are_never_sampled():
         m.transformer.h[0].attn.c_attn.bias.zero_()
     idx = torch.randint(0, 61, (4, 5))
     assert m(idx).shape == (4, 5, 61)
-    out = m.generate(idx, 20, generator=torch.Generator().manual_seed(0))
+    out = generate(m, idx, 20, generator=torch.Generator().manual_seed(0))
     assert out.max().item() < 61
     full = F.linear(m(idx, head_fn=lambda h, w: h), m.lm_head.weight)
     assert torch.allclose(m(idx), full[..., :61])
@@ -298,16 +301,16 @@ def test_no_repeat_ngram_equals_transformers_processor_and_never_repeats():
     torch.manual_seed(0)
     seqs = torch.randint(0, 4, (64, 12))                           # small alphabet: many repeated trigrams
     for L in range(1, 13):
-        ours = model.repeated_ngram_mask(seqs[:, :L], torch.ones(64, L, dtype=torch.bool), 3, 4)
+        ours = sampling.repeated_ngram_mask(seqs[:, :L], torch.ones(64, L, dtype=torch.bool), 3, 4)
         ref = proc(seqs[:, :L], torch.zeros(64, 4)).isinf()
         assert torch.equal(ours, ref), L
-    assert model.repeated_ngram_mask(torch.tensor([[1, 2, 3, 1, 2]]), torch.ones(1, 5, dtype=torch.bool), 3, 5)[0].nonzero().flatten().tolist() == [3]
+    assert sampling.repeated_ngram_mask(torch.tensor([[1, 2, 3, 1, 2]]), torch.ones(1, 5, dtype=torch.bool), 3, 5)[0].nonzero().flatten().tolist() == [3]
     # padding never forms an n-gram: the banned token 3 followed (1, 2) only inside the pad
     pad = torch.tensor([[1, 2, 3, 1, 2]]), torch.tensor([[False, False, False, True, True]])
-    assert not model.repeated_ngram_mask(*pad, 3, 5).any()
+    assert not sampling.repeated_ngram_mask(*pad, 3, 5).any()
     m = tiny(8, vocab_size=11)
     idx, mask = left_pad([[1, 2, 3], [4]])
-    out = m.generate(idx, 20, attention_mask=mask, no_repeat_ngram_size=2, generator=torch.Generator().manual_seed(1))
+    out = generate(m, idx, 20, attention_mask=mask, no_repeat_ngram_size=2, generator=torch.Generator().manual_seed(1))
     for row, skip in zip(out.tolist(), (0, 2)):
         grams = [tuple(row[skip:][i:i + 2]) for i in range(len(row) - skip - 1)]
         assert len(grams) == len(set(grams))
@@ -375,11 +378,11 @@ def test_finished_rows_leave_the_batch_and_change_no_token(family):
     same tokens, greedy, sampled, and teacher-mixed (both caches compacted)."""
     student, teacher = tiny(9, family=family), tiny(10, family=family)
     idx, mask = left_pad([[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40], [7, 7, 7, 7, 7], [2, 4], [11, 12, 13]])
-    free = student.generate(idx, 16, attention_mask=mask, generator=torch.Generator().manual_seed(0))
+    free = generate(student, idx, 16, attention_mask=mask, generator=torch.Generator().manual_seed(0))
     eos = int(torch.mode(free[:, idx.shape[1]:].flatten()).values)   # a frequent token: rows end at different steps
     for kw in (dict(temperature=0), dict(), dict(mix_model=teacher, mix_alpha=0.4), dict(temperature=0.8, top_k=5)):
         sizes = batch_sizes_seen(student)
-        out = {d: student.generate(idx, 16, attention_mask=mask, eos_id=eos, decode=d,
+        out = {d: generate(student, idx, 16, attention_mask=mask, eos_id=eos, decode=d,
                                    generator=torch.Generator().manual_seed(4), **kw) for d in ('eager', 'static')}
         assert torch.equal(out['eager'], out['static']), kw
         eager_sizes = sizes[:len(sizes) - (out['static'].shape[1] - idx.shape[1])]
@@ -398,8 +401,8 @@ def test_static_decode_step_gives_the_eager_greedy_tokens(family):
     m = tiny(11, family=family)
     prompts = [[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40], [7, 7, 7, 7, 7]]
     idx, mask = left_pad(prompts)
-    static = m.generate(idx, 12, temperature=0, attention_mask=mask, decode='static')
-    assert torch.equal(static, m.generate(idx, 12, temperature=0, attention_mask=mask))
+    static = generate(m, idx, 12, temperature=0, attention_mask=mask, decode='static')
+    assert torch.equal(static, generate(m, idx, 12, temperature=0, attention_mask=mask))
     for i, p in enumerate(prompts):
         assert static[i, idx.shape[1]:].tolist() == greedy_reference(m, p, 12)
     cache = KVCache(m.config, 1, 20, 'cpu', torch.float32)
@@ -410,4 +413,4 @@ def test_static_decode_step_gives_the_eager_greedy_tokens(family):
         assert cache.length == 3 and cache.n_valid.tolist() == [3]
         assert torch.allclose(step, m(x)[:, -1], atol=1e-5)
     with pytest.raises(ValueError, match='decode must be one of'):
-        m.generate(idx, 2, decode='jit')
+        generate(m, idx, 2, decode='jit')

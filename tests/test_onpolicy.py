@@ -11,7 +11,7 @@ import kl
 import onpolicy
 import policy_gradient as pg
 import train
-from checkpoint import atomic_save, checkpoint_payload, load_model
+from components.checkpoint import atomic_save, checkpoint_payload, load_model
 from configurator import UserError, configure
 from dataset import InstructSet
 from model import GPT, GPTConfig

@@ -11,10 +11,10 @@ import pytest
 import tiktoken
 
 from configurator import UserError
-from tokenizer import (GPT2_RANKS_PATH, BPEEncoding, TokenizerError, TokenizerFileError, build_gpt2, build_qwen,
-                       check_same_tokenizer, fingerprint_for_name, get_encoding, load_bpe_ranks,
-                       tokenizer_fingerprint, write_hf_tokenizer_files)
-from tokenizer_hf import HFTokenizerEncoding, load_hf_dir, recover_merges
+from components.bpe import (GPT2_RANKS_PATH, BPEEncoding, TokenizerError, TokenizerFileError, build_gpt2, build_qwen,
+                            load_bpe_ranks)
+from components.tokenizer import check_same_tokenizer, fingerprint_for_name, get_encoding, tokenizer_fingerprint, write_hf_tokenizer_files
+from components.tokenizer_hf import HFTokenizerEncoding, load_hf_dir, recover_merges
 
 # Text in several scripts (written for these tests), with combining marks, emoji and odd spacing.
 MULTILINGUAL = (

@@ -48,7 +48,7 @@ def test_sft_and_pretrain_losses_go_down(tiny_instruct, tmp_path):
 
 def test_log_lines_carry_tokens_per_s_and_mfu(tiny_instruct, tmp_path):
     """MFU = tokens/s * flops_per_token / peak (PaLM appendix B); on CPU only when peak_flops is given."""
-    from checkpoint import load_model
+    from components.checkpoint import load_model
     from model import flops_per_token
     out = run_train(tmp_path, 'mfu', f'--data_dir={tiny_instruct}', '--max_iters=3', '--eval_interval=3',
                     '--peak_flops=1e9')
@@ -114,7 +114,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_instruct, teacher, tmp_pat
 
 def perturbed_student_and_teacher(teacher_dir):
     """The teacher twice, the first copy nudged by seeded noise so that student and teacher differ."""
-    from checkpoint import load_model
+    from components.checkpoint import load_model
     student, _ = load_model(teacher_dir)
     teach, _ = load_model(teacher_dir)
     torch.manual_seed(0)
@@ -213,7 +213,7 @@ def test_bad_input_is_one_clear_error(tiny_instruct, teacher, tmp_path):
 
 
 def test_teacher_vocab_mismatch_and_corrupt_checkpoint(tiny_instruct, teacher, tmp_path):
-    from checkpoint import atomic_save, checkpoint_payload
+    from components.checkpoint import atomic_save, checkpoint_payload
     from model import GPT, GPTConfig
     other = tmp_path / 'other'
     os.makedirs(other)
@@ -262,7 +262,7 @@ def eval_rows(out_dir):
 def test_best_checkpoint_survives_a_later_worse_evaluation(tmp_path):
     """Issue 16's bug: with always_save_checkpoint=False the last evaluation overwrote the best
     ckpt.pt. Now best.pt keeps the best evaluation by the selection metric, ckpt.pt the last state."""
-    from checkpoint import ckpt_path
+    from components.checkpoint import ckpt_path
     data = write_copy_task(tmp_path / 'copy')
     args = [f'--data_dir={data}', '--max_iters=60', '--eval_interval=10', '--learning_rate=0.3', '--lr_schedule=constant',
             '--max_new_tokens=10', '--eval_rouge_examples=32', '--always_save_checkpoint=False']
@@ -291,7 +291,7 @@ def test_best_checkpoint_survives_a_later_worse_evaluation(tmp_path):
 
 
 def test_selection_metric_by_method_and_bad_choices(tiny_instruct, tmp_path):
-    from validation import rouge_subset, selection_metric
+    from components.validation import rouge_subset, selection_metric
     from dataset import InstructSet
     val = InstructSet(tiny_instruct, 'valid')
     for method, metric in (('sft', 'val_loss'), ('pretrain', 'val_loss'), ('kd', 'rouge_l'), ('seqkd', 'rouge_l'),
@@ -368,7 +368,7 @@ def test_gpt2_configs_follow_the_reference_scripts(name):
 def test_scratch_family_switches_and_weight_decay_groups(tiny_instruct, tmp_path):
     """--family sets the scratch model's switches (here LLaMA's: RMSNorm, RoPE, SwiGLU, no biases, GQA);
     AdamW decays matrices and embeddings only, as the LMOps reference's parameter groups."""
-    from checkpoint import load_model
+    from components.checkpoint import load_model
     out = run_train(tmp_path, 'llama', f'--data_dir={tiny_instruct}', '--family=llama', '--n_head=4', '--n_kv_head=2',
                     '--intermediate_size=48', '--max_iters=30', '--eval_interval=30', '--learning_rate=3e-3')
     val = losses(out, 'val_loss')

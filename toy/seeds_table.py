@@ -28,7 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
 
 from configurator import UserError, configure, defaults_from, run  # noqa: E402
-from report import COLUMNS, SET_TITLES, markdown_table, summarize  # noqa: E402
+from components.report import COLUMNS, SET_TITLES, markdown_table, summarize  # noqa: E402
 
 # ----------------------------------------------------------------------------- config
 runs = ''                    # comma-separated results.json paths, one per training seed

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from data.common import (add_instruction_args, filter_lengths, instruction_examples, load_hub_records,  # noqa: E402
                          prompt_formatter, read_records, repo_relative, write_instruct_split, write_meta)
-from tokenizer import get_encoding  # noqa: E402
+from components.tokenizer import get_encoding  # noqa: E402
 
 HF_NAME = "databricks/databricks-dolly-15k"
 FIELDS = ("instruction", "context", "response")

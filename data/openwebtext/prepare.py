@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from data.common import atomic_path, encode_documents, repo_relative, token_dtype, write_meta  # noqa: E402
-from tokenizer import get_encoding  # noqa: E402
+from components.tokenizer import get_encoding  # noqa: E402
 
 HF_NAME = "Skylion007/openwebtext"
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 import numpy as np  # noqa: E402
 
 from data.common import encode_documents, repo_relative, write_lm, write_meta  # noqa: E402
-from tokenizer import get_encoding  # noqa: E402
+from components.tokenizer import get_encoding  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CACHE_DIR = HERE / "_cache"

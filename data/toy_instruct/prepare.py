@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 
 from data.common import encode_documents, repo_relative, write_instruct_split, write_lm, write_meta  # noqa: E402
 from data.toy_instruct.task import BLOCK_SIZE, DEFAULT_FAMILIES, PROMPT_TEMPLATE, TASKS, generate  # noqa: E402
-from tokenizer import get_encoding  # noqa: E402
+from components.tokenizer import get_encoding  # noqa: E402
 
 
 def main(argv=None):

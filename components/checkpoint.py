@@ -19,12 +19,12 @@ saves its own shards into `out_dir/dcp/` (the last state, AdamW included, next t
 number of ranks (DCP reshards); both load as they are in one process (`load_model` reads the
 shards), and
 
-    python checkpoint.py --consolidate out/<run>
+    python scripts/convert_checkpoint.py --consolidate out/<run>
 
 turns them into the ordinary ckpt.pt (weights only) and best.pt. Any model spec goes back to a
 Hugging Face checkpoint (hf.export_hf: config.json, safetensors, tokenizer files) with
 
-    python checkpoint.py --export_hf out/<run> <out dir>     (an FSDP run: read from its shards)
+    python scripts/convert_checkpoint.py --export_hf out/<run> <out dir>     (an FSDP run: read from its shards)
 """
 import glob
 import os
@@ -36,7 +36,9 @@ from dataclasses import asdict
 
 import torch
 
-from configurator import UserError, run
+from components import hf, tokenizer
+from components.hf import model_state
+from configurator import UserError
 from model import FAMILIES, GPT, GPTConfig
 
 CKPT_NAME, BEST_NAME = 'ckpt.pt', 'best.pt'  # last (resume) / best (selection metric)
@@ -119,14 +121,6 @@ def load_checkpoint(where):
     return torch_load(path)
 
 
-def model_state(model):
-    """State dict without any wrapper prefixes (torch.compile's `_orig_mod.`, DDP's `module.`)."""
-    sd = model.state_dict()
-    for prefix in ('_orig_mod.', 'module.'):
-        sd = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
-    return sd
-
-
 def checkpoint_payload(model, tokenizer, **extra):
     return dict(model=model_state(model), model_args=asdict(model.config), tokenizer=tokenizer, **extra)
 
@@ -141,7 +135,6 @@ def is_hub_name(spec):
 
 def vocabulary_fingerprint(tokenizer_spec):
     """tokenizer.tokenizer_fingerprint of a named encoding or a directory here, else None."""
-    import tokenizer
     if tokenizer_spec in tokenizer.ENCODINGS or os.path.isdir(tokenizer_spec):
         return tokenizer.tokenizer_fingerprint(tokenizer.get_encoding(tokenizer_spec))
     return None
@@ -158,7 +151,6 @@ def load_model(spec, device='cpu', expect_vocab=None, expect_tokenizer=None, dro
     152,064 rows for 151,665 tokens) gets config.tokenizer_vocab = expect_vocab: the extra rows
     are padding, outside every logit; fewer rows than tokens is an error."""
     if (os.path.isdir(spec) and os.path.exists(os.path.join(spec, 'config.json'))) or is_hub_name(spec):
-        import hf
         try:
             path = hf.local_dir(spec)
         except UserError as e:  # 'out/run' of a run not trained yet reads as 'org/name' too
@@ -179,7 +171,7 @@ def load_model(spec, device='cpu', expect_vocab=None, expect_tokenizer=None, dro
                             f"{str(e).splitlines()[0]}") from None
         tok = ckpt.get('tokenizer')
     if expect_tokenizer is not None and tok is not None and tok != expect_tokenizer:
-        import tokenizer  # two names, one vocabulary? ('qwen' and a Qwen2.5 directory: yes)
+        # two names, one vocabulary? ('qwen' and a Qwen2.5 directory: yes)
         tokenizer.check_same_tokenizer(tok, vocabulary_fingerprint(tok), expect_tokenizer,
                                        vocabulary_fingerprint(expect_tokenizer), what=spec)
     rows, real = model.config.vocab_size, model.config.tokenizer_vocab
@@ -369,31 +361,8 @@ def models_from_rank0(build):
 def export_run(spec, out_dir, max_shard_size='5GB'):
     """A model of ours (any load_model spec: a run directory, an FSDP run's shards read in one
     process, a .pt) as a Hugging Face checkpoint in out_dir (hf.export_hf), with its tokenizer."""
-    import hf
     model, tok = load_model(spec)
     if tok is None:
         raise UserError(f"{spec} records no tokenizer: export a run of ours "
                         f"(or a Hugging Face directory with its tokenizer files)")
     return hf.export_hf(model, tok, out_dir, max_shard_size=max_shard_size)
-
-
-USAGE = ("usage: python checkpoint.py --consolidate out/<run>  (an FSDP run directory with dcp/)\n"
-         "       python checkpoint.py --export_hf out/<run> <out dir> [--max_shard_size=5GB]")
-
-
-def main(argv):
-    if argv[:1] == ['--export_hf'] and len(argv) in (3, 4):
-        shard = argv[3].split('=', 1)[1] if len(argv) == 4 and argv[3].startswith('--max_shard_size=') else None
-        if len(argv) == 4 and shard is None:
-            raise UserError(USAGE)
-        print(f"wrote {export_run(argv[1], argv[2], shard or '5GB')}")
-        return
-    if len(argv) != 2 or argv[0] != '--consolidate':
-        raise UserError(USAGE)
-    written = consolidate(argv[1])
-    best = os.path.join(argv[1], BEST_NAME)
-    print(f"wrote {written}" + (f" and {best}" if written != best and os.path.isdir(os.path.join(argv[1], DCP_BEST_DIR)) else ''))
-
-
-if __name__ == '__main__':
-    run(main)

@@ -2,7 +2,7 @@
 Per-GPU memory of a distillation run, estimated before anything is allocated, so that a 13B run
 fails in its first second with a clear message instead of an out-of-memory error an hour in.
 
-    python memory.py        # the README table: the real student/teacher pairs of config/ at 8 and 64 GPUs
+    python scripts/memory_table.py        # the README table: the real student/teacher pairs of config/ at 8 and 64 GPUs
 
 Shapes are model.GPTConfig's (every family: GPT-2, OPT, LLaMA, Mistral, Qwen2, Qwen3): grouped-query
 attention (n_kv_head, head_dim), the MLP kind and its intermediate size, LayerNorm or RMSNorm,
@@ -43,8 +43,6 @@ Peak = static + max(training transient, rollout transient). Not counted: the CUD
 headroom for them. Activations assume the whole forward in the compute dtype (FSDP's bf16
 MixedPrecisionPolicy); under DDP's autocast the fp32 residual stream adds a little.
 """
-import os
-from types import SimpleNamespace
 
 from configurator import UserError
 
@@ -255,71 +253,3 @@ def check_run(cfg, student, teacher):
                         f"the world size), fsdp_activation_checkpointing=True, a smaller batch_size with more "
                         f"gradient_accumulation_steps, or fsdp_cpu_offload=True")
     return est
-
-
-# ----------------------------------------------------------------------------- the README table
-# The MiniLLM runs of config/ (student training, frozen teacher, rollouts) and the SFT of their
-# teachers (the largest model trained): (model trained, teacher or None, config file, overrides).
-# model.PRESETS holds the shapes of the checkpoints the configs name in init_from / teacher.
-TABLE_RUNS = [
-    ('opt-1.3b', 'opt-13b', 'config/minillm_opt.py', []),
-    ('opt-2.7b', 'opt-13b', 'config/minillm_opt.py', ['--init_from=out/sft_opt_2.7b', '--out_dir=out/minillm_opt_2.7b']),
-    ('opt-6.7b', 'opt-13b', 'config/minillm_opt.py', ['--init_from=out/sft_opt_6.7b', '--out_dir=out/minillm_opt_6.7b']),
-    ('llama-7b', 'llama-13b', 'config/minillm_llama.py', []),
-    ('qwen2.5-1.5b', 'qwen2.5-7b', 'config/minillm_qwen2.5.py', []),
-    ('qwen2.5-14b', 'qwen2.5-32b', 'config/minillm_13b_fsdp.py', []),
-    ('opt-13b', None, 'config/sft_opt_13b.py', []),
-    ('llama-13b', None, 'config/sft_llama_13b.py', []),
-    ('qwen2.5-7b', None, 'config/sft_qwen2.5_7b.py', []),
-]
-
-
-def table_run(student, teacher, config_file, overrides):
-    """train.py's config for one TABLE_RUNS row and the GPTConfigs of its student and teacher."""
-    import train
-    from model import preset_config
-    cwd = os.getcwd()
-    os.chdir(os.path.dirname(os.path.abspath(__file__)))  # config files exec() each other by repo-relative paths
-    try:
-        cfg = train.configure(train.DEFAULTS, [config_file] + list(overrides))
-    finally:
-        os.chdir(cwd)
-    return cfg, preset_config(student), preset_config(teacher) if teacher else None
-
-
-def on_gpus(cfg, world_size, written_for=8):
-    """A copy of `cfg` (written for `written_for` GPUs) run on `world_size` GPUs with the same global
-    batch: per GPU batch_size and pt_batch_size x written_for / world_size sequences (at least 1)."""
-    out = SimpleNamespace(**vars(cfg))
-    for key in ('batch_size', 'pt_batch_size'):
-        setattr(out, key, max(1, getattr(cfg, key) * written_for // world_size))
-    out.world_size = world_size
-    return out
-
-
-def markdown_table(world_sizes=(8, 64)):
-    """The README's per-GPU memory table for the runs of TABLE_RUNS, each with its own config's
-    batch, sequence length and rollout sizes (written for 8 GPUs; on more, the same global batch),
-    bf16 FSDP2, without and with activation checkpointing."""
-    rows = ["| student | teacher | config | GPUs | params+grads+AdamW | teacher | activations (no AC / AC) "
-            "| rollout KV | peak, no AC | peak, AC |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    g = lambda x: f"{x / GiB:.1f}"  # noqa: E731
-    for student, teacher, config_file, overrides in TABLE_RUNS:
-        cfg, s, t = table_run(student, teacher, config_file, overrides)
-        for w in world_sizes:
-            run = on_gpus(cfg, w)
-            run.fsdp_activation_checkpointing = False
-            plain = estimate_run(run, s, t)
-            run.fsdp_activation_checkpointing = True
-            ac = estimate_run(run, s, t)
-            name = os.path.basename(config_file) + (' ' + overrides[0] if overrides else '')
-            rows.append(f"| {student} | {teacher or '-'} | `{name}` | {w} "
-                        f"| {g(plain['params'] + plain['grads'] + plain['optimizer'])} | {g(plain['teacher'])} "
-                        f"| {g(plain['activations'])} / {g(ac['activations'])} | {g(plain['kv_cache'])} "
-                        f"| {g(plain['total'])} | {g(ac['total'])} |")
-    return '\n'.join(rows)
-
-
-if __name__ == '__main__':
-    print(markdown_table())

@@ -295,7 +295,7 @@ def local_dir(name_or_dir):
         return name_or_dir
     if not re.fullmatch(r'[\w.-]+(/[\w.-]+)?', name_or_dir) or name_or_dir.startswith('.'):
         raise CheckpointError(f"{name_or_dir!r} is neither a directory nor a Hugging Face hub name (org/name)")
-    from tokenizer_hf import TOKENIZER_FILES
+    from components.tokenizer_hf import TOKENIZER_FILES
     try:
         from huggingface_hub import list_repo_files, snapshot_download
         files = list_repo_files(name_or_dir)
@@ -333,7 +333,7 @@ def from_pretrained(name_or_dir, dropout=0.0, dtype=None):
 def has_tokenizer_files(path):
     """Whether a checkpoint directory carries its tokenizer (then tokenizer.get_encoding reads it)."""
     import glob
-    from tokenizer_hf import TOKENIZER_FILES
+    from components.tokenizer_hf import TOKENIZER_FILES
     return any(glob.glob(os.path.join(glob.escape(path), pattern)) for pattern in TOKENIZER_FILES
                if pattern not in ('tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja'))
 
@@ -396,7 +396,6 @@ def hf_tensors(model, model_type):
     """[(HF name, tensor view)] of the model in the family's layout: fused tensors split back,
     GPT-2's Conv1D transposed, a tied lm_head left out; biases the family always has but the
     model does not (our bias=False exported as GPT-2 / OPT) are zeros."""
-    from checkpoint import model_state
     sd, c = model_state(model), model.config
     out = []
     for ours, theirs in weight_layout(c, model_type, list(sd)):
@@ -433,7 +432,7 @@ def special_token_ids(tokenizer_spec):
     """bos / eos ids of the tokenizer (tokenizer.get_encoding: bos None for GPT-2, Qwen and the
     named encodings) and, from a Hugging Face directory's generation_config.json, its pad id and
     its list of eos ids (Llama-3-Instruct stops at any of three) when that list holds our eos."""
-    import tokenizer
+    from components import tokenizer
     enc = tokenizer.get_encoding(tokenizer_spec)
     ids = {'bos_token_id': enc.bos_token, 'eos_token_id': enc.eot_token}
     source = os.path.join(enc.source_dir, 'generation_config.json') if getattr(enc, 'source_dir', None) else ''
@@ -446,6 +445,14 @@ def special_token_ids(tokenizer_spec):
     return {k: v for k, v in ids.items() if v is not None}
 
 
+def model_state(model):
+    """State dict without any wrapper prefixes (torch.compile's `_orig_mod.`, DDP's `module.`)."""
+    sd = model.state_dict()
+    for prefix in ('_orig_mod.', 'module.'):
+        sd = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+    return sd
+
+
 def export_hf(model, tokenizer_spec, out_dir, max_shard_size='5GB'):
     """Write `model` as a Hugging Face checkpoint of its family (model_type_of) into out_dir:
     config.json, model.safetensors (or shards of at most max_shard_size plus the index),
@@ -453,7 +460,7 @@ def export_hf(model, tokenizer_spec, out_dir, max_shard_size='5GB'):
     the tokenizer's vocabulary (padding) are written as they are. All of it goes to a temporary
     directory renamed to out_dir at the end, so a failure never leaves half a checkpoint; an
     existing out_dir is replaced only when it holds a config.json (an earlier export)."""
-    import tokenizer
+    from components import tokenizer
     from safetensors.torch import save_file
     model_type = model_type_of(model.config)
     out_dir = os.path.abspath(out_dir)

@@ -8,9 +8,12 @@ initialisation of the students by validation loss. train.py measures the loss at
 `eval_interval` and Rouge-L at every `eval_rouge_interval` on a fixed validation subset;
 checkpoint.py says where best.pt and the last state (ckpt.pt, for resume) live.
 """
+import functools
+
 import torch
 
-from evaluate import rollout_texts, rouge_l
+from dataset import split_responses
+from sampling import generate
 
 SELECT_METRICS = ('rouge_l', 'val_loss')
 
@@ -56,7 +59,7 @@ def validation_rouge_l(cfg, model, data, enc, ids):
         batch = mine[s:s + cfg.rollout_batch_size]
         idx, mask = data.prompt_batch(batch)
         with cfg.ctx:
-            seq = cfg.raw(model).generate(idx.to(cfg.device), cfg.max_new_tokens, temperature=1.0, top_p=1.0,
+            seq = generate(cfg.raw(model), idx.to(cfg.device), cfg.max_new_tokens, temperature=1.0, top_p=1.0,
                                           eos_id=data.eot, attention_mask=mask.to(cfg.device), generator=gen,
                                           all_done=cfg.all_done)
         texts = rollout_texts([dict(seq=seq.cpu(), prompt_mask=mask)], enc, data.eot)
@@ -64,3 +67,39 @@ def validation_rouge_l(cfg, model, data, enc, ids):
                      for t, i in zip(texts, batch))
     model.train()
     return total / len(mine), len(mine)
+
+
+@functools.lru_cache(maxsize=None)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer, tokenizers
+
+    class CachedTokenizer(tokenizers.Tokenizer):
+        """rouge-score's own tokenizer (lowercase, alphanumeric words, Porter stems), memoised:
+        the same references are scored against every sample of every model."""
+        def __init__(self):
+            self._cached = functools.lru_cache(maxsize=1 << 17)(tokenizers.DefaultTokenizer(use_stemmer=True).tokenize)
+
+        def tokenize(self, text):
+            return self._cached(text)
+
+    return rouge_scorer.RougeScorer(['rougeL'], tokenizer=CachedTokenizer())
+
+
+def rouge_l(prediction, references):
+    """Rouge-L (Lin, 2004): F = 2PR / (P + R) with P = LCS/|pred|, R = LCS/|ref|
+    over stemmed words (the rouge-score package); max over `references`, x100. 0 when empty."""
+    if isinstance(references, str):
+        references = [references]
+    if not prediction.strip() or not references:
+        return 0.0
+    scorer = _rouge_scorer()
+    return 100.0 * max(scorer.score(ref, prediction)['rougeL'].fmeasure for ref in references)
+
+
+def rollout_texts(rollouts, enc, eot):
+    """Decoded responses, in rollout order, without their eot."""
+    texts = []
+    for b in rollouts:
+        for r in split_responses(b['seq'], b['prompt_mask'].shape[1], eot):
+            texts.append(enc.decode([t for t in r if t != eot and t < enc.n_vocab]))
+    return texts

@@ -3,7 +3,7 @@ The Hugging Face side of tokenizer.py: reading a model directory's tokenizer fil
 vocab.json + merges.txt, *.tiktoken, tokenizer_config.json, generation_config.json) into one of
 tokenizer.py's interfaces, fetching them from the hub by name, and writing them back on export.
 
-Byte-level BPE whose ids follow merge order becomes a tokenizer.BPEEncoding (tiktoken) with the
+Byte-level BPE whose ids follow merge order becomes a bpe.BPEEncoding (tiktoken) with the
 directory's split regex, normalisation and added tokens; anything else runs through the
 `tokenizers` library (what transformers itself runs) as an HFTokenizerEncoding. A named encoding
 is exported as a byte-level BPE tokenizer.json whose merges are recovered from tiktoken's ranks.
@@ -14,8 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
-from tokenizer import (EOT, GPT2_PATTERN, QWEN_PATTERN, BPEEncoding, TokenizerError, TokenizerFileError,
-                       get_encoding, load_bpe_ranks)
+from components.bpe import (EOT, GPT2_PATTERN, QWEN_PATTERN, BPEEncoding, TokenizerError, TokenizerFileError,
+                            load_bpe_ranks)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json", "tokenizer.model", "chat_template.jinja", "*.tiktoken")
@@ -142,8 +142,8 @@ class HFTokenizerEncoding:
             out[i] = (piece_bytes(piece) or piece) if self.byte_level else piece
         return out
 
-    def __reduce__(self):
-        return get_encoding, (self.name,)
+    def __reduce__(self):  # pickles as the directory it was read from
+        return load_hf_dir, (str(self.source_dir), self.name)
 
     def __repr__(self):
         return f"<HFTokenizerEncoding {self.name!r}>"
@@ -341,7 +341,8 @@ def load_hf_dir(path, name=None):
     if ranks is None:
         return HFTokenizerEncoding(name, tj_text, eot, bos, source_dir=d, chat_template=cfg["template"])
     return BPEEncoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=added, eot_token=eot,
-                       bos_token=bos, normalization=normalization, source_dir=d, chat_template=cfg["template"])
+                       bos_token=bos, normalization=normalization, source_dir=d, chat_template=cfg["template"],
+                       rebuild=(load_hf_dir, (str(d), name)))
 
 
 def fetch_hub_tokenizer(repo_id):
@@ -415,12 +416,11 @@ def _named_tokenizer_json(enc):
     return tok.to_str(), vocab, merges
 
 
-def write_hf_tokenizer_files(spec, out_dir):
-    """Write the tokenizer files of `spec` into out_dir (a Hugging Face model directory being
+def write_hf_tokenizer_files(enc, out_dir):
+    """Write the tokenizer files of the encoding `enc` into out_dir (a Hugging Face model directory being
     exported) so that transformers.AutoTokenizer.from_pretrained(out_dir) gives our ids. A model
     directory's own files are copied; a named encoding gets tokenizer.json, vocab.json, merges.txt,
     tokenizer_config.json and special_tokens_map.json. Returns the paths written."""
-    enc = get_encoding(spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if enc.source_dir is not None:

@@ -5,7 +5,7 @@ on TRL's test shapes (issue 15), in one run, interleaved.
     pip install --target /tmp/trl114 trl==1.14.2 --no-deps   # the last release with MiniLLMTrainer
     pip install --target /tmp/trl116 trl==1.16.0 --no-deps   # the current one: GKDTrainer, DistillationTrainer
     pip install --target /tmp/trl_deps accelerate psutil --no-deps
-    python bench.py --only=trl
+    python scripts/bench.py --only=trl
 
 Both sides train the same random GPT-2-shaped pair (student 2 layers / 2 heads / d 128, teacher
 4 / 4 / 256, vocabulary 50257, block 512): ours built here and exported with hf.export_hf, TRL
@@ -33,7 +33,9 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script: the project's modules
+
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"   # GKD's collator needs one: the text as is
 
 # name: (trainer, what it is)
@@ -52,7 +54,7 @@ def prompt_texts(n, target_tokens, seed):
     more of them as the input until the prompt is long enough. (prompt, response) pairs."""
     from data.common import alpaca_prompt
     from data.toy_instruct.task import generate
-    from tokenizer import get_encoding
+    from components.tokenizer import get_encoding
     enc, pool = get_encoding('gpt2'), generate('train', 8 * n, seed)
     pairs = []
     for i in range(n):
@@ -67,7 +69,7 @@ def prompt_texts(n, target_tokens, seed):
 def build_setup(cfg, tmp):
     """Random student and teacher exported as Hugging Face GPT-2 directories, and our instruction
     data of the same prompts (GPT-2 tokenizer). Returns dirs and the prompt pairs."""
-    import hf
+    from components import hf
     from data.common import write_instruct_split, write_meta
     from model import GPT, GPTConfig
     dirs = {}
@@ -119,10 +121,10 @@ def intervals(marks):
 
 
 def ours_child(argv, report):
-    """One train.py run (bench.StepClock: steps and phases); its step times go to `report`."""
-    import bench
-    with bench.StepClock() as clock:
-        bench.quiet_train(argv)
+    """One train.py run (timing.StepClock: steps and phases); its step times go to `report`."""
+    from scripts import timing
+    with timing.StepClock() as clock:
+        timing.quiet_train(argv)
     with open(report, 'w') as f:
         json.dump(dict(steps=clock.intervals(), version='this tree', threads=torch.get_num_threads()), f)
 
@@ -180,7 +182,7 @@ def trl_child(spec, report):
 def run_child(cfg, kind, payload, tmp, tag):
     """A fresh process for one run; returns its report or the last error line."""
     report = os.path.join(tmp, f'{tag}.json')
-    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import bench_minillm, json; "
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); from scripts import bench_minillm; import json; "
             f"bench_minillm.{kind}_child(json.loads(sys.argv[1]), sys.argv[2])")
     env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE='1', TOKENIZERS_PARALLELISM='false')
     if cfg.trl_threads:
@@ -198,7 +200,7 @@ def run_child(cfg, kind, payload, tmp, tag):
 
 def bench_trl(cfg):
     """The `trl` section of BENCHMARKS.md."""
-    from bench import VERDICT, med
+    from scripts.timing import VERDICT, med
     names = [n for n in VARIANTS if VARIANTS[n][0] in cfg.trl_variants.split(',') or n in cfg.trl_variants.split(',')]
     results = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix='bench_trl_') as tmp:
@@ -215,7 +217,7 @@ def bench_trl(cfg):
                 results[name].append(rep)
                 shown = rep.get('error') or f"{med([s['wall'] for s in rep['steps']]):.2f} s/step"
                 print(f"  round {r} {name}: {shown}", flush=True)
-    from tokenizer import get_encoding
+    from components.tokenizer import get_encoding
     lengths = [len(get_encoding('gpt2').encode_ordinary(p)) for p, _ in pairs]
     ok = {n: [x for x in runs if 'steps' in x] for n, runs in results.items()}
     wall = {n: [s['wall'] for x in runs for s in x['steps']] for n, runs in ok.items() if runs}
@@ -305,23 +307,23 @@ def update_step(variant, x):
 
 def update_memory_child():
     """In a fresh process: peak resident set of one update_step above the set with its inputs."""
-    import bench
+    from scripts import timing
     cfg, variant = type('Cfg', (), json.loads(sys.argv[1])), sys.argv[2]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     x = update_inputs(cfg)
-    bench.reset_peak_memory()
-    base, base_peak = bench.memory_mib()
+    timing.reset_peak_memory()
+    base, base_peak = timing.memory_mib()
     if base_peak > base + 1:
         raise RuntimeError(f"could not reset the memory high-water mark ({base_peak:.0f} vs {base:.0f} MiB)")
     update_step(variant, x)
-    print(json.dumps(dict(base=base, extra=bench.memory_mib()[1] - base)))
+    print(json.dumps(dict(base=base, extra=timing.memory_mib()[1] - base)))
 
 
 def bench_update_loss(cfg):
     """The `update` section of BENCHMARKS.md: plain vs chunked MiniLLM loss, time, memory, equality."""
-    import bench
-    from bench import VERDICT, med, spread
+    from scripts import timing
+    from scripts.timing import VERDICT, med, spread
     variants = ['plain'] + [f'chunked-{c}' for c in cfg.update_chunk_sizes]
     x = update_inputs(cfg)
     ref = update_step('plain', x)  # also the untimed warm-up pass
@@ -332,14 +334,14 @@ def bench_update_loss(cfg):
         err[v] = max([abs(loss - ref).item() / abs(ref).item()] +
                      [((x[k].grad - r).abs().max() / r.abs().max()).item() for k, r in zip(('hidden', 'head'), ref_grads)])
     del ref_grads
-    times = bench.interleaved({v: (lambda v=v: update_step(v, x)) for v in variants}, cfg.update_repeats)
+    times = timing.interleaved({v: (lambda v=v: update_step(v, x)) for v in variants}, cfg.update_repeats)
     del x
     mem = {}
     for v in variants:
-        res = subprocess.run([sys.executable, '-c', 'import bench_minillm; bench_minillm.update_memory_child()',
+        res = subprocess.run([sys.executable, '-c', 'from scripts import bench_minillm; bench_minillm.update_memory_child()',
                               json.dumps({k: getattr(cfg, k) for k in vars(cfg) if not k.startswith('_')
                                           and isinstance(getattr(cfg, k), (int, float, str, tuple, list, bool))}), v],
-                             cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **bench.MALLOC_ENV))
+                             cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **timing.MALLOC_ENV))
         if res.returncode:
             raise RuntimeError(f"memory child for {v} failed:\n{res.stderr[-2000:]}")
         mem[v] = json.loads(res.stdout.strip().splitlines()[-1])['extra']
@@ -369,8 +371,9 @@ def bench_decode(cfg):
     greedy, exactly decode_new_tokens per row: 'eager' (dynamic shapes), 'static' (GPT.decode_step
     uncompiled) and 'compile' (torch.compile of that step; CUDA graphs on GPU). The compile run is
     timed once untimed first (its compile time is reported on its own)."""
-    from bench import med, spread
+    from scripts.timing import med, spread
     from model import GPT, preset_config
+    from sampling import generate
     device = cfg.decode_device or ('cuda' if torch.cuda.is_available() else 'cpu')
     dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[cfg.decode_dtype]
     torch.manual_seed(cfg.seed)
@@ -381,14 +384,14 @@ def bench_decode(cfg):
     outs = {}
 
     def run(mode):
-        outs[mode] = model.generate(idx, n, temperature=0, decode=mode)
+        outs[mode] = generate(model, idx, n, temperature=0, decode=mode)
         if device.startswith('cuda'):
             torch.cuda.synchronize()
     t0 = time.perf_counter()
     run('compile')
     first = time.perf_counter() - t0
-    import bench
-    times = bench.interleaved({m: (lambda m=m: run(m)) for m in cfg.decode_modes.split(',')}, cfg.decode_repeats)
+    from scripts import timing
+    times = timing.interleaved({m: (lambda m=m: run(m)) for m in cfg.decode_modes.split(',')}, cfg.decode_repeats)
     rows = ['| decode | wall time: median (min–max) | new tokens/s (wall) | vs eager | same greedy tokens as eager |',
             '|---|---|---|---|---|']
     for mode, tm in times.items():

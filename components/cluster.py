@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from configurator import UserError
-from parallel import on_rank0
+from components.parallel import on_rank0
 
 PREEMPTED_EXIT = 75  # sysexits.h EX_TEMPFAIL: the job script requeues on it
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)

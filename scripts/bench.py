@@ -1,9 +1,9 @@
 """
 Speed and memory of the hot paths, measured side by side; the tables go into BENCHMARKS.md.
 
-    python bench.py                                # every section (about an hour on 2 CPU cores)
-    python bench.py --only=loss --loss_repeats=5   # one section; the rest of BENCHMARKS.md stays
-    python bench.py --only=generate --gen_batch_sizes=1, --gen_recompute_tokens=256,
+    python scripts/bench.py                                # every section (about an hour on 2 CPU cores)
+    python scripts/bench.py --only=loss --loss_repeats=5   # one section; the rest of BENCHMARKS.md stays
+    python scripts/bench.py --only=generate --gen_batch_sizes=1, --gen_recompute_tokens=256,
 
 Sections: loss (plain vs chunked KD loss), generate (KV cache vs recompute vs Hugging Face
 `generate`), train (a step of sft / kd / minillm, minillm split into rollout and update),
@@ -18,23 +18,24 @@ import contextlib
 import datetime
 import fcntl
 import importlib.util
-import io
 import json
 import os
 import platform
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
-from configurator import UserError, configure, defaults_from, run
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script: the project's modules
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+from configurator import UserError, configure, defaults_from, run  # noqa: E402
+from scripts.timing import (MALLOC_ENV, VERDICT, StepClock, interleaved, med, memory_mib,  # noqa: E402
+                            quiet_train, reset_peak_memory, spread)
+
 SECTIONS = {'loss': '1. Divergence loss: plain vs chunked', 'generate': '2. Generation: KV cache, recompute, transformers',
             'train': '3. One training step: sft, kd, minillm', 'distributed': '4. DDP and FSDP on CPU',
             'onpolicy': '5. On-policy steps: GKD, DistiLLM, MiniLLM', 'trl': '6. A MiniLLM step against TRL',
@@ -113,55 +114,12 @@ decode_repeats = 3
 DEFAULTS = defaults_from(globals())
 # -----------------------------------------------------------------------------
 
-# glibc mmaps every block over 128 KiB and unmaps it on free (its default threshold adapts up to
-# 32 MiB and keeps smaller freed blocks), so that the resident set follows the live tensors
-MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '131072'}
-
-
-def interleaved(variants, repeats):
-    """{name: fn} -> {name: {'wall': [s], 'cpu': [s]}}, in rounds A B C, C B A, A B C, ... so that
-    bursts of load and slow drifts land on every variant alike. `repeats`: a count or {name: count}
-    (a variant with fewer repeats sits out the later rounds). CPU time is `time.process_time`."""
-    counts = repeats if isinstance(repeats, dict) else dict.fromkeys(variants, repeats)
-    times = {name: dict(wall=[], cpu=[]) for name in variants}
-    for r in range(max(counts.values())):
-        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
-            if r < counts[name]:
-                w0, c0 = time.perf_counter(), time.process_time()
-                variants[name]()
-                times[name]['cpu'].append(time.process_time() - c0)
-                times[name]['wall'].append(time.perf_counter() - w0)
-    return times
-
-
-med = statistics.median
-VERDICT = {True: '**PASS**', False: '**MISS**'}
-
-
-def spread(xs, digits=2):
-    """'median s (min–max)': the spread shows how much the machine's load moved the numbers."""
-    return f'{med(xs):.{digits}f} s ({min(xs):.{digits}f}–{max(xs):.{digits}f})'
-
-
-def memory_mib():
-    """(resident set now, its high-water mark) of this process in MiB, from /proc/self/status.
-    Not ru_maxrss: Linux carries that over fork + exec from the parent process."""
-    with open('/proc/self/status') as f:
-        kb = {k: int(v.split()[0]) for k, v in (line.split(':', 1) for line in f) if k in ('VmRSS', 'VmHWM')}
-    return kb['VmRSS'] / 1024, kb['VmHWM'] / 1024
-
-
-def reset_peak_memory():
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')  # the high-water mark restarts from the current resident set (Linux >= 4.0)
-
-
 def header(section, argv):
     """The lines every table carries: machine, software, date, load, and the command."""
     cpu = 'unknown CPU'
     with contextlib.suppress(OSError), open('/proc/cpuinfo') as f:
         cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), cpu)
-    cmd = ' '.join(['python bench.py', f'--only={section}'] + [shlex.quote(a) for a in argv if not a.startswith('--only=')])
+    cmd = ' '.join(['python scripts/bench.py', f'--only={section}'] + [shlex.quote(a) for a in argv if not a.startswith('--only=')])
     return '\n'.join([
         f'- machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} '
         f'thread(s) per process; Python {platform.python_version()}',
@@ -250,7 +208,7 @@ def bench_loss(cfg):
 # ----------------------------------------------------------------------------- 2. generate
 def gen_models(cfg):
     """Our GPT and, if installed, transformers' GPT2LMHeadModel holding the very same weights."""
-    import hf as hf_interop
+    from components import hf as hf_interop
     from model import GPT, preset_config
     torch.manual_seed(cfg.seed)
     config = preset_config(cfg.gen_preset)
@@ -277,6 +235,7 @@ def generate_recompute(model, idx, n):
 
 
 def bench_generate(cfg):
+    from sampling import generate as sample_generate
     ours, hf = gen_models(cfg)
     if len(cfg.gen_recompute_tokens) != len(cfg.gen_batch_sizes):
         raise UserError("gen_recompute_tokens needs one entry per entry of gen_batch_sizes")
@@ -287,7 +246,7 @@ def bench_generate(cfg):
     for B, n_re in zip(cfg.gen_batch_sizes, cfg.gen_recompute_tokens):
         idx = torch.randint(ours.config.vocab_size, (B, cfg.gen_prompt_len), generator=torch.Generator().manual_seed(cfg.seed))
         outs = {}
-        kinds = {'kv cache': lambda k: ours.generate(idx, k, temperature=0),
+        kinds = {"kv cache": lambda k: sample_generate(ours, idx, k, temperature=0),
                  'recompute': lambda k: generate_recompute(ours, idx, k),
                  'transformers': lambda k: hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=k,
                                                        min_new_tokens=k, do_sample=False, use_cache=True)}
@@ -333,60 +292,6 @@ def bench_generate(cfg):
 
 
 # ----------------------------------------------------------------------------- 3. train
-def now():
-    return time.perf_counter(), time.process_time()
-
-
-class StepClock:
-    """For one train.main run: (wall, CPU) time of every optimizer step, plus time and token counts
-    of the train.py functions that make up a step (wrapped where main looks them up, undone on exit)."""
-
-    def __init__(self):
-        self.steps, self.spans, self._undo = [], [], []
-
-    def __enter__(self):
-        import model
-        import train
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-        self._undo.append(register_optimizer_step_post_hook(lambda *_: self.steps.append(now())).remove)
-        self._wrap(train, 'collect_rollouts', 'rollout', lambda args, out: out['mask'].sum().item())
-        self._wrap(model.GPT, 'generate', 'generate', lambda args, out: 0)
-        self._wrap(train, 'minillm_micro_loss', 'update', lambda args, out: float(out[1]))
-        # supervised_loss(cfg, model, teacher, x, y, ...): the tokens with a loss (y != -1), the same
-        # count whether the batch is packed or padded
-        self._wrap(train, 'supervised_loss', 'supervised', lambda args, out: (args[4] != -1).sum().item())
-        return self
-
-    def _wrap(self, owner, name, label, count):
-        original = getattr(owner, name)
-
-        def timed(*args, **kwargs):
-            t0 = now()
-            out = original(*args, **kwargs)
-            self.spans.append((label, t0, [b - a for a, b in zip(t0, now())], count(args, out)))
-            return out
-        setattr(owner, name, timed)
-        self._undo.append(lambda: setattr(owner, name, original))
-
-    def __exit__(self, *exc):
-        for undo in reversed(self._undo):
-            undo()
-
-    def intervals(self):
-        """Per step after the first (whose start is unmarked: set-up and the first eval):
-        {'wall': s, 'cpu': s, label: [wall s, CPU s] spent inside, label + ' tokens': count}."""
-        out = []
-        for a, b in zip(self.steps, self.steps[1:]):
-            step = dict(wall=b[0] - a[0], cpu=b[1] - a[1])
-            for label, t0, dt, n in self.spans:
-                if a[0] <= t0[0] < b[0]:
-                    inside = step.setdefault(label, [0.0, 0.0])
-                    inside[0], inside[1] = inside[0] + dt[0], inside[1] + dt[1]
-                    step[label + ' tokens'] = step.get(label + ' tokens', 0) + n
-            out.append(step)
-        return out
-
-
 def toy_data(tmp):
     """A small copy of the toy instruction task (byte tokenizer), written by its prepare.py."""
     d = os.path.join(tmp, 'toy_instruct')
@@ -397,12 +302,6 @@ def toy_data(tmp):
 
 TRAIN_FLAGS = ['--device=cpu', '--dtype=float32', '--eval_iters=1', '--eval_interval=100000',
                '--log_interval=100000', '--warmup_iters=0', '--always_save_checkpoint=False']
-
-
-def quiet_train(argv):
-    import train
-    with contextlib.redirect_stdout(io.StringIO()):
-        return train.main(argv)
 
 
 def bench_train(cfg):
@@ -476,7 +375,8 @@ def bench_train(cfg):
 def steps_in_tree(tree, argv, threads, report):
     """StepClock.intervals() of one train.main(argv) run in a fresh process whose imports come from `tree`
     (this checkout or an older one: its own bench.StepClock and train.py)."""
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import torch, bench; "
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import torch\n"
+            "try:\n from scripts import bench\nexcept ImportError:\n import bench  # a checkout from before scripts/\n"
             "threads = int(sys.argv[2]); threads and torch.set_num_threads(threads); clock = bench.StepClock(); "
             "clock.__enter__(); bench.quiet_train(json.loads(sys.argv[3])); clock.__exit__(); "
             "json.dump(clock.intervals(), open(sys.argv[4], 'w'))")
@@ -526,7 +426,7 @@ def bench_distributed(cfg):
                         rep = os.path.join(tmp, f'{par}{nproc}_{kind}_{r}')
                         os.makedirs(rep)
                         cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
-                               'bench.py', f'--dist-child={rep}', *argv, f'--parallel={par}', f'--out_dir={rep}/out']
+                               'scripts/bench.py', f'--dist-child={rep}', *argv, f'--parallel={par}', f'--out_dir={rep}/out']
                         command = command or (' '.join(['python'] + [shlex.quote(c) for c in cmd[1:]])
                                               .replace(rep, '$TMP/RUN').replace(tmp, '$TMP')
                                               .replace(f'--nproc_per_node={nproc}', '--nproc_per_node=N')
@@ -651,7 +551,7 @@ def main(argv):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     path = os.path.join(ROOT, cfg.out_file)  # an absolute out_file stays as it is
-    import bench_minillm
+    from scripts import bench_minillm
     bench = dict(loss=bench_loss, generate=bench_generate, train=bench_train, distributed=bench_distributed,
                  onpolicy=bench_onpolicy, trl=bench_minillm.bench_trl, update=bench_minillm.bench_update_loss,
                  decode=bench_minillm.bench_decode)

@@ -1,40 +1,12 @@
 """
-Tokenizers: three named ones built offline from vendored files, and any Hugging Face model's own.
-
-get_encoding(spec) takes
-- 'gpt2': GPT-2's byte-level BPE (n_vocab 50257, <|endoftext|> = 50256), from assets/gpt2.tiktoken;
-- 'qwen': Qwen2/2.5/3's byte-level BPE (151,643 ranks; <|endoftext|> 151643, <|im_start|> 151644,
-  <|im_end|> 151645), from assets/qwen.tiktoken, with Qwen's split pattern and NFC normalisation;
-- 'byte': one token per UTF-8 byte plus <|endoftext|> = 256 (the toy dataset's; needs no file);
-- a Hugging Face model directory (or, online, a hub name: only its tokenizer files are fetched).
-Vendored files are checked by sha256 first; tiktoken.get_encoding, which downloads, is never called.
-
-Two engines, one interface (encode_ordinary, encode_ordinary_batch, encode, decode, eot_token,
-bos_token, n_vocab, name, special_tokens_set; model directories are read in tokenizer_hf.py):
-- BPEEncoding, a tiktoken Encoding, for byte-level BPE whose token ids follow merge order (GPT-2,
-  Qwen, Llama-3): tiktoken uses one number as both merge priority and id, so it can reproduce those
-  exactly and fast. Built from the directory's tokenizer.json, vocab.json + merges.txt or *.tiktoken,
-  with its split regex, its normalisation and its added tokens.
-- HFTokenizerEncoding, the `tokenizers` library (what transformers itself runs) on tokenizer.json,
-  for everything else: SentencePiece-style vocabularies (LLaMA-1/2, Mistral v0.1: BPE with byte
-  fallback and '▁' for spaces) and byte-level vocabularies whose ids are not in merge order (OPT:
-  fairseq's frequency-ordered ids over GPT-2's merges).
-
-Special tokens follow tiktoken's rules in both: encode(text) refuses text containing one unless
-allowed_special says otherwise, encode_ordinary treats them as plain text. Data preparation uses
-encode_ordinary and adds enc.bos_token (when the model's tokenizer prepends one: LLaMA/Mistral <s>,
-OPT </s>, Llama-3 <|begin_of_text|>; None for GPT-2, Qwen and the named encodings) and eot itself.
-eot_token is the model's end-of-sequence token (tokenizer_config.json eos_token, else
-generation_config.json), e.g. OPT's </s> = 2, Qwen2.5-Instruct's <|im_end|> = 151645.
-
-tokenizer_fingerprint(enc) hashes what the ids mean (every id's piece), not file bytes, so the
-'qwen' encoding and a Qwen2.5 directory agree; check_same_tokenizer compares two of them.
+Byte-level BPE encodings from vocabulary files: the three named ones ('gpt2', 'qwen', 'byte'),
+built offline from vendored files checked by sha256, and the `BPEEncoding` class that
+tokenizer_hf.py also builds from a model directory's files. What a name or a directory resolves
+to is tokenizer.py's `get_encoding`.
 """
-
 import base64
 import functools
 import hashlib
-import re
 import unicodedata
 from pathlib import Path
 
@@ -44,7 +16,7 @@ from configurator import UserError
 
 EOT = "<|endoftext|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 # GPT-2's pre-tokenizer (r50k_base): English contractions, runs of letters / digits / other
 # symbols each with at most one leading space, and whitespace. Every character falls into one
@@ -120,8 +92,10 @@ class BPEEncoding(tiktoken.Encoding):
     byte_level = True
 
     def __init__(self, name, *, pat_str, mergeable_ranks, special_tokens, eot_token, bos_token=None,
-                 normalization=None, source_dir=None, chat_template=None):
+                 normalization=None, source_dir=None, chat_template=None, rebuild=None):
         super().__init__(name, pat_str=pat_str, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens)
+        # (callable, args) that builds this encoding again: what it pickles as (a named encoding: its name)
+        self.rebuild = rebuild or (named_encoding, (name,))
         self._eot, self.bos_token, self.normalization = eot_token, bos_token, normalization
         self.source_dir, self.chat_template = source_dir, chat_template
 
@@ -152,8 +126,8 @@ class BPEEncoding(tiktoken.Encoding):
         """{id: token bytes} of the mergeable vocabulary (not the special tokens)."""
         return {rank: token for token, rank in self._mergeable_ranks.items()}
 
-    def __reduce__(self):  # pickles as its spec (tiktoken's own pickling knows no extra fields)
-        return get_encoding, (self.name,)
+    def __reduce__(self):  # pickles as how it was built (tiktoken's own pickling knows no extra fields)
+        return self.rebuild
 
 
 # ---------------------------------------------------------------- the named encodings
@@ -187,75 +161,10 @@ def build_byte():
 
 
 @functools.lru_cache(maxsize=None)
-def get_encoding(spec):
-    """The Encoding for a name ('gpt2', 'qwen', 'byte'), a Hugging Face model directory or a hub
-    name ('Qwen/Qwen2.5-0.5B', online only); built once per process."""
-    if spec == "gpt2":
-        return build_gpt2()
-    if spec == "qwen":
-        return build_qwen()
-    if spec == "byte":
-        return build_byte()
-    if Path(spec).is_dir():
-        from tokenizer_hf import load_hf_dir
-        return load_hf_dir(spec, name=spec)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not Path(spec).exists():
-        from tokenizer_hf import fetch_hub_tokenizer, load_hf_dir
-        return load_hf_dir(fetch_hub_tokenizer(spec), name=spec)
-    raise TokenizerError(f"unknown tokenizer {spec!r}; choose one of {', '.join(ENCODINGS)} "
-                         f"or a Hugging Face model directory")
+def named_encoding(name):
+    """One of the named encodings ('gpt2', 'qwen', 'byte'), built once per process."""
+    builders = {"gpt2": build_gpt2, "qwen": build_qwen, "byte": build_byte}
+    if name not in builders:
+        raise TokenizerError(f"unknown tokenizer {name!r}; choose one of {', '.join(ENCODINGS)}")
+    return builders[name]()
 
-
-# ---------------------------------------------------------------- fingerprints
-
-def tokenizer_fingerprint(enc):
-    """sha256 (hex) of what every id means: the mergeable vocabulary as sorted 'id base64(piece)'
-    lines under a header saying whether pieces are bytes (byte-level BPE, whichever file or engine
-    they came from) or SentencePiece strings. Special / added tokens are left out, so one
-    vocabulary with more control tokens (Qwen3's dir next to 'qwen') has the same fingerprint;
-    a special token beyond the vocabulary shows up in vocab_size instead."""
-    if getattr(enc, "_fingerprint", None) is None:
-        pieces = enc.pieces()
-        h = hashlib.sha256(b"byte-level\n" if enc.byte_level else b"pieces\n")
-        for i in sorted(pieces):
-            p = pieces[i] if isinstance(pieces[i], bytes) else pieces[i].encode("utf-8")
-            h.update(b"%d %s\n" % (i, base64.b64encode(p)))
-        enc._fingerprint = h.hexdigest()
-    return enc._fingerprint
-
-
-def fingerprint_for_name(spec):
-    """The fingerprint of a named encoding (for meta.json / checkpoints older than fingerprints),
-    or None for anything else."""
-    return tokenizer_fingerprint(get_encoding(spec)) if spec in ENCODINGS else None
-
-
-def check_same_tokenizer(a_name, a_fingerprint, b_name, b_fingerprint, what):
-    """Raise UserError unless two tokenizers (spec + fingerprint, e.g. a checkpoint's and the
-    data's) have the same vocabulary; `what` starts the message (e.g. "teacher runs/t vs data
-    data/dolly"). A missing fingerprint (meta.json / checkpoints from before fingerprints) is
-    computed from a named encoding or a model directory that still exists; when a side still has
-    none, the specs themselves must be equal."""
-    def fingerprint(name):  # of a named encoding, or of a model directory that is still there
-        if name in ENCODINGS or (name and Path(name).is_dir()):
-            return tokenizer_fingerprint(get_encoding(name))
-        return None
-
-    a_fp = a_fingerprint or fingerprint(a_name)
-    b_fp = b_fingerprint or fingerprint(b_name)
-    if a_fp and b_fp:
-        if a_fp == b_fp:
-            return
-        raise UserError(f"{what}: tokenizer '{a_name}' (vocabulary {a_fp[:12]}) differs from '{b_name}' "
-                        f"(vocabulary {b_fp[:12]}): teacher, student and data must share one tokenizer "
-                        f"(prepare the data with --tokenizer=<the models' tokenizer>)")
-    if a_name != b_name:
-        raise UserError(f"{what}: tokenizer '{a_name}' vs '{b_name}' and no fingerprint to compare them: "
-                        f"teacher, student and data must share one tokenizer")
-
-
-def write_hf_tokenizer_files(spec, out_dir):
-    """Write the tokenizer files of `spec` into out_dir (an exported Hugging Face model directory)
-    so that transformers.AutoTokenizer.from_pretrained(out_dir) gives our ids; see tokenizer_hf.py."""
-    from tokenizer_hf import write_hf_tokenizer_files as write
-    return write(spec, out_dir)

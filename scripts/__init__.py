@@ -1,0 +1,1 @@
+"""Tools beside the method: benchmarks (bench.py, bench_minillm.py), the memory table, checkpoint conversion."""
