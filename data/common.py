@@ -255,7 +255,8 @@ def read_chat_template(tokenizer_dir):
 
 
 def render_chat_prompt(template, user_message, special_tokens=None):
-    """A chat template rendered for one user turn with add_generation_prompt=True: the text a model
+    """A chat template rendered for one user turn (a str) or a conversation (a list of
+    {"role", "content"} messages ending with a user turn) with add_generation_prompt=True: the text a model
     sees before its reply. jinja2's ImmutableSandboxedEnvironment keeps the template (data from a
     model directory) from reaching Python; trim_blocks/lstrip_blocks, `raise_exception`,
     `strftime_now` and a non-escaping `tojson` are what Hugging Face templates are written against."""
@@ -271,7 +272,8 @@ def render_chat_prompt(template, user_message, special_tokens=None):
     env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, ensure_ascii=False, indent=indent)
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
     try:
-        return env.from_string(template).render(messages=[{"role": "user", "content": user_message}],
+        messages = [{"role": "user", "content": user_message}] if isinstance(user_message, str) else user_message
+        return env.from_string(template).render(messages=messages,
                                                 add_generation_prompt=True, **(special_tokens or {}))
     except jinja2.exceptions.TemplateError as e:
         raise SystemExit(f"the chat template failed to render ({type(e).__name__}: {e})") from None
