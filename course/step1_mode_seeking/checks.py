@@ -6,11 +6,13 @@ from types import SimpleNamespace
 
 import torch
 
-from grading import Failure, call, cosine, expect_close, expect_true, relative_error, tensor
+from grading import (Failure, call, cosine, expect_close, expect_same_gradient, expect_true, relative_error, tensor,
+                     value_and_grads)
 from toy import mode_seeking_2d as ms
 
 TITLE = "forward vs reverse KL on a 2D mixture"
 EXTENSION_TITLE = "the score-function (REINFORCE) estimator of reverse KL"
+ALLOWED_IMPORTS = {}  # toy/mode_seeking_2d.py is this step's answer
 
 MODE_STD, RADIUS = 0.5, 3.0
 
@@ -56,7 +58,7 @@ def _compare_with_project(m, name, project_fn, note):
 
 
 def check_log_prob(m):
-    """mixture_log_prob equals GaussianMixture2D.log_prob (diagonal covariances), also 100 σ away"""
+    """mixture_log_prob equals GaussianMixture2D.log_prob (diagonal covariances), also 100 σ away; gradients"""
     g = torch.Generator().manual_seed(0)
     means = 2 * torch.randn(3, 2, generator=g)
     log_stds = 0.3 * torch.randn(3, 2, generator=g)
@@ -68,6 +70,22 @@ def check_log_prob(m):
     expect_true(bool(torch.isfinite(got[-1])), f"mixture_log_prob far from every component (x = (150, −150)) "
                 f"gave {got[-1].item()}, expected {want[-1].item():.6g}: use torch.logsumexp, not log(sum(exp))")
     expect_close("mixture_log_prob", got, want, atol=1e-4, rtol=1e-5)
+    # its gradient w.r.t. the points and every parameter (fitting a mixture needs all four), float64
+    args = [a.double() for a in (x[:-1], means, log_stds, logits)]
+    weights = torch.rand(40, generator=g, dtype=torch.float64)
+    _, got_grads = value_and_grads("mixture_log_prob", lambda *a: call(m, "mixture_log_prob", *a), *args,
+                                   weights=weights)
+    _, want_grads = value_and_grads("mixture_log_prob", solution().mixture_log_prob, *args, weights=weights)
+    for name, got_g, want_g in zip(("x", "means", "log_stds", "logits"), got_grads, want_grads):
+        expect_same_gradient(f"gradient of mixture_log_prob w.r.t. {name}", got_g, want_g, atol=1e-9, rtol=1e-7)
+    # other sizes than the page's: one component, five components in one point
+    for k, n, seed in ((1, 6, 1), (5, 1, 2)):
+        g = torch.Generator().manual_seed(seed)
+        args = (torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(k, 2, generator=g, dtype=torch.float64),
+                0.5 * torch.randn(k, 2, generator=g, dtype=torch.float64), torch.randn(k, generator=g, dtype=torch.float64))
+        expect_close(f"mixture_log_prob of {n} points under {k} components",
+                     tensor("mixture_log_prob", call(m, "mixture_log_prob", *args), (n,)),
+                     solution().mixture_log_prob(*args), atol=1e-9, rtol=1e-7)
 
 
 def check_forward_loss(m):

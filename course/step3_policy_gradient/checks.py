@@ -8,11 +8,16 @@ import torch
 
 import enumeration as en
 import policy_gradient as pg
-from grading import Failure, call, expect_close, expect_true, relative_error, tensor
+from grading import (Failure, call, expect_close, expect_close_hinted, expect_same_gradient,
+                     expect_true, garbage_on_padding, relative_error, tensor)
 from toy import sequence_world as sw
 
 TITLE = "the policy gradient of sequence-level reverse KL, by enumeration"
 EXTENSION_TITLE = "PPO's clipped surrogate"
+ALLOWED_IMPORTS = {}  # policy_gradient.py and toy/sequence_world.py are this step's answers
+
+MULTIPLIED_BY_MASK = ("multiplying by the mask keeps nan and ±inf on padding (0 · inf = nan): select the real "
+                      "tokens' values with torch.where(mask, x, 0) before any arithmetic")
 
 # the figures course/step3_policy_gradient/README.md quotes (python course/check.py --solutions 3),
 # checked in --solutions mode: variance of R_t, ‖∇KL‖², variance of R_t − 1, bias of R_{t+1} alone
@@ -52,6 +57,12 @@ def batch(seed=0):
                            advantages=advantages, weights=weights)
 
 
+def _no_nan(what, got):
+    if bool(torch.isnan(got).any()):
+        at = [int(i) for i in torch.isnan(got).nonzero()[0]] if got.dim() else []
+        raise Failure(f"{what}{f' at index {at}' if at else ''}: got nan; " + MULTIPLIED_BY_MASK)
+
+
 def check_exact_kl(m):
     """exact_reverse_kl equals toy/sequence_world.exact_reverse_kl over all 6⁴ sequences, with its gradient"""
     world = en.make_world()
@@ -74,10 +85,15 @@ def check_rewards(m):
     expect_close("token_rewards", got, pg.token_rewards(b.logp_teacher, b.logp_old, b.mask), atol=1e-12)
     expect_true(not got.requires_grad, "token_rewards must be constants: detach them (the reward of a rollout "
                 "does not move with θ)")
+    teacher, old = garbage_on_padding(b.logp_teacher, b.mask), garbage_on_padding(b.logp_old, b.mask, seed=2)
+    got = tensor("token_rewards", call(m, "token_rewards", teacher, old, b.mask), (3, 5))
+    _no_nan("token_rewards with ±inf, nan and ±1e30 on padding", got)
+    expect_close("token_rewards with ±inf, nan and ±1e30 on padding", got,
+                 pg.token_rewards(b.logp_teacher, b.logp_old, b.mask), atol=1e-12)
 
 
 def check_returns(m):
-    """returns equals policy_gradient.returns (γ = 1 and 0.9, with and without r_t)"""
+    """returns equals policy_gradient.returns (γ = 1 and 0.9, with and without r_t), padding ignored"""
     b = batch(1)
     rewards = pg.token_rewards(b.logp_teacher, b.logp_old, b.mask)
     for gamma in (1.0, 0.9):
@@ -85,6 +101,23 @@ def check_returns(m):
             got = call(m, "returns", rewards, b.mask, gamma=gamma, include_current=include_current)
             expect_close(f"returns(gamma={gamma}, include_current={include_current})", tensor("returns", got, (3, 5)),
                          pg.returns(rewards, b.mask, gamma=gamma, include_current=include_current), atol=1e-12)
+    # rewards that are not 0 on padding (returns takes the mask: it must use it)
+    rewards, mask = torch.tensor([[-1.0, -1.0, -1.0, -5.0, -5.0]]), torch.tensor([[True, True, True, False, False]])
+    got = tensor("returns", call(m, "returns", rewards, mask, gamma=1.0, include_current=True), (1, 5))
+    unmasked = rewards.flip(1).cumsum(1).flip(1)
+    expect_close_hinted("returns of rewards [−1, −1, −1, −5, −5] with 3 real tokens (include_current=True)", got,
+                        torch.tensor([[-3.0, -2.0, -1.0, 0.0, 0.0]]),
+                        [(unmasked, "your returns add the rewards on padding: use the mask, sum only the real "
+                          "tokens' rewards (torch.where(mask, rewards, 0)) and give 0 on padding"),
+                         (torch.tensor([[-3.0, -2.0, -1.0, -10.0, -5.0]]), "0 on padding: the returns of padding "
+                          "positions must be 0")], atol=1e-6)
+    rewards = torch.where(b.mask, torch.randn(3, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64), 0.0)
+    for include_current in (True, False):
+        got = tensor("returns", call(m, "returns", garbage_on_padding(rewards, b.mask), b.mask, gamma=0.9,
+                                     include_current=include_current), (3, 5))
+        what = f"returns(gamma=0.9, include_current={include_current}) with ±inf, nan and ±1e30 rewards on padding"
+        _no_nan(what, got)
+        expect_close(what, got, pg.returns(rewards, b.mask, gamma=0.9, include_current=include_current), atol=1e-12)
 
 
 def _value_and_grad(fn, logp):
@@ -103,7 +136,16 @@ def check_policy_loss(m):
     want, want_grad = _value_and_grad(lambda lp: pg.policy_loss(lp, b.logp_old, b.advantages, b.weights, b.mask,
                                                                 clip_eps=None)[0], b.logp)
     expect_close("policy_loss", got, want, atol=1e-12, rtol=1e-10)
-    expect_close("gradient of policy_loss w.r.t. logp", got_grad, want_grad, atol=1e-12, rtol=1e-10)
+    expect_same_gradient("gradient of policy_loss w.r.t. logp", got_grad, want_grad, atol=1e-12, rtol=1e-10)
+    garbage = {k: garbage_on_padding(getattr(b, k), b.mask, seed=i)
+               for i, k in enumerate(("logp", "logp_old", "advantages", "weights"))}
+    got, got_grad = _value_and_grad(lambda lp: call(m, "policy_loss", torch.where(b.mask, lp, garbage["logp"]),
+                                                    garbage["logp_old"], garbage["advantages"], garbage["weights"],
+                                                    b.mask), b.logp)
+    what = "policy_loss with ±inf, nan and ±1e30 on the padding of logp, logp_old, advantages and weights"
+    _no_nan(what, got)
+    expect_close(what, got, want, atol=1e-12, rtol=1e-10)
+    expect_same_gradient(f"gradient of {what} w.r.t. logp", got_grad, want_grad, atol=1e-12, rtol=1e-10)
 
 
 def check_reinforce(m):
@@ -112,7 +154,14 @@ def check_reinforce(m):
     got, got_grad = _value_and_grad(lambda lp: call(m, "reinforce_loss", lp, b.logp_teacher, b.mask), b.logp)
     want, want_grad = _value_and_grad(lambda lp: _reinforce(lp, b.logp_teacher, b.mask), b.logp)
     expect_close("reinforce_loss", got, want, atol=1e-12, rtol=1e-10)
-    expect_close("gradient of reinforce_loss w.r.t. logp", got_grad, want_grad, atol=1e-12, rtol=1e-10)
+    expect_same_gradient("gradient of reinforce_loss w.r.t. logp", got_grad, want_grad, atol=1e-12, rtol=1e-10)
+    teacher = garbage_on_padding(b.logp_teacher, b.mask, seed=3)
+    got, got_grad = _value_and_grad(lambda lp: call(m, "reinforce_loss", torch.where(b.mask, lp, garbage_on_padding(
+        lp, b.mask, seed=1)), teacher, b.mask), b.logp)
+    what = "reinforce_loss with ±inf, nan and ±1e30 on the padding of logp and logp_teacher"
+    _no_nan(what, got)
+    expect_close(what, got, want, atol=1e-12, rtol=1e-10)
+    expect_same_gradient(f"gradient of {what} w.r.t. logp", got_grad, want_grad, atol=1e-12, rtol=1e-10)
 
 
 def check_enumeration(m):

@@ -5,8 +5,10 @@ Fill in the bodies, then run `python course/check.py 3`. The page is course/step
 
 Per-token tensors are [B, T] over response positions; `mask` [B, T] (bool) marks real tokens,
 right-padded (row b has its tokens first, then padding). Values on padding can be anything, even
-±inf: select with torch.where, never multiply by the mask (0 · inf is nan). Every loss is a mean
-over the batch's real tokens, Σ_{b,t real} (·) / Σ mask.
+±inf or nan. Clean them before any arithmetic: x = torch.where(mask, x, 0) first, then compute
+(never multiply by the mask: 0 · inf is nan). A torch.where *after* the arithmetic picks the right
+value but not the right gradient: the branch it drops still sends 0 · nan = nan back to the input.
+Every loss is a mean over the batch's real tokens, Σ_{b,t real} (·) / Σ mask.
 """
 
 import torch

@@ -8,10 +8,13 @@ import torch.nn.functional as F
 
 import enumeration as en
 import policy_gradient as pg
-from grading import Failure, call, expect_close, relative_error, tensor
+from grading import Failure, call, expect_close, expect_same_gradient, garbage_on_padding, relative_error, tensor
 
 TITLE = "the single-step decomposition and its variance"
 EXTENSION_TITLE = "length normalisation"
+# what the exercise may import from the project: step 2's divergences and step 3's pieces
+ALLOWED_IMPORTS = {"kl": {"forward_kl", "reverse_kl", "jsd", "masked_mean"},
+                   "policy_gradient": {"token_rewards", "returns", "policy_loss", "masked_mean"}}
 
 # the figures course/step4_single_step/README.md quotes (python course/check.py --solutions 4);
 # checked in --solutions mode, so that the page and the code cannot drift apart
@@ -66,8 +69,19 @@ def check_single_step(m):
         want, want_grad = _value_and_grad(lambda z: pg.single_step_loss(z, b.teacher, b.mask, weights=weights),
                                           b.student)
         expect_close(f"single_step_loss {label}", got, want, atol=1e-12, rtol=1e-10)
-        expect_close(f"gradient of single_step_loss {label} w.r.t. the student's logits", got_grad, want_grad,
-                     atol=1e-12, rtol=1e-10)
+        expect_same_gradient(f"gradient of single_step_loss {label} w.r.t. the student's logits", got_grad,
+                             want_grad, atol=1e-12, rtol=1e-10)
+    # another vocabulary and batch than the page's, weights of ±1e30 on padding
+    b = batch(5, vocab=4)
+    weights = garbage_on_padding(b.weights, b.mask, seed=3).nan_to_num(nan=1e30, posinf=1e30, neginf=-1e30)
+    got, got_grad = _value_and_grad(lambda z: call(m, "single_step_loss", z, b.teacher, b.mask, weights=weights),
+                                    b.student)
+    want, want_grad = _value_and_grad(lambda z: pg.single_step_loss(z, b.teacher, b.mask, weights=b.weights),
+                                      b.student)
+    what = "single_step_loss (vocabulary 4) with weights ±1e30 on padding"
+    expect_close(what, got, want, atol=1e-12, rtol=1e-10)
+    expect_same_gradient(f"gradient of {what} w.r.t. the student's logits", got_grad, want_grad, atol=1e-12,
+                         rtol=1e-10)
 
 
 def check_decomposed(m):
@@ -82,8 +96,18 @@ def check_decomposed(m):
     got, got_grad = _value_and_grad(through(lambda *a: call(m, "decomposed_loss", *a)), b.student)
     want, want_grad = _value_and_grad(through(_decomposed), b.student)
     expect_close("decomposed_loss", got, want, atol=1e-12, rtol=1e-10)
-    expect_close("gradient of decomposed_loss w.r.t. the student's logits (through logp and the single-step "
-                 "term)", got_grad, want_grad, atol=1e-12, rtol=1e-10)
+    expect_same_gradient("gradient of decomposed_loss w.r.t. the student's logits (through logp and the "
+                         "single-step term)", got_grad, want_grad, atol=1e-12, rtol=1e-10)
+    # ±inf, nan and ±1e30 on the padding of logp and logp_teacher
+    teacher = garbage_on_padding(b.logp_teacher, b.mask, seed=1)
+
+    def garbled(z):
+        logp = F.log_softmax(z, -1).gather(-1, b.y[..., None]).squeeze(-1)
+        return call(m, "decomposed_loss", garbage_on_padding(logp, b.mask, seed=2), teacher, b.mask, z, b.teacher)
+    got, got_grad = _value_and_grad(garbled, b.student)
+    what = "decomposed_loss with ±inf, nan and ±1e30 on the padding of logp and logp_teacher"
+    expect_close(what, got, want, atol=1e-12, rtol=1e-10)
+    expect_same_gradient(f"gradient of {what}", got_grad, want_grad, atol=1e-12, rtol=1e-10)
 
 
 def _student_decomposed(m):

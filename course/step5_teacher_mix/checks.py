@@ -9,10 +9,14 @@ import torch.nn.functional as F
 
 import enumeration as en
 import policy_gradient as pg
-from grading import Failure, call, cosine, expect_close, expect_true, relative_error, tensor
+from grading import (Failure, call, cosine, expect_close, expect_close_hinted, expect_same_gradient, expect_true,
+                     garbage_on_padding, relative_error, tensor)
 
 TITLE = "teacher-mixed sampling and its importance weights"
 EXTENSION_TITLE = "sequence-level importance weights"
+# what the exercise may import from the project: step 2's divergences, steps 3 and 4's pieces
+ALLOWED_IMPORTS = {"kl": {"forward_kl", "reverse_kl", "jsd", "masked_mean"},
+                   "policy_gradient": {"token_rewards", "returns", "policy_loss", "single_step_loss", "masked_mean"}}
 
 ALPHA = 0.2
 LABELS = {"none": "no weights (w = 1)", "token": "per-token w_t", "sequence": "sequence W(y)"}
@@ -61,8 +65,24 @@ def check_mixture(m):
     for alpha in (0.0, ALPHA, 0.5, 1.0):
         got = tensor(f"teacher_mix_log_probs(α={alpha})", call(m, "teacher_mix_log_probs", teacher, b.student, alpha),
                      b.student.shape)
-        expect_close(f"teacher_mix_log_probs(α={alpha})", got, pg.teacher_mix_log_probs(teacher, b.student, alpha),
-                     atol=1e-12, rtol=1e-10)
+        want = pg.teacher_mix_log_probs(teacher, b.student, alpha)
+        expect_close_hinted(f"teacher_mix_log_probs(α={alpha})", got, want,
+                            [(lambda: pg.teacher_mix_log_probs(b.student, teacher, alpha), "α weighs the teacher: "
+                              "p̃ = α p + (1 − α) q, yours is α q + (1 − α) p")], atol=1e-12, rtol=1e-10)
+        if 0 < alpha < 1:  # its gradient w.r.t. the student's logits (the mixture is built from q)
+            weights = torch.rand(b.student.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+            weights[0, 0, 3] = 0.0
+            grads = []
+            for fn in (lambda z: call(m, "teacher_mix_log_probs", teacher, z, alpha),
+                       lambda z: pg.teacher_mix_log_probs(teacher, z, alpha)):
+                z = b.student.clone().requires_grad_()
+                value = tensor("teacher_mix_log_probs", fn(z))
+                if not value.requires_grad:
+                    raise Failure(f"teacher_mix_log_probs(α={alpha}) carries no gradient w.r.t. the student's "
+                                  "logits: build it with torch operations")
+                grads.append(torch.autograd.grad((torch.where(weights > 0, value, 0.0) * weights).sum(), z)[0])
+            expect_same_gradient(f"gradient of teacher_mix_log_probs(α={alpha}) w.r.t. the student's logits",
+                                 grads[0], grads[1], atol=1e-12, rtol=1e-10)
     ends = (F.log_softmax(b.student, -1), F.log_softmax(teacher, -1))
     for alpha, end in zip((0.0, 1.0), ends):
         expect_close(f"teacher_mix_log_probs(α={alpha}) is log {'q' if alpha == 0 else 'p'}",
@@ -76,9 +96,18 @@ def check_weights(m):
     for clip in (None, 1.1):
         got = tensor("importance_weights", call(m, "importance_weights", logp_old, b.logp_mix, b.mask, clip=clip),
                      (3, 5))
-        expect_close(f"importance_weights(clip={clip})", got,
-                     pg.importance_weights(b.logp_old, b.logp_mix, b.mask, clip=clip), atol=1e-12, rtol=1e-10)
+        want = pg.importance_weights(b.logp_old, b.logp_mix, b.mask, clip=clip)
+        expect_close_hinted(f"importance_weights(clip={clip})", got, want,
+                            [(torch.where(b.mask, 1 / want, 1.0), "the reciprocal ratio: w = q_old / p̃ (the "
+                              "student's probability over the one the tokens were drawn from), yours is p̃ / q_old"),
+                             (torch.where(b.mask, (b.logp_old - b.logp_mix).exp(), 0.0), "1 on padding, not 0"),
+                             (torch.where(b.mask, b.logp_old - b.logp_mix, 1.0), "the log of the ratio: take exp")],
+                            atol=1e-12, rtol=1e-10)
         expect_true(not got.requires_grad, "importance_weights must be constants: detach them")
+    garbage = garbage_on_padding(b.logp_old, b.mask, seed=1), garbage_on_padding(b.logp_mix, b.mask, seed=3)
+    got = tensor("importance_weights", call(m, "importance_weights", *garbage, b.mask, clip=None), (3, 5))
+    expect_close("importance_weights with ±inf, nan and ±1e30 on the padding of logp_old and logp_mix", got,
+                 pg.importance_weights(b.logp_old, b.logp_mix, b.mask), atol=1e-12, rtol=1e-10)
     w = pg.importance_weights(b.logp_old, b.logp_mix, b.mask)
     return (f"w_t ranges over [{w[b.mask].min():.3f}, {w[b.mask].max():.3f}] here; it can never exceed "
             f"1 / (1 − α) = {1 / (1 - ALPHA):.2f}, since p̃ ≥ (1 − α) q")
@@ -104,8 +133,17 @@ def check_mixed_loss(m):
     got, got_grad = _value_and_grad(through(lambda *a: call(m, "mixed_decomposed_loss", *a)), b.student)
     want, want_grad = _value_and_grad(through(_mixed), b.student)
     expect_close("mixed_decomposed_loss", got, want, atol=1e-12, rtol=1e-10)
-    expect_close("gradient of mixed_decomposed_loss w.r.t. the student's logits", got_grad, want_grad,
-                 atol=1e-12, rtol=1e-10)
+    expect_same_gradient("gradient of mixed_decomposed_loss w.r.t. the student's logits", got_grad, want_grad,
+                         atol=1e-12, rtol=1e-10)
+    teacher, mix = garbage_on_padding(b.logp_teacher, b.mask, seed=1), garbage_on_padding(b.logp_mix, b.mask, seed=2)
+
+    def garbled(z):
+        logp = garbage_on_padding(b.take(F.log_softmax(z, -1)), b.mask, seed=3)
+        return call(m, "mixed_decomposed_loss", logp, teacher, mix, b.mask, z, b.teacher)
+    got, got_grad = _value_and_grad(garbled, b.student)
+    what = "mixed_decomposed_loss with ±inf, nan and ±1e30 on the padding of logp, logp_teacher and logp_mix"
+    expect_close(what, got, want, atol=1e-12, rtol=1e-10)
+    expect_same_gradient(f"gradient of {what}", got_grad, want_grad, atol=1e-12, rtol=1e-10)
 
 
 def _figures(world, student, loss_fn, exact):

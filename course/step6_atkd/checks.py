@@ -8,12 +8,14 @@ from types import SimpleNamespace
 import torch
 
 import kl
-from grading import Failure, call, expect_close, expect_true, tensor
+from grading import (Failure, call, expect_close, expect_same_gradient, expect_true, garbage_on_padding, tensor,
+                     value_and_grads)
 
 TITLE = "ATKD: target-oriented and diversity-oriented KD"
 EXTENSION_TITLE = "a different split: each sequence on its own"
 
 LAM = 0.2
+ALLOWED_IMPORTS = {"kl": {"forward_kl", "reverse_kl", "masked_mean"}}  # step 2's divergences; ATKD is the answer
 
 
 def _formula(tkd, dkd, easy, valid, lam=LAM):
@@ -96,6 +98,14 @@ def check_parts(m):
     expect_close("DKD", dkd, want_dkd, atol=1e-12, rtol=1e-9)
     expect_close("TKD + (1 − p(g))·DKD against kl.forward_kl (the identity)", tkd + u * dkd,
                  kl.forward_kl(b.student, b.teacher), atol=1e-12, rtol=1e-9)
+    weights = torch.rand(b.targets.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for i, part in enumerate(("TKD", "DKD")):
+        _, (got_grad,) = value_and_grads(part, lambda z: call(m, "atkd_parts", z, b.teacher, b.targets)[i],
+                                         b.student, weights=weights)
+        _, (want_grad,) = value_and_grads(part, lambda z: kl.atkd_parts(z, b.teacher, b.targets)[i], b.student,
+                                          weights=weights)
+        expect_same_gradient(f"gradient of {part} w.r.t. the student's logits", got_grad, want_grad, atol=1e-12,
+                             rtol=1e-9)
     return (f"at the near-certain token (u = {u[0, 0]:.1e}) DKD = {want_dkd[0, 0]:.2f}, but KL counts it only "
             f"{u[0, 0]:.1e} times: KD teaches nothing about the other tokens where the teacher is sure")
 
@@ -114,6 +124,19 @@ def check_formula(m):
         got = call(m, "atkd_loss_from_split", tkd, dkd, easy_mask, valid, lam=lam)
         expect_close(f"atkd_loss_from_split ({label}, λ = {lam}; the padded token must not count)",
                      tensor("atkd_loss_from_split", got, ()), torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+    # garbage in the padded token's parts, which is also marked easy, and the gradient w.r.t. both parts
+    easy_padded = easy | ~valid
+    got = call(m, "atkd_loss_from_split", garbage_on_padding(tkd, valid, 2), garbage_on_padding(dkd, valid, 0),
+               easy_padded, valid, lam=0.2)
+    expect_close("atkd_loss_from_split (2 easy, 3 hard) with nan / ±inf in the padded token's TKD and DKD, "
+                 "the padded token marked easy", tensor("atkd_loss_from_split", got, ()),
+                 torch.tensor(cases[0][3], dtype=torch.float64), atol=1e-12)
+    _, got_grads = value_and_grads("atkd_loss_from_split", lambda a, c: call(m, "atkd_loss_from_split", a, c, easy,
+                                                                             valid, lam=0.2), tkd, dkd)
+    _, want_grads = value_and_grads("atkd_loss_from_split", lambda a, c: _formula(a, c, easy, valid, 0.2), tkd, dkd)
+    for part, got_g, want_g in zip(("TKD", "DKD"), got_grads, want_grads):
+        expect_same_gradient(f"gradient of atkd_loss_from_split (2 easy, 3 hard) w.r.t. {part}", got_g, want_g,
+                             atol=1e-12)
 
 
 def check_against_kl(m):
@@ -137,7 +160,8 @@ def check_against_kl(m):
         values.append((value, torch.autograd.grad(value, z)[0]))
     (got, got_grad), (want, want_grad) = values
     expect_close("ATKD loss (kl.atkd_loss, hard_fraction 0.5, λ = 0.2)", got, want, atol=1e-12, rtol=1e-9)
-    expect_close("gradient of the ATKD loss w.r.t. the student's logits", got_grad, want_grad, atol=1e-12, rtol=1e-9)
+    expect_same_gradient("gradient of the ATKD loss w.r.t. the student's logits", got_grad, want_grad, atol=1e-12,
+                         rtol=1e-9)
     kd = kl.masked_mean(kl.forward_kl(b.student, b.teacher), b.valid)
     tkd, dkd, _ = kl.atkd_parts(b.student, b.teacher, b.targets)
     hard = b.valid & ~easy
