@@ -4,6 +4,7 @@ blank exercise files fail each step with one clear line and a non-zero exit (no 
 wrong answer is reported with the first wrong number against the expected one.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -142,3 +143,142 @@ def test_bad_usage_exits_2():
         with pytest.raises(SystemExit) as e:
             run(argv)
         assert e.value.code == 2
+
+
+# -----------------------------------------------------------------------------
+# wrong solutions that once passed every check of their step (issue 26): each must now fail its
+# step, with a message that says what is wrong
+
+def _log_probs(s, t, temperature=1.0):
+    import torch.nn.functional as F
+    return F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1)
+
+
+def _reverse_kl_q_detached(s, t, temperature=1.0):  # right value, zero gradient
+    log_q, log_p = _log_probs(s, t, temperature)
+    q = log_q.exp().detach()
+    return (q * torch.where(q > 0, log_q - log_p, torch.zeros_like(log_q))).sum(-1)
+
+
+def _jsd_detached(s, t, beta=0.5, temperature=1.0):
+    import kl
+    return kl.jsd(s, t, beta=beta, temperature=temperature).detach()
+
+
+def _reverse_kl_where_after(s, t, temperature=1.0):  # nan gradient where a token is masked for both
+    log_q, log_p = _log_probs(s, t, temperature)
+    q = log_q.exp()
+    return torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(-1)
+
+
+def _jsd_naive(s, t, beta=0.5, temperature=1.0):  # nan on a masked vocabulary
+    log_q, log_p = _log_probs(s, t, temperature)
+    log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1 - beta))
+    return (beta * (log_p.exp() * (log_p - log_m)).sum(-1) + (1 - beta) * (log_q.exp() * (log_q - log_m)).sum(-1))
+
+
+def _returns_unmasked(rewards, mask, gamma=1.0, include_current=False):  # sums the padding's rewards too
+    out, running = [], torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        future = running
+        running = rewards[:, t] + gamma * running
+        out.append(running if include_current else future)
+    return torch.where(mask, torch.stack(out[::-1], 1), torch.zeros_like(rewards))
+
+
+def _mixture_log_prob_no_grad(x, means, log_stds, logits):
+    from toy import mode_seeking_2d as ms
+    with torch.no_grad():
+        return ms.GaussianMixture2D(means, log_stds, logits, covariance="diag").log_prob(x)
+
+
+def _reverse_kl_grad_autograd(s, t):
+    import kl
+    z = s.detach().clone().requires_grad_()
+    with torch.enable_grad():
+        return torch.autograd.grad(kl.reverse_kl(z, t).sum(), z)[0]
+
+
+def _forward_kl_tau2(s, t, temperature=1.0):
+    import kl
+    return kl.forward_kl(s, t, temperature=temperature) * temperature ** 2
+
+
+def _importance_weights_reciprocal(logp_old, logp_mix, mask, clip=None):
+    import policy_gradient as pg
+    return pg.importance_weights(logp_mix, logp_old, mask, clip)
+
+
+WRONG = [  # (step, the wrong functions, what the failure must say)
+    (2, dict(reverse_kl=_reverse_kl_q_detached), "no gradient reaches the student's logits"),
+    (2, dict(jsd=_jsd_detached), "carries no gradient"),
+    (2, dict(reverse_kl=_reverse_kl_where_after), "NaN gradient: clean ±inf before the arithmetic"),
+    (2, dict(jsd=_jsd_naive), "jsd(beta=0.5) with logits -inf"),
+    (2, dict(reverse_kl_grad=_reverse_kl_grad_autograd), "calls torch.autograd.grad: it must be the closed form"),
+    (2, dict(forward_kl=lambda s, t, temperature=1.0: __import__("kl").reverse_kl(s, t, temperature)),
+     "your value is the reverse KL"),
+    (2, dict(forward_kl=_forward_kl_tau2), "exactly τ² = 4 too large"),
+    (3, dict(returns=_returns_unmasked), "your returns add the rewards on padding"),
+    (1, dict(mixture_log_prob=_mixture_log_prob_no_grad), "mixture_log_prob carries no gradient"),
+    (5, dict(importance_weights=_importance_weights_reciprocal), "the reciprocal ratio"),
+]
+
+
+@pytest.mark.parametrize("step, replace, says", WRONG, ids=[f"step{c[0]}-{c[2][:24]}" for c in WRONG])
+def test_wrong_solutions_fail_with_what_is_wrong(step, replace, says):
+    ok, text = _wrong(step, **replace)
+    assert not ok, text
+    assert says in text.splitlines()[-2], text
+    assert "Traceback" not in text and "the check stopped" not in text
+
+
+def test_wrong_solutions_fail_their_step_through_the_checker():
+    """The nan and τ² messages name the first wrong number; the returns example is the issue's."""
+    _, text = _wrong(2, jsd=_jsd_naive)
+    assert "got nan, expected 0.226" in text and "0 · log 0 = 0" in text
+    _, text = _wrong(3, returns=_returns_unmasked)
+    assert "[−1, −1, −1, −5, −5] with 3 real tokens" in text and "got -13, expected -3" in text
+
+
+def _exercise(tmp_path, step, body):
+    path = tmp_path / f"step{step}.py"
+    path.write_text(body)
+    return run([str(step), "--exercise", str(path)])
+
+
+def test_importing_the_answer_fails(tmp_path):
+    code, text = _exercise(tmp_path, 2, "from kl import forward_kl\n")
+    assert code == 1 and "may not import the project's module kl: write the functions yourself" in text
+    code, text = _exercise(tmp_path, 3, "import policy_gradient\n")
+    assert code == 1 and "may not import the project's module policy_gradient" in text
+    code, text = _exercise(tmp_path, 3, "from toy.sequence_world import exact_reverse_kl\n")
+    assert code == 1 and "may not import the project's module toy.sequence_world" in text
+    # step 4 may use step 3's pieces, not its own answer
+    code, text = _exercise(tmp_path, 4, "from policy_gradient import returns, single_step_loss\n")
+    assert code == 1 and "policy_gradient.single_step_loss is the answer, not a tool, in step 4" in text
+    code, text = _exercise(tmp_path, 4, "import policy_gradient\n\ndef single_step_loss(s, t, mask, weights=None):\n"
+                                        "    return policy_gradient.single_step_loss(s, t, mask, weights)\n")
+    assert code == 1 and "policy_gradient.single_step_loss is not available in step 4's exercise" in text
+    # around the import hook: the function itself is the project's
+    code, text = _exercise(tmp_path, 2, "import importlib\nforward_kl = importlib.import_module('kl').forward_kl\n")
+    assert code == 1 and "forward_kl in" in text and "is kl.forward_kl from" in text and "write it in your file" in text
+    assert "Traceback" not in text
+
+
+def test_allowed_imports_still_work(tmp_path):
+    """Step 4's exercise may build on step 3's pieces from the project (its page says so)."""
+    body = ("import torch\nfrom kl import reverse_kl, masked_mean\nfrom policy_gradient import token_rewards, returns, "
+            "policy_loss\n\n"
+            "def single_step_loss(student_logits, teacher_logits, mask, weights=None):\n"
+            "    value = reverse_kl(student_logits, teacher_logits.detach())\n"
+            "    if weights is not None:\n"
+            "        value = value * torch.where(mask, weights.detach(), torch.zeros_like(weights))\n"
+            "    return masked_mean(value, mask)\n\n"
+            "def decomposed_loss(logp, logp_teacher, mask, student_logits, teacher_logits):\n"
+            "    logp_old = logp.detach()\n"
+            "    adv = returns(token_rewards(logp_teacher, logp_old, mask), mask, include_current=False)\n"
+            "    return single_step_loss(student_logits, teacher_logits, mask) + policy_loss(\n"
+            "        logp, logp_old, adv, torch.ones_like(adv), mask, clip_eps=None)[0]\n")
+    code, text = _exercise(tmp_path, 4, body)
+    assert code == 0, text
+    assert text.splitlines()[-2] == "step 4: 4 of 4 checks passed"

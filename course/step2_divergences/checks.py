@@ -124,10 +124,11 @@ def check_masked(m):
         got = tensor(name, call(m, name, s, t, **kwargs), (4,))
         want = reference(s, t, **kwargs)
         nan = torch.isnan(got) & ~torch.isnan(want)
-        expect_true(not bool(nan.any()), f"{name}({args[2:]}) with {MASKED}: got nan at row "
-                    f"{int(nan.nonzero()[0, 0]) if nan.any() else 0}, expected a number: a token with zero "
-                    "probability must contribute 0 (0 · log 0 = 0), so select the log-ratio with torch.where "
-                    "before multiplying, since −inf − (−inf) is nan")
+        if bool(nan.any()):
+            row = int(nan.nonzero()[0, 0])
+            raise Failure(f"{name}({args[2:]}) with {MASKED} at index [{row}]: got nan, expected "
+                          f"{want[row].item():.6g}; a token with zero probability must contribute 0 (0 · log 0 = 0): "
+                          "select the log-ratio with torch.where before multiplying, since −inf − (−inf) is nan")
         expect_close(f"{name}({args[2:]}) with {MASKED}", got, want, atol=1e-9, rtol=1e-7)
         # gradients where the divergence is finite (the rows where it is infinite have none to compare)
         finite = torch.isfinite(want)

@@ -107,8 +107,9 @@ def check_returns(m):
     unmasked = rewards.flip(1).cumsum(1).flip(1)
     expect_close_hinted("returns of rewards [−1, −1, −1, −5, −5] with 3 real tokens (include_current=True)", got,
                         torch.tensor([[-3.0, -2.0, -1.0, 0.0, 0.0]]),
-                        [(unmasked, "your returns add the rewards on padding: use the mask, sum only the real "
-                          "tokens' rewards (torch.where(mask, rewards, 0)) and give 0 on padding"),
+                        [(torch.where(mask, unmasked, got.detach()), "your returns add the rewards on padding: "
+                          "use the mask, sum only the real tokens' rewards (torch.where(mask, rewards, 0)) and "
+                          "give 0 on padding"),
                          (torch.tensor([[-3.0, -2.0, -1.0, -10.0, -5.0]]), "0 on padding: the returns of padding "
                           "positions must be 0")], atol=1e-6)
     rewards = torch.where(b.mask, torch.randn(3, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64), 0.0)
