@@ -42,12 +42,15 @@ def test_solutions_pass_every_check():
     code, text = run(["--solutions", "all"])
     assert code == 0, text
     assert "FAIL" not in text and "todo" not in text
-    assert text.endswith("6 of 6 steps passed")
+    assert text.endswith("7 of 7 steps passed")
     n_checks = sum(len(check.load_checks(n).CHECKS) + len(check.load_checks(n).EXTENSION) for n in check.STEPS)
     assert text.count("  pass  ") == n_checks >= 30
 
 
-@pytest.mark.parametrize("step", check.STEPS)
+EXERCISE_STEPS = tuple(FIRST)  # steps 1-6; step 7 checks a report (below)
+
+
+@pytest.mark.parametrize("step", EXERCISE_STEPS)
 def test_blank_exercise_fails_with_a_clear_message(step):
     for argv, name in (([str(step)], FIRST[step][0]), ([str(step), "--extension"], FIRST[step][1])):
         code, text = run(argv)
@@ -63,8 +66,11 @@ def test_blank_exercise_end_to_end():
                           text=True, env=env, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr == ""
-    assert proc.stdout.rstrip().endswith("0 of 6 steps passed")
-    for step in check.STEPS:
+    report_made = os.path.isfile(os.path.join(ROOT, "out", "course_project", "results.json"))
+    assert proc.stdout.rstrip().endswith(f"{int(report_made and 'step 7: 5 of 5' in proc.stdout)} of 7 steps passed")
+    if not report_made:
+        assert "step 7: no report in out/course_project yet: run python course/step7_project/project.py" in proc.stdout
+    for step in EXERCISE_STEPS:
         assert f"step {step}: function {FIRST[step][0]} is not implemented yet" in proc.stdout
 
 
@@ -139,7 +145,7 @@ def test_exercise_errors_are_one_line(tmp_path):
 
 
 def test_bad_usage_exits_2():
-    for argv in (["7"], ["all", "--exercise", "x.py"], ["3", "--solutions", "--exercise", "x.py"]):
+    for argv in (["8"], ["all", "--exercise", "x.py"], ["3", "--solutions", "--exercise", "x.py"], ["7", "--extension"]):
         with pytest.raises(SystemExit) as e:
             run(argv)
         assert e.value.code == 2
