@@ -4,6 +4,7 @@ blank exercise files fail each step with one clear line and a non-zero exit (no 
 wrong answer is reported with the first wrong number against the expected one.
 """
 
+import json
 import math
 import os
 import subprocess
@@ -14,6 +15,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "course"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # course_learner.py
 
 import check  # noqa: E402  (course/check.py)
 
@@ -288,3 +290,142 @@ def test_allowed_imports_still_work(tmp_path):
     code, text = _exercise(tmp_path, 4, body)
     assert code == 0, text
     assert text.splitlines()[-2] == "step 4: 4 of 4 checks passed"
+
+
+# -----------------------------------------------------------------------------
+# a learner's own solutions (tests/course_learner.py): they pass steps 2-5 with the import guard on,
+# and step 7 plugs them into train.py
+
+def _learner_files(tmp_path):
+    from course_learner import SOLUTIONS
+    files = {}
+    for n, source in SOLUTIONS.items():
+        files[n] = tmp_path / f"learner_step{n}.py"
+        files[n].write_text(source)
+    return files
+
+
+def test_a_learners_own_solutions_pass(tmp_path):
+    files = _learner_files(tmp_path)
+    for n, path in files.items():
+        argv_list = [[str(n), "--exercise", str(path)]] + ([[str(n), "--extension", "--exercise", str(path)]]
+                                                           if n in (3, 4) else [])
+        for argv in argv_list:
+            code, text = run(argv)
+            assert code == 0, text
+
+
+def _project():
+    sys.path.insert(0, os.path.join(ROOT, "course", "step7_project"))
+    import project
+    return project
+
+
+def test_step7_plugs_the_learners_functions_into_train(tmp_path, monkeypatch):
+    """The tiny setting end to end with a learner's files: every function of theirs is called by
+    train.py, and the report's table passes its checks (all but the setting's: tiny is a smoke test)."""
+    import collections
+    project = _project()
+    files, calls = _learner_files(tmp_path), collections.Counter()
+    learner_functions = project.learner_functions
+
+    def counted(exercises, out=print):
+        fns, where = learner_functions(exercises, out)
+        assert all(where[name].endswith(f"learner_step{project.FROM_STEP[name]}.py") for name in fns), where
+
+        def wrap(name, fn):
+            def called(*args, **kwargs):
+                calls[name] += 1
+                return fn(*args, **kwargs)
+            return called
+        return {name: wrap(name, fn) for name, fn in fns.items()}, where
+    monkeypatch.setattr(project, "learner_functions", counted)
+    out_dir = tmp_path / "project"
+    results = project.run_project("tiny", 2, out_dir=str(out_dir), exercises={n: str(p) for n, p in files.items()},
+                                  out=lambda line: None)
+    # the clip is on in toy_minillm.py (so policy_loss is the clipped one) and length_norm too (its returns inside)
+    for name in ("forward_kl", "token_rewards", "clipped_policy_loss", "single_step_loss", "importance_weights",
+                 "length_normalized_returns"):
+        assert calls[name] > 0, (name, calls)
+    assert results["setting"] == "tiny" and not results["solutions"] and len(results["exercises"]) == 4
+    code, text = run(["7", "--exercise", str(out_dir)])
+    assert code == 1
+    assert "  pass  report.md's table is results.json's numbers" in text
+    assert "  pass  the numbers are sane" in text
+    assert "this report is from the 'tiny' setting, a smoke test of the plumbing" in text
+
+
+def _fake_report(tmp_path, yours_minillm=None, **changes):
+    """A report folder as project.py writes it, from made-up numbers (no training)."""
+    project = _project()
+    runs = {run: dict(rouge_l=[40.0, 42.0, 44.0], valid=[30.0, 33.0, 36.0], val_loss=[1.1, 1.0, 1.2])
+            for run in project.RUNS}
+    if yours_minillm:
+        runs["minillm (yours)"] = yours_minillm
+    files = _learner_files(tmp_path)
+    results = dict(setting="default", solutions=False, seeds=[1337, 1338, 1339], teacher="out/quickstart/teacher",
+                   data_dir="data/toy_instruct", runs=runs, seconds=60.0, torch=torch.__version__,
+                   yours={name: f"course/step{step}_x/exercise.py" for name, step in project.FROM_STEP.items()},
+                   exercises={os.path.relpath(str(p), ROOT): project.sha256(str(p)) for p in files.values()})
+    results.update(changes)
+    reading = ("My MiniLLM lands on the project's on every metric, within one seed standard deviation; MiniLLM gives "
+               "more valid answers than KD on average and on each seed, though three seeds are few.")
+    d = tmp_path / "report"
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps(results))
+    (d / "report.md").write_text(project.format_report(results, reading))
+    return d
+
+
+def test_step7_checks_a_report(tmp_path):
+    code, text = run(["7", "--exercise", str(_fake_report(tmp_path))])
+    assert code == 0, text
+    assert "minillm Rouge-L: yours 42.00 ± 2.00, project's 42.00 ± 2.00" in text
+
+
+@pytest.mark.parametrize("case, says", [
+    ("far", "minillm, Rouge-L: yours 52.00 ± 2.00, the project's 42.00 ± 2.00: 10.00 apart, more than 4.00"),
+    ("edited", "report.md, kd (yours), Rouge-L: the table says 45.00 ± 2.00, results.json gives 42.00 ± 2.00"),
+    ("solutions", "this report was made with --solutions"),
+    ("nan", "minillm (yours), Rouge-L: nan is not a finite number"),
+    ("one seed", "the report has 1 training seed(s)"),
+    ("no reading", "write your reading under '## Your reading'"),
+    ("changed", "changed since the report was made: run project.py again"),
+])
+def test_step7_a_wrong_report_fails(tmp_path, case, says):
+    minillm = dict(far=dict(rouge_l=[50.0, 52.0, 54.0], valid=[30.0, 33.0, 36.0], val_loss=[1.1, 1.0, 1.2]),
+                   nan=dict(rouge_l=[math.nan, 52.0, 54.0], valid=[30.0, 33.0, 36.0], val_loss=[1.1, 1.0, 1.2]))
+    changes = dict(solutions=dict(solutions=True), changed=dict(
+        exercises={"course/step2_divergences/exercise.py": "0" * 64}))
+    d = _fake_report(tmp_path, minillm.get(case), **changes.get(case, {}))
+    if case == "edited":
+        text = (d / "report.md").read_text().replace("| kd (yours) | 42.00 ± 2.00", "| kd (yours) | 45.00 ± 2.00")
+        (d / "report.md").write_text(text)
+    if case == "one seed":
+        results = json.loads((d / "results.json").read_text())
+        results["seeds"] = [1337]
+        (d / "results.json").write_text(json.dumps(results))
+    if case == "no reading":
+        text = (d / "report.md").read_text()
+        (d / "report.md").write_text(text.split("## Your reading")[0] + "## Your reading\n\nFine.\n")
+    code, text = run(["7", "--exercise", str(d)])
+    assert code == 1 and says in text, text
+    assert "Traceback" not in text and "the check stopped" not in text
+
+
+def test_step7_needs_steps_2_to_5(tmp_path):
+    project = _project()
+    with pytest.raises(project.ProjectError, match="step 2 does not pass yet: run python course/check.py 2"):
+        project.run_project("tiny", 2, out_dir=str(tmp_path / "p"), out=lambda line: None)
+
+
+def test_json_grades():
+    code, text = run(["2", "--json"])
+    grades = json.loads(text)
+    assert code == 1 and grades["points"] == 0 and grades["max_points"] == len(check.load_checks(2).CHECKS)
+    (step,) = grades["steps"]
+    assert step["checks"][0]["result"] == "todo" and {c["result"] for c in step["checks"][1:]} == {"not run"}
+    code, text = run(["--solutions", "3", "--json"])
+    grades = json.loads(text)
+    assert code == 0 and grades["points"] == grades["max_points"] == 8
+    assert [c["result"] for c in grades["steps"][0]["checks"]] == ["pass"] * 8
