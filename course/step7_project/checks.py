@@ -21,7 +21,7 @@ import project  # noqa: E402  (course/step7_project/project.py)
 
 TITLE = "the final project: your losses in train.py, against the project's KD and MiniLLM"
 EXTENSION_TITLE = ""
-DEFAULT_SUBMISSION = os.path.join("out", "course_project")  # what project.py writes; --exercise names another
+DEFAULT_SUBMISSION = os.path.join(project.ROOT, "out", "course_project")  # project.py's; --exercise: another
 SPREAD = 2.0        # your mean may differ from the project's by this many seed standard deviations ...
 FLOOR = {"rouge_l": 1.0, "valid": 1.0}  # ... or by this much (points), whichever is larger
 MIN_READING_WORDS = 25

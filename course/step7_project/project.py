@@ -10,7 +10,7 @@ Step 7, the final project: your own losses from steps 2 to 5 in the project's tr
     --seeds=N        training seeds 1337, 1338, ... (default 3; at least 2, for a spread)
     --reuse=DIR      take the teacher and the seeds' student inits from a quickstart.sh output
                      (default out/quickstart when it holds them), instead of training them here
-    --out=DIR        where the runs and the report go (default out/course_project)
+    --out=DIR        where the runs and the report go (default out/course_project in the repository)
 
 Everything runs in this one process: for the "yours" runs, train.py's calls into kl.py and
 policy_gradient.py are pointed at the functions of your exercise files (and pointed back after),
@@ -29,7 +29,6 @@ per seed and their mean ± std; `python course/check.py 7` checks it.
 import argparse
 import contextlib
 import hashlib
-import io
 import json
 import math
 import os
@@ -109,8 +108,9 @@ def learner_functions(exercises, out=print):
     for n in (2, 3, 4, 5):
         path = exercises[n]
         if not check.run_step(n, exercise=path, out=lines.append):
+            other = f" --exercise {path}" if path != check.default_exercise(n) else ""
             raise ProjectError(f"step 7 uses your functions from steps 2 to 5, and step {n} does not pass yet: "
-                               f"run python course/check.py {n}" + (f" --exercise {path}" if path != check.default_exercise(n) else ""))
+                               f"run python course/check.py {n}{other}")
         checks = check.load_checks(n)
         module = check.load_exercise(n, path, getattr(checks, "ALLOWED_IMPORTS", {}))
         extension_ok = n in OPTIONAL.values() and check.run_step(n, extension=True, exercise=path, out=lines.append)
@@ -296,8 +296,8 @@ def _run_project(setting, seeds, solutions, out_dir, reuse, exercises, out):
         name = f"{method}_{whose.strip('()')}"
         runs[run] = {metric: [per_seed[s][name][metric] for s in seeds] for metric, _ in METRICS}
     results = dict(setting=setting, solutions=solutions, seeds=seeds, teacher=teacher, data_dir=data_dir,
-                   yours=where, exercises={} if solutions else {os.path.relpath(p, ROOT): sha256(p) for p in exercises.values()},
-                   runs=runs, seconds=round(time.time() - t_start, 1), torch=torch.__version__)
+                   yours=where, runs=runs, seconds=round(time.time() - t_start, 1), torch=torch.__version__,
+                   exercises={} if solutions else {os.path.relpath(p, ROOT): sha256(p) for p in exercises.values()})
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     report = os.path.join(out_dir, "report.md")
@@ -376,7 +376,7 @@ def main(argv=None, out=print):
     seeds = args.seeds if args.seeds is not None else (2 if args.tiny else 3)
     if seeds < 2:
         ap.error(f"--seeds must be at least 2 (the check compares within the seeds' spread), got {seeds}")
-    out_dir = args.out or os.path.join("out", "course_project_tiny" if args.tiny else "course_project")
+    out_dir = args.out or os.path.join(ROOT, "out", "course_project_tiny" if args.tiny else "course_project")
     try:
         run_project("tiny" if args.tiny else "default", seeds, args.solutions, out_dir, args.reuse, out=out)
     except ProjectError as e:
