@@ -129,7 +129,7 @@ def check_yours(m):
                if os.path.isfile(files[p]) and project.sha256(files[p]) != digest]
     if changed:
         raise Failure(f"{changed[0]} changed since the report was made: run project.py again")
-    mine = [name for name, where in r.get("yours", {}).items() if where.endswith("exercise.py")]
+    mine = [name for name, where in r.get("yours", {}).items() if not where.startswith("the project's")]
     missing = [n for n in ("forward_kl", "token_rewards", "returns", "policy_loss", "single_step_loss",
                            "importance_weights") if n not in mine]
     if missing:
