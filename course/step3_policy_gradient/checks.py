@@ -147,6 +147,19 @@ def check_policy_loss(m):
     _no_nan(what, got)
     expect_close(what, got, want, atol=1e-12, rtol=1e-10)
     expect_same_gradient(f"gradient of {what} w.r.t. logp", got_grad, want_grad, atol=1e-12, rtol=1e-10)
+    # a shape the page does not show: 4 rows of 2 (one with no real token), γ = 0.5 returns as advantages
+    g = torch.Generator().manual_seed(7)
+    mask = torch.tensor([[1, 1], [1, 0], [0, 0], [1, 1]], dtype=torch.bool)
+    logp = -torch.rand(4, 2, generator=g, dtype=torch.float64) - 0.1
+    logp_old = logp + 0.2 * torch.randn(4, 2, generator=g, dtype=torch.float64)
+    adv = pg.returns(torch.randn(4, 2, generator=g, dtype=torch.float64), mask, gamma=0.5)
+    weights = 0.5 + torch.rand(4, 2, generator=g, dtype=torch.float64)
+    got, got_grad = _value_and_grad(lambda lp: call(m, "policy_loss", lp, logp_old, adv, weights, mask), logp)
+    want, want_grad = _value_and_grad(lambda lp: pg.policy_loss(lp, logp_old, adv, weights, mask, clip_eps=None)[0],
+                                      logp)
+    expect_close("policy_loss on [4, 2] (a row with no real token)", got, want, atol=1e-12, rtol=1e-10)
+    expect_same_gradient("gradient of policy_loss on [4, 2] w.r.t. logp", got_grad, want_grad, atol=1e-12,
+                         rtol=1e-10)
 
 
 def check_reinforce(m):

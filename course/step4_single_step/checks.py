@@ -171,6 +171,10 @@ def check_length_norm(m):
                                               dtype=torch.float64), 0.0)
     got = tensor("length_normalized_returns", call(m, "length_normalized_returns", rewards, b.mask), (3, 5))
     expect_close("length_normalized_returns", got, pg.length_normalized_returns(rewards, b.mask), atol=1e-12)
+    got = tensor("length_normalized_returns", call(m, "length_normalized_returns", garbage_on_padding(rewards, b.mask),
+                                                 b.mask), (3, 5))
+    expect_close("length_normalized_returns with ±inf, nan and ±1e30 rewards on padding", got,
+                 pg.length_normalized_returns(rewards, b.mask), atol=1e-12)
     constant = torch.where(b.mask, -0.7, 0.0).double()
     got = call(m, "length_normalized_returns", constant, b.mask)
     want = torch.where(b.mask & (pg.remaining_tokens(b.mask) > 0), -0.7, 0.0).double()

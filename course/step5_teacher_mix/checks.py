@@ -200,6 +200,10 @@ def check_sequence_weights(m):
                      call(m, "sequence_importance_weights", b.logp_old, b.logp_mix, b.mask, clip=clip), (3, 5))
         expect_close(f"sequence_importance_weights(clip={clip})", got,
                      pg.sequence_importance_weights(b.logp_old, b.logp_mix, b.mask, clip=clip), atol=1e-12, rtol=1e-10)
+    garbage = garbage_on_padding(b.logp_old, b.mask, seed=1), garbage_on_padding(b.logp_mix, b.mask, seed=3)
+    got = tensor("sequence_importance_weights", call(m, "sequence_importance_weights", *garbage, b.mask), (3, 5))
+    expect_close("sequence_importance_weights with ±inf, nan and ±1e30 on the padding of logp_old and logp_mix", got,
+                 pg.sequence_importance_weights(b.logp_old, b.logp_mix, b.mask), atol=1e-12, rtol=1e-10)
 
 
 def check_sequence_unbiased(m):
