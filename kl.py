@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+import chunked
+
 # -----------------------------------------------------------------------------
 # token-level divergences
 
@@ -368,73 +370,28 @@ def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
     return loss, grad
 
 
-def _chunked_pass(hidden, head_weight, teacher_chunk, targets, weights, spec, want_grads):
-    """Loop over token chunks: loss value and, if wanted, grads w.r.t. hidden and head_weight.
-
-    Each chunk's logits live only inside one iteration: the gradient w.r.t. them is taken at
-    once (in closed form for CE and forward/reverse KL, else by autograd on the chunk alone)
-    and folded into grad_hidden[chunk] and grad_weight.
-    """
-    n, chunk_size, mm_dtype = hidden.shape[0], spec['chunk_size'], spec['mm_dtype']
-    device_type = hidden.device.type
-    weight = head_weight.detach().to(mm_dtype)
-    want_hidden, want_weight = want_grads
-    grad_hidden = torch.empty_like(hidden) if want_hidden else None
-    grad_weight = (torch.zeros(head_weight.shape, dtype=spec['loss_dtype'], device=head_weight.device)
-                   if want_weight else None)
-    loss = torch.zeros((), dtype=spec['loss_dtype'], device=hidden.device)
-    with torch.autocast(device_type, enabled=False):
-        for start in range(0, n, chunk_size):
-            rows = slice(start, min(start + chunk_size, n))
-            h = hidden[rows].detach().to(mm_dtype)
-            logits = h @ weight.T
-            teacher_logits = teacher_chunk(rows)
-            chunk_weights = {key: w[rows] if w is not None else None for key, w in weights.items()}
-            chunk_targets = targets[rows] if targets is not None else None
-            if not (want_hidden or want_weight):
-                loss += _chunk_loss(logits, teacher_logits, chunk_targets, chunk_weights, spec)
-                continue
-            logits = logits.to(spec['loss_dtype'])
-            if spec['closed_form']:
-                part, grad_logits = _closed_form_chunk(logits, teacher_logits, chunk_targets,
-                                                       chunk_weights, spec)
-            else:
-                with torch.enable_grad():
-                    leaf = logits.requires_grad_()
-                    part = _chunk_loss(leaf, teacher_logits, chunk_targets, chunk_weights, spec)
-                    grad_logits, = torch.autograd.grad(part, leaf)
-            del logits, teacher_logits  # freed before the next chunk allocates its own
-            loss += part.detach()
-            grad_logits = grad_logits.to(mm_dtype)
-            if want_hidden:
-                grad_hidden[rows] = grad_logits @ weight
-            if want_weight:
-                if grad_weight.dtype == mm_dtype:
-                    grad_weight.addmm_(grad_logits.T, h)
-                else:
-                    grad_weight += grad_logits.T @ h
-    if want_weight:
-        grad_weight = grad_weight.to(head_weight.dtype)
-    return loss, grad_hidden, grad_weight
-
-
-class _ChunkedLoss(torch.autograd.Function):
-    """Forward computes the loss and both gradients chunk by chunk; backward only rescales them."""
-
-    @staticmethod
-    def forward(ctx, hidden, head_weight, run):
-        loss, ctx.grad_hidden, ctx.grad_weight = run(hidden, head_weight, ctx.needs_input_grad[:2])
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if ctx.grad_hidden is None and ctx.grad_weight is None and any(ctx.needs_input_grad[:2]):
-            raise RuntimeError("chunked_kd_loss supports one backward per forward (no retain_graph)")
-        # scaled in place and released: no second [V, d] copy of the head's gradient
-        grad_hidden, grad_weight = (g.mul_(grad_output) if g is not None else None
-                                    for g in (ctx.grad_hidden, ctx.grad_weight))
-        ctx.grad_hidden = ctx.grad_weight = None
-        return grad_hidden, grad_weight, None
+def _chunk_grad(teacher_chunk, targets, weights, spec, loss):
+    """chunked.head_grads' chunk_grad for CE, KD and ATKD: adds the chunk's share of the loss to `loss`
+    and returns ∂loss/∂logits, in closed form for CE and forward/reverse KL (_closed_form_chunk),
+    else by autograd on the chunk's logits alone."""
+    def chunk_grad(logits, rows, want_grad):
+        teacher_logits = teacher_chunk(rows)
+        chunk_weights = {key: w[rows] if w is not None else None for key, w in weights.items()}
+        chunk_targets = targets[rows] if targets is not None else None
+        if not want_grad:
+            loss.add_(_chunk_loss(logits, teacher_logits, chunk_targets, chunk_weights, spec))
+            return None
+        logits = logits.to(spec['loss_dtype'])
+        if spec['closed_form']:
+            part, grad = _closed_form_chunk(logits, teacher_logits, chunk_targets, chunk_weights, spec)
+        else:
+            with torch.enable_grad():
+                leaf = logits.requires_grad_()
+                part = _chunk_loss(leaf, teacher_logits, chunk_targets, chunk_weights, spec)
+                grad, = torch.autograd.grad(part, leaf)
+        loss.add_(part.detach())
+        return grad
+    return chunk_grad
 
 
 _TENSOR_ARGS = ('hidden', 'head_weight', 'teacher_logits', 'teacher_hidden', 'teacher_head_weight',
@@ -484,12 +441,9 @@ def _prepare(args):
         if spec['atkd_eos_id'] is not None:  # the ATKD repository pads with EOS: an EOS target is padding there
             atkd_valid = mask & (targets != spec['atkd_eos_id'])
         targets = targets.clamp(0, vocab_size - 1).long()
-    device_type = hidden.device.type
     spec['div_kwargs'] = dict(spec['div_kwargs'] or {})
     # the chunk matmuls run in the autocast dtype when the caller is under autocast, as hidden @ W.T would
-    autocast = torch.is_autocast_enabled(device_type)
-    spec['mm_dtype'] = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype
-    spec['loss_dtype'] = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    spec['mm_dtype'], spec['loss_dtype'] = chunked.matmul_dtype(hidden), chunked.loss_dtype(hidden)
     spec['closed_form'] = not spec['kd_weight'] or (
         not spec['atkd'] and spec['divergence'] in ('forward_kl', 'reverse_kl')
         and set(spec['div_kwargs']) <= {'scale_by_tau2'})
@@ -539,13 +493,9 @@ def chunked_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=
                                            flat['targets'][i:i + chunk_size], temperature)
                        for i in range(0, flat['valid'].numel(), chunk_size)])
     weights = _token_weights(flat, u, spec)
-
-    def run(h, w, want_grads):
-        return _chunked_pass(h, w, teacher_chunk, flat['targets'], weights, spec, want_grads)
-
-    if torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
-        return _ChunkedLoss.apply(flat['hidden'], head_weight, run)
-    return run(flat['hidden'], head_weight, (False, False))[0]
+    loss = torch.zeros((), dtype=spec['loss_dtype'], device=hidden.device)
+    chunk_grad = _chunk_grad(teacher_chunk, flat['targets'], weights, spec, loss)
+    return chunked.head_loss(flat['hidden'], head_weight, chunk_grad, lambda: loss, chunk_size, spec['mm_dtype'])
 
 
 def plain_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=None,

@@ -34,6 +34,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+import chunked
 from kl import masked_mean, reverse_kl
 
 RETURNS_MODES = ("paper", "reference")
@@ -407,21 +408,6 @@ def _minillm_stats(rewards, advantages, weights, mask, logp, logp_old, clip_frac
 # -----------------------------------------------------------------------------
 # the same loss from hidden states, chunk by chunk
 
-class _HeadLoss(torch.autograd.Function):
-    """Forward computes the loss and its gradients w.r.t. hidden and head weight; backward scales them."""
-
-    @staticmethod
-    def forward(ctx, hidden, head_weight, run):
-        loss, ctx.grad_hidden, ctx.grad_weight = run(hidden, head_weight, ctx.needs_input_grad[:2])
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grads = [g.mul_(grad_output) if g is not None else None for g in (ctx.grad_hidden, ctx.grad_weight)]
-        ctx.grad_hidden = ctx.grad_weight = None
-        return grads[0], grads[1], None
-
-
 def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, mask, teacher_logits=None,
                          logp_mix=None, *, teacher_hidden=None, teacher_head_weight=None, teacher_index=None,
                          policy=None, chunk_size=1024, single_step=True, single_step_weighted=True, clip_eps=0.2,
@@ -464,10 +450,7 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
     n = max(n_tok, 1)  # the token mean's denominator
     at = {k: x.reshape(-1)[flat] for k, x in (('y', tokens), ('old', logp_old), ('adv', advantages), ('w', weights))}
     kl_w = at['w'] if single_step_weighted else torch.ones_like(at['w'])
-    device_type = hidden.device.type
-    autocast = torch.is_autocast_enabled(device_type)
-    mm_dtype = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype
-    loss_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    mm_dtype, loss_dtype = chunked.matmul_dtype(hidden), chunked.loss_dtype(hidden)
     t_rows = flat if teacher_index is None else teacher_index
     t_weight = teacher_head_weight.detach().to(mm_dtype) if teacher_head_weight is not None else None
 
@@ -521,33 +504,14 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
             parts['single'] += single.detach() if single_step else 0.0
             return torch.autograd.grad(long + single, z)[0]
 
-    def run(h, w, want_grads):
-        weight = w.detach().to(mm_dtype)
-        grad_h = torch.zeros_like(h) if want_grads[0] else None
-        grad_w = torch.zeros(w.shape, dtype=loss_dtype, device=w.device) if want_grads[1] else None
-        with torch.autocast(device_type, enabled=False):
-            for start in range(0, n_tok, chunk_size):
-                rows = slice(start, min(start + chunk_size, n_tok))
-                x = h[rows].detach().to(mm_dtype)
-                z = (x @ weight.T).to(loss_dtype)
-                grad = (by_autograd if policy is not None else closed_form)(z, rows)
-                if not any(want_grads):
-                    continue
-                grad = grad.to(mm_dtype)
-                if grad_h is not None:
-                    grad_h[rows] = grad @ weight
-                if grad_w is not None and grad_w.dtype == mm_dtype:
-                    grad_w.addmm_(grad.T, x)                     # in place: no [V, d] temporary per chunk
-                elif grad_w is not None:
-                    grad_w += (grad.T @ x).to(loss_dtype)
-        loss = torch.as_tensor(parts['long'] + parts['single'], dtype=loss_dtype, device=h.device)
-        return loss, grad_h, grad_w.to(w.dtype) if grad_w is not None else None
+    def chunk_grad(z, rows, want_grad):
+        return (by_autograd if policy is not None else closed_form)(z.to(loss_dtype), rows)
+
+    def total():
+        return torch.as_tensor(parts['long'] + parts['single'], dtype=loss_dtype, device=hidden.device)
 
     h = hidden.reshape(-1, hidden.shape[-1])[flat]
-    if torch.is_grad_enabled() and (h.requires_grad or head_weight.requires_grad):
-        loss = _HeadLoss.apply(h, head_weight, run)
-    else:
-        loss = run(h, head_weight, (False, False))[0]
+    loss = chunked.head_loss(h, head_weight, chunk_grad, total, chunk_size, mm_dtype)
     logp = torch.zeros_like(logp_old).reshape(-1)
     logp[flat] = torch.cat(parts['logp'] or [logp_old[:0, 0]]).to(logp_old.dtype)
     clip_frac = torch.cat(parts['clipped'] or [mask[:0, 0]]).to(loss_dtype).sum() / n

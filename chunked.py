@@ -1,0 +1,97 @@
+"""
+A loss of the logits z = hidden @ head_weight.T without ever holding the [N, V] logits.
+
+At LLM vocabularies the student's logits, and the activations autograd keeps for their loss, are
+the memory wall (the fused linear cross-entropy of Liger-Kernel, arXiv 2410.10989, and Cut
+Cross-Entropy, arXiv 2411.09009, avoid them for CE). Here the N token rows go through in chunks of C: each chunk's
+logits z_c = h_c Wᵀ [C, V] are made, their loss share and its gradient g_c = ∂loss/∂z_c are taken
+at once (in closed form or by autograd on the chunk alone), and the chain rule through the
+matmul is folded in before the next chunk: ∂loss/∂h_c = g_c W, ∂loss/∂W += g_cᵀ h_c. Forward
+therefore computes the gradients too; backward only scales them by the incoming gradient.
+
+The loss itself is the caller's: kl.chunked_kd_loss (CE, KD, ATKD) and
+policy_gradient.chunked_minillm_loss (MiniLLM) each give a `chunk_grad` that sees one chunk.
+"""
+
+import torch
+
+
+def matmul_dtype(hidden):
+    """The dtype hidden @ W.T runs in here: the autocast dtype when the caller is under autocast."""
+    device_type = hidden.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+
+
+def loss_dtype(hidden):
+    """The dtype losses and head gradients are accumulated in: fp64 stays fp64, else fp32."""
+    return torch.float64 if hidden.dtype == torch.float64 else torch.float32
+
+
+def head_grads(hidden, head_weight, chunk_grad, chunk_size, want_grads, mm_dtype):
+    """One pass over the rows of hidden [N, d] in chunks: (∂loss/∂hidden, ∂loss/∂head_weight).
+
+    chunk_grad(logits, rows, want_grad) sees each chunk's logits [C, V] (in mm_dtype, a buffer it
+    may overwrite) and returns ∂loss/∂logits [C, V], or None when want_grad is false. The chain
+    rule through logits = h Wᵀ: ∂/∂h = g W, ∂/∂W = Σ_chunks gᵀ h. want_grads = (hidden?, weight?);
+    an unwanted gradient is returned as None.
+    """
+    want_hidden, want_weight = want_grads
+    weight = head_weight.detach().to(mm_dtype)
+    grad_hidden = torch.empty_like(hidden) if want_hidden else None
+    grad_weight = (torch.zeros(head_weight.shape, dtype=loss_dtype(hidden), device=head_weight.device)
+                   if want_weight else None)
+    n = hidden.shape[0]
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, n, chunk_size):
+            rows = slice(start, min(start + chunk_size, n))
+            h = hidden[rows].detach().to(mm_dtype)
+            # the logits are not named here, so that chunk_grad can free them before it returns
+            grad = chunk_grad(h @ weight.T, rows, want_hidden or want_weight)
+            if grad is None or not (want_hidden or want_weight):
+                continue
+            grad = grad.to(mm_dtype)
+            if want_hidden:
+                grad_hidden[rows] = grad @ weight
+            if want_weight and grad_weight.dtype == mm_dtype:
+                grad_weight.addmm_(grad.T, h)  # in place: no [V, d] temporary per chunk
+            elif want_weight:
+                grad_weight += grad.T @ h
+    return grad_hidden, grad_weight.to(head_weight.dtype) if want_weight else None
+
+
+class _HeadLoss(torch.autograd.Function):
+    """Forward computes the loss and both gradients chunk by chunk; backward only rescales them."""
+
+    @staticmethod
+    def forward(ctx, hidden, head_weight, run):
+        loss, ctx.grad_hidden, ctx.grad_weight = run(hidden, head_weight, ctx.needs_input_grad[:2])
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.grad_hidden is None and ctx.grad_weight is None and any(ctx.needs_input_grad[:2]):
+            raise RuntimeError("a chunked head loss supports one backward per forward (no retain_graph)")
+        # scaled in place and released: no second [V, d] copy of the head's gradient
+        grad_hidden, grad_weight = (g.mul_(grad_output) if g is not None else None
+                                    for g in (ctx.grad_hidden, ctx.grad_weight))
+        ctx.grad_hidden = ctx.grad_weight = None
+        return grad_hidden, grad_weight, None
+
+
+def head_loss(hidden, head_weight, chunk_grad, total, chunk_size, mm_dtype=None):
+    """The loss of logits = hidden @ head_weight.T, chunk by chunk, as a differentiable scalar.
+
+    hidden [N, d], head_weight [V, d]. chunk_grad as in head_grads; it also records each chunk's
+    share of the loss, and total() returns the loss (a 0-dim tensor) once every chunk has been
+    seen. mm_dtype: the matmul dtype (default matmul_dtype(hidden), read at this call).
+    Gradients reach hidden and head_weight only; one backward per forward.
+    """
+    mm_dtype = matmul_dtype(hidden) if mm_dtype is None else mm_dtype
+
+    def run(h, w, want_grads):
+        grad_hidden, grad_weight = head_grads(h, w, chunk_grad, chunk_size, want_grads, mm_dtype)
+        return total(), grad_hidden, grad_weight
+
+    if torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
+        return _HeadLoss.apply(hidden, head_weight, run)
+    return run(hidden, head_weight, (False, False))[0]
