@@ -428,23 +428,6 @@ def parse_size(size):
     return int(float(m.group(1)) * {'KB': 1e3, 'MB': 1e6, 'GB': 1e9, 'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30}[unit])
 
 
-def special_token_ids(tokenizer_spec):
-    """bos / eos ids of the tokenizer (tokenizer.get_encoding: bos None for GPT-2, Qwen and the
-    named encodings) and, from a Hugging Face directory's generation_config.json, its pad id and
-    its list of eos ids (Llama-3-Instruct stops at any of three) when that list holds our eos."""
-    from components import tokenizer
-    enc = tokenizer.get_encoding(tokenizer_spec)
-    ids = {'bos_token_id': enc.bos_token, 'eos_token_id': enc.eot_token}
-    source = os.path.join(enc.source_dir, 'generation_config.json') if getattr(enc, 'source_dir', None) else ''
-    if os.path.exists(source):
-        with open(source) as f:
-            gen = json.load(f)
-        if isinstance(gen.get('eos_token_id'), list) and enc.eot_token in gen['eos_token_id']:
-            ids['eos_token_id'] = gen['eos_token_id']
-        ids['pad_token_id'] = gen.get('pad_token_id')
-    return {k: v for k, v in ids.items() if v is not None}
-
-
 def model_state(model):
     """State dict without any wrapper prefixes (torch.compile's `_orig_mod.`, DDP's `module.`)."""
     sd = model.state_dict()
@@ -477,7 +460,7 @@ def export_hf(model, tokenizer_spec, out_dir, max_shard_size='5GB'):
         shards[-1].append((name, t))
         size += nbytes
     dtype = str(tensors[0][1].dtype).removeprefix('torch.')
-    special = special_token_ids(tokenizer_spec)
+    special = tokenizer.special_token_ids(tokenizer_spec)
     tmp = f"{out_dir}.tmp.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
