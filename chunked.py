@@ -27,6 +27,39 @@ def loss_dtype(hidden):
     return torch.float64 if hidden.dtype == torch.float64 else torch.float32
 
 
+def log_softmax_(x):
+    """log_softmax over the last axis, in place: x − logsumexp(x) (saves one [C, V] buffer per chunk)."""
+    return x.sub_(torch.logsumexp(x, -1, keepdim=True))
+
+
+def autograd_chunk(loss_fn, logits):
+    """(loss_fn(logits), its gradient w.r.t. logits), by autograd on this chunk's logits alone: for a
+    loss without a closed-form gradient here. `logits` becomes a leaf of a graph that dies with the chunk."""
+    with torch.enable_grad():
+        leaf = logits.requires_grad_()
+        loss = loss_fn(leaf)
+        return loss, torch.autograd.grad(loss, leaf)[0]
+
+
+def teacher_rows(logits=None, hidden=None, head_weight=None, index=None, mm_dtype=None):
+    """A function rows -> the teacher's logits at those rows, without gradient: logits [..., V] read at
+    rows index[rows] of logits.reshape(-1, V), or hidden [..., d_t] there times head_weight [V, d_t]
+    (in mm_dtype), so the teacher's [N, V] logits need not exist all at once either. index None: rows.
+    None when neither is given (a loss that needs no teacher)."""
+    if logits is None and hidden is None:
+        return None
+    flat = (logits if logits is not None else hidden).flatten(0, -2)
+    weight = head_weight.detach().to(mm_dtype) if logits is None else None
+
+    def at(rows):
+        rows = rows if index is None else index[rows]
+        if logits is not None:
+            return flat[rows].detach()
+        with torch.no_grad(), torch.autocast(flat.device.type, enabled=False):
+            return flat[rows].to(mm_dtype) @ weight.T
+    return at
+
+
 def head_grads(hidden, head_weight, chunk_grad, chunk_size, want_grads, mm_dtype):
     """One pass over the rows of hidden [N, d] in chunks: (∂loss/∂hidden, ∂loss/∂head_weight).
 
@@ -86,6 +119,8 @@ def head_loss(hidden, head_weight, chunk_grad, total, chunk_size, mm_dtype=None)
     seen. mm_dtype: the matmul dtype (default matmul_dtype(hidden), read at this call).
     Gradients reach hidden and head_weight only; one backward per forward.
     """
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     mm_dtype = matmul_dtype(hidden) if mm_dtype is None else mm_dtype
 
     def run(h, w, want_grads):

@@ -324,11 +324,6 @@ def _chunk_loss(student_logits, teacher_logits, targets, weights, spec):
     return total
 
 
-def _log_softmax_(x):
-    """log_softmax over the last axis, in place (saves one [C, V] buffer per chunk)."""
-    return x.sub_(torch.logsumexp(x, -1, keepdim=True))
-
-
 def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
     """(loss, ∂loss/∂logits) of one chunk for CE and forward/reverse KL, by hand:
     ∂CE/∂z = q − onehot(g);  ∂KL(p||q)/∂z = (q − p)/τ;
@@ -342,9 +337,9 @@ def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
     if kd_weights is not None:
         # in place, unless CE still needs the logits at τ = 1 below
         scaled = logits / tau if ce_weights is not None else logits.div_(tau) if tau != 1 else logits
-        log_q = _log_softmax_(scaled)
+        log_q = chunked.log_softmax_(scaled)
         teacher = teacher_logits.to(logits.dtype) / tau
-        log_p = _log_softmax_(teacher)
+        log_p = chunked.log_softmax_(teacher)
         if spec['divergence'] == 'forward_kl':
             p = log_p.exp()
             diff = log_p.sub_(log_q).masked_fill_(p == 0, 0)  # 0·log 0 = 0
@@ -361,7 +356,7 @@ def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
         loss = loss + _weighted_sum(kl * scale, kd_weights)
         grad.mul_((kd_weights * (scale / tau))[:, None])
     if ce_weights is not None:  # CE at temperature 1, whatever the KD temperature
-        log_q_unit = _log_softmax_(logits)
+        log_q_unit = chunked.log_softmax_(logits)
         loss = loss + _weighted_sum(-log_q_unit.gather(-1, targets[:, None]).squeeze(-1), ce_weights)
         grad_ce = log_q_unit.exp_()
         grad_ce.scatter_add_(-1, targets[:, None], -torch.ones_like(grad_ce[:, :1]))
@@ -385,10 +380,8 @@ def _chunk_grad(teacher_chunk, targets, weights, spec, loss):
         if spec['closed_form']:
             part, grad = _closed_form_chunk(logits, teacher_logits, chunk_targets, chunk_weights, spec)
         else:
-            with torch.enable_grad():
-                leaf = logits.requires_grad_()
-                part = _chunk_loss(leaf, teacher_logits, chunk_targets, chunk_weights, spec)
-                grad, = torch.autograd.grad(part, leaf)
+            part, grad = chunked.autograd_chunk(
+                lambda z: _chunk_loss(z, teacher_logits, chunk_targets, chunk_weights, spec), logits)
         loss.add_(part.detach())
         return grad
     return chunk_grad
@@ -475,18 +468,8 @@ def chunked_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=
     kd_weight=0 needs no teacher (a chunked cross-entropy). One backward per forward.
     """
     spec, flat = _prepare(dict(locals()))
-    teacher_weight = teacher_head_weight
-    if teacher_weight is not None:
-        teacher_weight = teacher_weight.detach().to(spec['mm_dtype'])
-
-    def teacher_chunk(rows):
-        if not kd_weight:
-            return None
-        if flat['teacher_logits'] is not None:
-            return flat['teacher_logits'][rows].detach()
-        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-            return flat['teacher_hidden'][rows].to(spec['mm_dtype']) @ teacher_weight.T
-
+    teacher_chunk = (chunked.teacher_rows(flat['teacher_logits'], flat['teacher_hidden'], teacher_head_weight,
+                                          mm_dtype=spec['mm_dtype']) if kd_weight else lambda rows: None)
     u = None
     if kd_weight and atkd:
         u = torch.cat([teacher_uncertainty(teacher_chunk(slice(i, i + chunk_size)),

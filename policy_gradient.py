@@ -393,16 +393,12 @@ def _minillm_inputs(logp_old, logp_teacher, mask, logp_mix, *, single_step, teac
 
 
 def _minillm_stats(rewards, advantages, weights, mask, logp, logp_old, clip_frac, loss_long, loss_single):
+    """minillm_loss's stats: means over the valid tokens of r_t, A_t, w_t and q_θ/q_old; the clip fraction, the terms."""
     with torch.no_grad():
-        return {
-            "reward": masked_mean(rewards, mask),
-            "advantage": masked_mean(advantages, mask),
-            "weight": masked_mean(weights, mask),
-            "ratio": masked_mean(torch.exp(torch.where(mask, logp - logp_old, torch.zeros_like(logp))), mask),
-            "clip_frac": clip_frac,
-            "loss_long": loss_long.detach(),
-            "loss_single": loss_single.detach(),
-        }
+        ratio = torch.exp(torch.where(mask, logp - logp_old, torch.zeros_like(logp)))
+        means = {k: masked_mean(x, mask) for k, x in
+                 (("reward", rewards), ("advantage", advantages), ("weight", weights), ("ratio", ratio))}
+        return {**means, "clip_frac": clip_frac, "loss_long": loss_long.detach(), "loss_single": loss_single.detach()}
 
 
 # -----------------------------------------------------------------------------
@@ -439,26 +435,19 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
     if single_step and (teacher_logits is None) == (teacher_hidden is None or teacher_head_weight is None):
         raise ValueError("single_step=True needs the teacher: teacher_logits, or teacher_hidden with "
                          "teacher_head_weight (exactly one of the two)")
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if clip_eps is not None and clip_eps <= 0:
         raise ValueError(f"clip_eps must be > 0 (or None to disable clipping), got {clip_eps}")
     rewards, advantages, weights = _minillm_inputs(logp_old, logp_teacher, mask, logp_mix, single_step=single_step,
                                                    **_minillm_defaults(switches))
     flat = mask.reshape(-1).nonzero().squeeze(1)  # the N valid tokens, row by row
-    n_tok, V = flat.numel(), head_weight.shape[0]
+    n_tok = flat.numel()
     n = max(n_tok, 1)  # the token mean's denominator
     at = {k: x.reshape(-1)[flat] for k, x in (('y', tokens), ('old', logp_old), ('adv', advantages), ('w', weights))}
     kl_w = at['w'] if single_step_weighted else torch.ones_like(at['w'])
     mm_dtype, loss_dtype = chunked.matmul_dtype(hidden), chunked.loss_dtype(hidden)
-    t_rows = flat if teacher_index is None else teacher_index
-    t_weight = teacher_head_weight.detach().to(mm_dtype) if teacher_head_weight is not None else None
-
-    def teacher_chunk(rows):
-        if teacher_logits is not None:
-            return teacher_logits.reshape(-1, V)[t_rows[rows]].detach().to(loss_dtype)
-        h_t = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])[flat[rows]].detach().to(mm_dtype)
-        return (h_t @ t_weight.T).to(loss_dtype)
+    teacher_at = chunked.teacher_rows(teacher_logits, teacher_hidden, teacher_head_weight, mm_dtype=mm_dtype,
+                                      index=flat if teacher_index is None or teacher_logits is None else teacher_index)
+    teacher_chunk = lambda rows: teacher_at(rows).to(loss_dtype)  # noqa: E731
 
     parts = dict(logp=[], clipped=[], long=0.0, single=0.0)
 
@@ -483,8 +472,7 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
         long, g = long_term(log_q.gather(-1, y).squeeze(-1), rows)
         parts['long'] += long
         if single_step:
-            log_p = teacher_chunk(rows)
-            log_p = log_p.sub_(torch.logsumexp(log_p, -1, keepdim=True))
+            log_p = chunked.log_softmax_(teacher_chunk(rows))
             diff = log_p.neg_().add_(log_q).masked_fill_(q == 0, 0)   # log q − log p, with 0 · log 0 = 0
             kl = torch.linalg.vecdot(q, diff)
             parts['single'] += (a.squeeze(1) * kl).sum()
