@@ -5,12 +5,11 @@ Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models" (arXiv 230
 The student q_θ minimises L(θ) = KL(q_θ‖p) = E_{y∼q_θ}[log q_θ(y|x) − log p(y|x)], the reverse KL
 between whole responses, and the gradient is estimated from responses the student samples itself.
 
-Everything here is a pure function on tensors; the models, the sampling and the optimiser live in
-train.py and sample.py. Conventions:
+Pure functions on tensors (the models, the sampling and the optimiser live in rollout.py,
+sampling.py and train.py). Conventions:
 
-- All per-token tensors are [B, T] over *response* positions (T = longest response in the batch),
-  and `mask` [B, T] (bool) marks real response tokens, right-padded: row b has
-  L_b = mask[b].sum() tokens at positions 0 .. L_b − 1.
+- All per-token tensors are [B, T] over *response* positions (T = longest response in the batch), and
+  `mask` [B, T] (bool) marks real response tokens, right-padded: L_b = mask[b].sum() at 0 .. L_b − 1.
 - Log-probs are of the sampled tokens y_t: `logp_teacher` = log p(y_t|·), `logp_old` = log q_old(y_t|·)
   (the frozen student that generated the rollout), `logp` = log q_θ(y_t|·) (current student, with
   grad), `logp_mix` = log p̃(y_t|·) with p̃ = α p + (1 − α) q_old (the distribution actually sampled).
@@ -29,6 +28,7 @@ and PPO-style ratio clipping. Where the public reference code differs from the p
 (microsoft/LMOps, minillm/) the choice is `returns_mode='paper' | 'reference'` plus the small options below.
 """
 
+import inspect
 import math
 
 import torch
@@ -440,15 +440,13 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
     rewards, advantages, weights = _minillm_inputs(logp_old, logp_teacher, mask, logp_mix, single_step=single_step,
                                                    **_minillm_defaults(switches))
     flat = mask.reshape(-1).nonzero().squeeze(1)  # the N valid tokens, row by row
-    n_tok = flat.numel()
-    n = max(n_tok, 1)  # the token mean's denominator
+    n_tok, n = flat.numel(), max(flat.numel(), 1)  # n: the token mean's denominator
     at = {k: x.reshape(-1)[flat] for k, x in (('y', tokens), ('old', logp_old), ('adv', advantages), ('w', weights))}
     kl_w = at['w'] if single_step_weighted else torch.ones_like(at['w'])
     mm_dtype, loss_dtype = chunked.matmul_dtype(hidden), chunked.loss_dtype(hidden)
     teacher_at = chunked.teacher_rows(teacher_logits, teacher_hidden, teacher_head_weight, mm_dtype=mm_dtype,
                                       index=flat if teacher_index is None or teacher_logits is None else teacher_index)
     teacher_chunk = lambda rows: teacher_at(rows).to(loss_dtype)  # noqa: E731
-
     parts = dict(logp=[], clipped=[], long=0.0, single=0.0)
 
     def long_term(logp, rows):
@@ -510,9 +508,9 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
 
 
 def _minillm_defaults(switches):
-    """minillm_loss's keyword defaults for the switches chunked_minillm_loss passes through."""
-    allowed = dict(teacher_mix_alpha=0.2, length_norm=True, returns_mode="paper", gamma=None, reward_scale=None,
-                   reward_clip=None, weight_clip=None, include_current=None, importance="token", advantages=None)
+    """minillm_loss's keyword defaults (read from its signature) for the switches chunked_minillm_loss passes on."""
+    allowed = {k: p.default for k, p in inspect.signature(minillm_loss).parameters.items() if p.kind == p.KEYWORD_ONLY
+               and k not in ("single_step", "single_step_weighted", "clip_eps")}
     unknown = set(switches) - set(allowed)
     if unknown:
         raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")

@@ -181,7 +181,7 @@ def bench_loss(cfg):
     del inputs
     mem = {}
     for v in variants:
-        res = subprocess.run([sys.executable, '-c', 'import bench; bench.loss_memory_child()',
+        res = subprocess.run([sys.executable, '-c', 'from scripts import bench; bench.loss_memory_child()',
                               json.dumps({k: getattr(cfg, k) for k in DEFAULTS}), v],
                              cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **MALLOC_ENV))
         if res.returncode:
