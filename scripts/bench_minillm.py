@@ -372,7 +372,8 @@ def bench_decode(cfg):
     uncompiled) and 'compile' (torch.compile of that step; CUDA graphs on GPU). The compile run is
     timed once untimed first (its compile time is reported on its own)."""
     from scripts.timing import med, spread
-    from model import GPT, preset_config
+    from components.presets import preset_config
+    from model import GPT
     from sampling import generate
     device = cfg.decode_device or ('cuda' if torch.cuda.is_available() else 'cpu')
     dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[cfg.decode_dtype]
