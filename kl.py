@@ -326,8 +326,9 @@ def _chunk_loss(student_logits, teacher_logits, targets, weights, spec):
 
 def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
     """(loss, ∂loss/∂logits) of one chunk for CE and forward/reverse KL, by hand:
-    ∂CE/∂z = q − onehot(g);  ∂KL(p||q)/∂z = (q − p)/τ;
-    ∂KL(q||p)/∂z = q ⊙ (log q − log p − KL)/τ  (times τ² with scale_by_tau2).
+    ∂CE/∂z = q − onehot(g);  ∂KL(p||q)/∂z = (q − p)/τ  (Hinton et al., arXiv 1503.02531, §2.1, Eq. 2);
+    ∂KL(q||p)/∂z = q ⊙ (log q − log p − KL)/τ  (reverse_kl through the softmax); times τ² with
+    scale_by_tau2.
 
     The same value as _chunk_loss with fewer [C, V] buffers and passes than autograd; `logits`
     must be a buffer the caller no longer needs (it is overwritten).

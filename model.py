@@ -188,6 +188,9 @@ def apply_rope(x, cos, sin):
 
 
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head attention, softmax(Q Kᵀ / sqrt(d_k) + mask) V per head (Vaswani et al., arXiv
+    1706.03762, §3.2.1, Eq. 1); with n_kv_head < n_head each key/value head serves n_head / n_kv_head
+    query heads (grouped-query attention, Ainslie et al., arXiv 2305.13245, §2.2)."""
 
     def __init__(self, config):
         super().__init__()
@@ -294,9 +297,8 @@ class GPT(nn.Module):
     def init_weights(self):
         """'gpt2': N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 n_layer)) (GPT-2 paper §2.3).
         'pytorch': each module's own default (nn.Linear U(+-1/sqrt(fan_in)), nn.Embedding N(0, 1)),
-        meant with tie_embeddings=False. On the toy task a 4-layer, 128-wide model with an untied head
-        samples valid answers for 87% of validation prompts after 1000 SFT steps from it, 57% from
-        GPT-2's init (README, "the toy teacher")."""
+        meant with tie_embeddings=False: the toy teacher learns faster from it (87% vs 57% valid
+        answers after 1000 SFT steps; README, "the toy teacher")."""
         if self.config.init not in ('gpt2', 'pytorch'):
             raise ValueError(f"init must be 'gpt2' or 'pytorch', got {self.config.init!r}")
         for module in self.modules():
