@@ -32,6 +32,20 @@ def log_softmax_(x):
     return x.sub_(torch.logsumexp(x, -1, keepdim=True))
 
 
+def softmax_and_log_softmax_(z):
+    """(softmax(z), log_softmax(z)) over the last axis from one exp pass; the log-softmax in z's buffer."""
+    z = z.sub_(z.amax(-1, keepdim=True))
+    q = z.exp()
+    total = q.sum(-1, keepdim=True)
+    return q.div_(total), z.sub_(total.log_())
+
+
+def reverse_kl_(q, log_q, log_p):
+    """(KL(q‖p) per row, log q − log p) with 0·log 0 = 0 where q = 0; the difference in log_p's buffer."""
+    diff = log_p.neg_().add_(log_q).masked_fill_(q == 0, 0)
+    return torch.linalg.vecdot(q, diff), diff
+
+
 def autograd_chunk(loss_fn, logits):
     """(loss_fn(logits), its gradient w.r.t. logits), by autograd on this chunk's logits alone: for a
     loss without a closed-form gradient here. `logits` becomes a leaf of a graph that dies with the chunk."""

@@ -349,8 +349,7 @@ def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
             grad = log_q.exp_().sub_(p)
         else:
             q = log_q.exp()
-            diff = log_p.neg_().add_(log_q).masked_fill_(q == 0, 0)
-            kl = torch.linalg.vecdot(q, diff)
+            kl, diff = chunked.reverse_kl_(q, log_q, log_p)
             grad = diff.sub_(kl[:, None]).mul_(q)
         del log_q
         scale = tau ** 2 if spec['div_kwargs'].get('scale_by_tau2') else 1.0

@@ -440,7 +440,7 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
     rewards, advantages, weights = _minillm_inputs(logp_old, logp_teacher, mask, logp_mix, single_step=single_step,
                                                    **_minillm_defaults(switches))
     flat = mask.reshape(-1).nonzero().squeeze(1)  # the N valid tokens, row by row
-    n_tok, n = flat.numel(), max(flat.numel(), 1)  # n: the token mean's denominator
+    n = max(flat.numel(), 1)  # the token mean's denominator
     at = {k: x.reshape(-1)[flat] for k, x in (('y', tokens), ('old', logp_old), ('adv', advantages), ('w', weights))}
     kl_w = at['w'] if single_step_weighted else torch.ones_like(at['w'])
     mm_dtype, loss_dtype = chunked.matmul_dtype(hidden), chunked.loss_dtype(hidden)
@@ -462,17 +462,11 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
     def closed_form(z, rows):
         """(∂ chunk loss / ∂z) by the formula above, reusing z's buffer (3 [C, V] buffers in all)."""
         y, a = at['y'][rows, None], kl_w[rows, None] / n
-        z = z.sub_(z.amax(-1, keepdim=True))
-        q = z.exp()                                          # softmax and log-softmax from one exp pass
-        total = q.sum(-1, keepdim=True)
-        q.div_(total)
-        log_q = z.sub_(total.log_())
+        q, log_q = chunked.softmax_and_log_softmax_(z)
         long, g = long_term(log_q.gather(-1, y).squeeze(-1), rows)
         parts['long'] += long
         if single_step:
-            log_p = chunked.log_softmax_(teacher_chunk(rows))
-            diff = log_p.neg_().add_(log_q).masked_fill_(q == 0, 0)   # log q − log p, with 0 · log 0 = 0
-            kl = torch.linalg.vecdot(q, diff)
+            kl, diff = chunked.reverse_kl_(q, log_q, chunked.log_softmax_(teacher_chunk(rows)))
             parts['single'] += (a.squeeze(1) * kl).sum()
             grad = diff.sub_(kl[:, None]).mul_(a).sub_(g[:, None]).mul_(q)
         else:
