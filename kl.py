@@ -289,8 +289,7 @@ def _valid_mask(mask, targets, vocab_size):
 
 
 # -----------------------------------------------------------------------------
-# chunked KD loss: never keep the [N, V] student logits alive (at LLM vocabularies they are the
-# memory wall)
+# chunked KD loss: the [N, V] student logits never all alive at once (chunked.py)
 
 
 def _token_weights(flat, u, spec):
@@ -366,9 +365,8 @@ def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
 
 
 def _chunk_grad(teacher_chunk, targets, weights, spec, loss):
-    """chunked.head_grads' chunk_grad for CE, KD and ATKD: adds the chunk's share of the loss to `loss`
-    and returns ∂loss/∂logits, in closed form for CE and forward/reverse KL (_closed_form_chunk),
-    else by autograd on the chunk's logits alone."""
+    """chunked.head_loss's chunk_grad for CE, KD and ATKD: adds the chunk's share of the loss to `loss`,
+    returns ∂loss/∂logits (_closed_form_chunk for CE and forward/reverse KL, else autograd on the chunk)."""
     def chunk_grad(logits, rows, want_grad):
         teacher_logits = teacher_chunk(rows)
         chunk_weights = {key: w[rows] if w is not None else None for key, w in weights.items()}
