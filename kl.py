@@ -21,7 +21,7 @@ import chunked
 
 
 def _log_probs(student_logits, teacher_logits, temperature):
-    """Upcast (bf16/fp16 -> fp32), apply the temperature, return (log q, log p)."""
+    """(log q, log p) = log_softmax(z / τ) (Hinton et al., arXiv 1503.02531, §2, Eq. 1), in fp32 for bf16/fp16."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape [..., V]")

@@ -174,7 +174,8 @@ def rope_inv_freq(config, device=None):
 
 
 def rope_cos_sin(config, pos, dtype):
-    """cos and sin [B or 1, 1, T, head_dim] of positions `pos` [B or 1, T], in fp32 then `dtype`."""
+    """cos(m θ_i) and sin(m θ_i) of RoFormer Eq. 34, [B or 1, 1, T, head_dim], at positions m = `pos`
+    [B or 1, T]; in fp32, then cast to `dtype`."""
     angles = pos[..., None].float() * rope_inv_freq(config, pos.device)   # [B, T, d/2]
     angles = torch.cat([angles, angles], dim=-1)[:, None]
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -239,7 +240,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GELU / ReLU: c_proj(act(c_fc x)). SwiGLU (Shazeer, arXiv 2002.05202, Eq. 6):
+    """GELU (Hendrycks & Gimpel, arXiv 1606.08415; GPT-2's tanh approximation) / ReLU:
+    c_proj(act(c_fc x)). SwiGLU (Shazeer, arXiv 2002.05202, Eq. 6):
     c_proj(silu(x W_gate) * (x W_up)), with W_gate and W_up stacked in c_fc's rows (gate first)."""
 
     def __init__(self, config):
@@ -263,6 +265,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm block (GPT-2, Radford et al. 2019, §2.3: layer norm at each sub-block's input):
+    x + attn(ln_1(x)), then + mlp(ln_2(x))."""
 
     def __init__(self, config):
         super().__init__()
