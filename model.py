@@ -18,8 +18,8 @@ On top of a plain LM it has what distillation needs:
   keeps DDP/FSDP hooks in charge of the parameters.
 - batched prompts of different lengths by left padding + an attention mask, with a key/value cache
   (positions, learned or rotary, counted per row from its first real token);
-- `decode_step`: one token per row against a preallocated cache, no shape depending on the step
-  (what torch.compile captures; gpt-fast's static decoding).
+- `forward(..., slot=...)`: one token per row against a preallocated cache, no shape depending on
+  the step (what sampling.decode_step runs and torch.compile captures; gpt-fast's static decoding).
 It imports torch alone: decoding with teacher mixing lives in sampling.py (`generate`), the
 Hugging Face conversion in components/hf.py.
 """
@@ -217,7 +217,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             if cache.k[layer].dtype != k.dtype:  # FSDP mixed precision: fp32 weights stored, bf16 computed
                 cache.k[layer], cache.v[layer] = cache.k[layer].to(k.dtype), cache.v[layer].to(k.dtype)
-            if slot is not None:  # GPT.decode_step: a tensor slot and the whole cache, so shapes never change
+            if slot is not None:  # sampling.decode_step: a tensor slot and the whole cache, shapes never change
                 cache.k[layer].index_copy_(2, slot, k)
                 cache.v[layer].index_copy_(2, slot, v)
                 k, v = cache.k[layer], cache.v[layer]
@@ -348,7 +348,7 @@ class GPT(nn.Module):
         past = cache.length if cache is not None else 0
         if attention_mask is None and (cache is None or not cache.padded):
             pos = torch.arange(past, past + T, device=device).unsqueeze(0)
-            if cache is not None:  # kept up to date for decode_step, which reads them
+            if cache is not None:  # kept up to date for sampling.decode_step, which reads them
                 cache.valid[:, past:past + T] = True
                 cache.n_valid += T
             if T == 1:
@@ -370,7 +370,7 @@ class GPT(nn.Module):
 
     @staticmethod
     def _slot_positions_and_mask(cache, slot):
-        """decode_step's positions [B, 1] (each row's count of real tokens so far, as
+        """sampling.decode_step's positions [B, 1] (each row's count of real tokens so far, as
         _positions_and_mask counts them) and its mask [B, 1, 1, S] over every cache slot: the valid
         keys, this token's own slot included; slots not yet written are invalid."""
         pos = cache.n_valid[:, None].clone()
@@ -410,7 +410,7 @@ class GPT(nn.Module):
         only the new tokens and the cache is advanced. With `head_fn`, returns
         head_fn(hidden [B, T, d], head weight [V, d]) instead of logits. `segments` [B, T]: packed
         rows, one id per sequence, -1 on padding (dataset.InstructSet.packed_sft_batch); no cache.
-        `slot` [1] (long tensor): the static-shape decoding step (`decode_step`), one token per row.
+        `slot` [1] (long tensor): the static-shape decoding step (sampling.decode_step), one token per row.
         """
         B, T = idx.shape
         past = cache.length if cache is not None and slot is None else 0
@@ -445,53 +445,10 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    # ----------------------------------------------------------------------------------------
-    def decode_step(self, idx, cache, compiled=False):
-        """Logits [B, V] (fp32, or fp64) of the token after idx [B, 1] (one token per row), in the style of
-        gpt-fast's static decoding step: the token's keys and values go to cache slot cache.length,
-        attention runs over every slot of the preallocated cache under the mask of its valid keys,
-        and no shape depends on the step, so torch.compile captures one graph for all of them
-        (`compiled`: inductor; mode 'reduce-overhead', CUDA graphs, on GPU)."""
-        slot = torch.full((1,), cache.length, dtype=torch.long, device=idx.device)
-        if compiled:
-            if idx.device.type == 'cuda':
-                torch.compiler.cudagraph_mark_step_begin()
-            logits = compiled_decode_forward(idx.device.type)(self, idx, cache, slot)
-        else:
-            logits = decode_forward(self, idx, cache, slot)
-        cache.length += 1
-        return logits
 
-def last_position_logits(hidden, weight, rows=None):
-    """head_fn for decoding: logits [B, V] of the last position only (bf16 / fp16 upcast to fp32), for
-    the batch rows `rows` (bool [B]) when given. At the prompt step this skips the [B, T, V] logits
-    nobody reads (as large as T decoding steps' worth of lm_head)."""
-    h = hidden[:, -1] if rows is None else hidden[rows, -1]
-    # on CPU, W @ h.T reads the [V, d] weight about 1.5-2x faster than F.linear's h @ W.T at decoding batch
-    # sizes (MKL's kernel for that layout; bench.py's trl section); the [B, V] copy back is small
-    z = (weight @ h.T).T.contiguous() if h.device.type == 'cpu' and not torch.is_autocast_enabled('cpu') \
-        else F.linear(h, weight)
-    return z if z.dtype == torch.float64 else z.float()
-
-
+# the decoding modes sampling.generate offers: 'eager' (forward with a cache), 'static' (forward with a
+# slot: sampling.decode_step), 'compile' (that step under torch.compile)
 DECODE_MODES = ('eager', 'static', 'compile')
-
-
-def decode_forward(model, idx, cache, slot):
-    """GPT.decode_step's forward: what torch.compile captures (compiled_decode_forward)."""
-    return model(idx, cache=cache, slot=slot, head_fn=last_position_logits)
-
-
-_COMPILED_DECODE = {}
-
-
-def compiled_decode_forward(device_type):
-    """decode_forward under torch.compile, one per device type, built on first use; CUDA graphs on GPU
-    (one launch per step instead of one per kernel: decoding a small model is launch-bound)."""
-    if device_type not in _COMPILED_DECODE:
-        mode = 'reduce-overhead' if device_type == 'cuda' else None
-        _COMPILED_DECODE[device_type] = torch.compile(decode_forward, dynamic=False, mode=mode)
-    return _COMPILED_DECODE[device_type]
 
 
 def flops_per_token(config, n_params):

@@ -228,7 +228,7 @@ def gen_models(cfg):
 def generate_recompute(model, idx, n):
     """Greedy decoding without a cache: the whole prefix goes through the model at every step
     (only the last position's logits are computed, so the baseline wastes nothing else)."""
-    from model import last_position_logits
+    from sampling import last_position_logits
     for _ in range(n):
         idx = torch.cat([idx, model(idx, head_fn=last_position_logits).argmax(-1, keepdim=True)], dim=1)
     return idx

@@ -367,8 +367,8 @@ def bench_update_loss(cfg):
 
 # ----------------------------------------------------------------------------- 8. decoding: eager, static, compiled
 def bench_decode(cfg):
-    """The `decode` section: GPT.generate's decode modes on a `decode_preset` model (random weights),
-    greedy, exactly decode_new_tokens per row: 'eager' (dynamic shapes), 'static' (GPT.decode_step
+    """The `decode` section: sampling.generate's decode modes on a `decode_preset` model (random weights),
+    greedy, exactly decode_new_tokens per row: 'eager' (dynamic shapes), 'static' (sampling.decode_step
     uncompiled) and 'compile' (torch.compile of that step; CUDA graphs on GPU). The compile run is
     timed once untimed first (its compile time is reported on its own)."""
     from scripts.timing import med, spread

@@ -397,7 +397,7 @@ def test_finished_rows_leave_the_batch_and_change_no_token(family):
 
 @families
 def test_static_decode_step_gives_the_eager_greedy_tokens(family):
-    """GPT.decode_step (the static-shape step torch.compile captures: decode='compile') with left
+    """sampling.decode_step (the static-shape step torch.compile captures: decode='compile') with left
     padding equals the eager cache and recomputing the prefix; the cache length is rounded up."""
     m = tiny(11, family=family)
     prompts = [[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40], [7, 7, 7, 7, 7]]
@@ -410,7 +410,7 @@ def test_static_decode_step_gives_the_eager_greedy_tokens(family):
     x = torch.tensor([[3, 1, 4]])
     with torch.no_grad():
         m(x[:, :2], cache=cache)
-        step = m.decode_step(x[:, 2:], cache)
+        step = sampling.decode_step(m, x[:, 2:], cache)
         assert cache.length == 3 and cache.n_valid.tolist() == [3]
         assert torch.allclose(step, m(x)[:, -1], atol=1e-5)
     with pytest.raises(ValueError, match='decode must be one of'):
