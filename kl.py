@@ -14,12 +14,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+import chunked
+
 # -----------------------------------------------------------------------------
 # token-level divergences
 
 
 def _log_probs(student_logits, teacher_logits, temperature):
-    """Upcast (bf16/fp16 -> fp32), apply the temperature, return (log q, log p)."""
+    """(log q, log p) = log_softmax(z / τ) (Hinton et al., arXiv 1503.02531, §2, Eq. 1), in fp32 for bf16/fp16."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape [..., V]")
@@ -287,8 +289,7 @@ def _valid_mask(mask, targets, vocab_size):
 
 
 # -----------------------------------------------------------------------------
-# chunked KD loss: never keep the [N, V] student logits alive (at LLM vocabularies they are the
-# memory wall)
+# chunked KD loss: the [N, V] student logits never all alive at once (chunked.py)
 
 
 def _token_weights(flat, u, spec):
@@ -322,15 +323,11 @@ def _chunk_loss(student_logits, teacher_logits, targets, weights, spec):
     return total
 
 
-def _log_softmax_(x):
-    """log_softmax over the last axis, in place (saves one [C, V] buffer per chunk)."""
-    return x.sub_(torch.logsumexp(x, -1, keepdim=True))
-
-
 def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
     """(loss, ∂loss/∂logits) of one chunk for CE and forward/reverse KL, by hand:
-    ∂CE/∂z = q − onehot(g);  ∂KL(p||q)/∂z = (q − p)/τ;
-    ∂KL(q||p)/∂z = q ⊙ (log q − log p − KL)/τ  (times τ² with scale_by_tau2).
+    ∂CE/∂z = q − onehot(g);  ∂KL(p||q)/∂z = (q − p)/τ  (Hinton et al., arXiv 1503.02531, §2.1, Eq. 2);
+    ∂KL(q||p)/∂z = q ⊙ (log q − log p − KL)/τ  (reverse_kl through the softmax); times τ² with
+    scale_by_tau2.
 
     The same value as _chunk_loss with fewer [C, V] buffers and passes than autograd; `logits`
     must be a buffer the caller no longer needs (it is overwritten).
@@ -340,9 +337,9 @@ def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
     if kd_weights is not None:
         # in place, unless CE still needs the logits at τ = 1 below
         scaled = logits / tau if ce_weights is not None else logits.div_(tau) if tau != 1 else logits
-        log_q = _log_softmax_(scaled)
+        log_q = chunked.log_softmax_(scaled)
         teacher = teacher_logits.to(logits.dtype) / tau
-        log_p = _log_softmax_(teacher)
+        log_p = chunked.log_softmax_(teacher)
         if spec['divergence'] == 'forward_kl':
             p = log_p.exp()
             diff = log_p.sub_(log_q).masked_fill_(p == 0, 0)  # 0·log 0 = 0
@@ -351,15 +348,14 @@ def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
             grad = log_q.exp_().sub_(p)
         else:
             q = log_q.exp()
-            diff = log_p.neg_().add_(log_q).masked_fill_(q == 0, 0)
-            kl = torch.linalg.vecdot(q, diff)
+            kl, diff = chunked.reverse_kl_(q, log_q, log_p)
             grad = diff.sub_(kl[:, None]).mul_(q)
         del log_q
         scale = tau ** 2 if spec['div_kwargs'].get('scale_by_tau2') else 1.0
         loss = loss + _weighted_sum(kl * scale, kd_weights)
         grad.mul_((kd_weights * (scale / tau))[:, None])
     if ce_weights is not None:  # CE at temperature 1, whatever the KD temperature
-        log_q_unit = _log_softmax_(logits)
+        log_q_unit = chunked.log_softmax_(logits)
         loss = loss + _weighted_sum(-log_q_unit.gather(-1, targets[:, None]).squeeze(-1), ce_weights)
         grad_ce = log_q_unit.exp_()
         grad_ce.scatter_add_(-1, targets[:, None], -torch.ones_like(grad_ce[:, :1]))
@@ -368,73 +364,25 @@ def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
     return loss, grad
 
 
-def _chunked_pass(hidden, head_weight, teacher_chunk, targets, weights, spec, want_grads):
-    """Loop over token chunks: loss value and, if wanted, grads w.r.t. hidden and head_weight.
-
-    Each chunk's logits live only inside one iteration: the gradient w.r.t. them is taken at
-    once (in closed form for CE and forward/reverse KL, else by autograd on the chunk alone)
-    and folded into grad_hidden[chunk] and grad_weight.
-    """
-    n, chunk_size, mm_dtype = hidden.shape[0], spec['chunk_size'], spec['mm_dtype']
-    device_type = hidden.device.type
-    weight = head_weight.detach().to(mm_dtype)
-    want_hidden, want_weight = want_grads
-    grad_hidden = torch.empty_like(hidden) if want_hidden else None
-    grad_weight = (torch.zeros(head_weight.shape, dtype=spec['loss_dtype'], device=head_weight.device)
-                   if want_weight else None)
-    loss = torch.zeros((), dtype=spec['loss_dtype'], device=hidden.device)
-    with torch.autocast(device_type, enabled=False):
-        for start in range(0, n, chunk_size):
-            rows = slice(start, min(start + chunk_size, n))
-            h = hidden[rows].detach().to(mm_dtype)
-            logits = h @ weight.T
-            teacher_logits = teacher_chunk(rows)
-            chunk_weights = {key: w[rows] if w is not None else None for key, w in weights.items()}
-            chunk_targets = targets[rows] if targets is not None else None
-            if not (want_hidden or want_weight):
-                loss += _chunk_loss(logits, teacher_logits, chunk_targets, chunk_weights, spec)
-                continue
-            logits = logits.to(spec['loss_dtype'])
-            if spec['closed_form']:
-                part, grad_logits = _closed_form_chunk(logits, teacher_logits, chunk_targets,
-                                                       chunk_weights, spec)
-            else:
-                with torch.enable_grad():
-                    leaf = logits.requires_grad_()
-                    part = _chunk_loss(leaf, teacher_logits, chunk_targets, chunk_weights, spec)
-                    grad_logits, = torch.autograd.grad(part, leaf)
-            del logits, teacher_logits  # freed before the next chunk allocates its own
-            loss += part.detach()
-            grad_logits = grad_logits.to(mm_dtype)
-            if want_hidden:
-                grad_hidden[rows] = grad_logits @ weight
-            if want_weight:
-                if grad_weight.dtype == mm_dtype:
-                    grad_weight.addmm_(grad_logits.T, h)
-                else:
-                    grad_weight += grad_logits.T @ h
-    if want_weight:
-        grad_weight = grad_weight.to(head_weight.dtype)
-    return loss, grad_hidden, grad_weight
-
-
-class _ChunkedLoss(torch.autograd.Function):
-    """Forward computes the loss and both gradients chunk by chunk; backward only rescales them."""
-
-    @staticmethod
-    def forward(ctx, hidden, head_weight, run):
-        loss, ctx.grad_hidden, ctx.grad_weight = run(hidden, head_weight, ctx.needs_input_grad[:2])
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if ctx.grad_hidden is None and ctx.grad_weight is None and any(ctx.needs_input_grad[:2]):
-            raise RuntimeError("chunked_kd_loss supports one backward per forward (no retain_graph)")
-        # scaled in place and released: no second [V, d] copy of the head's gradient
-        grad_hidden, grad_weight = (g.mul_(grad_output) if g is not None else None
-                                    for g in (ctx.grad_hidden, ctx.grad_weight))
-        ctx.grad_hidden = ctx.grad_weight = None
-        return grad_hidden, grad_weight, None
+def _chunk_grad(teacher_chunk, targets, weights, spec, loss):
+    """chunked.head_loss's chunk_grad for CE, KD and ATKD: adds the chunk's share of the loss to `loss`,
+    returns ∂loss/∂logits (_closed_form_chunk for CE and forward/reverse KL, else autograd on the chunk)."""
+    def chunk_grad(logits, rows, want_grad):
+        teacher_logits = teacher_chunk(rows)
+        chunk_weights = {key: w[rows] if w is not None else None for key, w in weights.items()}
+        chunk_targets = targets[rows] if targets is not None else None
+        if not want_grad:
+            loss.add_(_chunk_loss(logits, teacher_logits, chunk_targets, chunk_weights, spec))
+            return None
+        logits = logits.to(spec['loss_dtype'])
+        if spec['closed_form']:
+            part, grad = _closed_form_chunk(logits, teacher_logits, chunk_targets, chunk_weights, spec)
+        else:
+            part, grad = chunked.autograd_chunk(
+                lambda z: _chunk_loss(z, teacher_logits, chunk_targets, chunk_weights, spec), logits)
+        loss.add_(part.detach())
+        return grad
+    return chunk_grad
 
 
 _TENSOR_ARGS = ('hidden', 'head_weight', 'teacher_logits', 'teacher_hidden', 'teacher_head_weight',
@@ -484,12 +432,9 @@ def _prepare(args):
         if spec['atkd_eos_id'] is not None:  # the ATKD repository pads with EOS: an EOS target is padding there
             atkd_valid = mask & (targets != spec['atkd_eos_id'])
         targets = targets.clamp(0, vocab_size - 1).long()
-    device_type = hidden.device.type
     spec['div_kwargs'] = dict(spec['div_kwargs'] or {})
     # the chunk matmuls run in the autocast dtype when the caller is under autocast, as hidden @ W.T would
-    autocast = torch.is_autocast_enabled(device_type)
-    spec['mm_dtype'] = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype
-    spec['loss_dtype'] = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    spec['mm_dtype'], spec['loss_dtype'] = chunked.matmul_dtype(hidden), chunked.loss_dtype(hidden)
     spec['closed_form'] = not spec['kd_weight'] or (
         not spec['atkd'] and spec['divergence'] in ('forward_kl', 'reverse_kl')
         and set(spec['div_kwargs']) <= {'scale_by_tau2'})
@@ -521,31 +466,17 @@ def chunked_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=
     kd_weight=0 needs no teacher (a chunked cross-entropy). One backward per forward.
     """
     spec, flat = _prepare(dict(locals()))
-    teacher_weight = teacher_head_weight
-    if teacher_weight is not None:
-        teacher_weight = teacher_weight.detach().to(spec['mm_dtype'])
-
-    def teacher_chunk(rows):
-        if not kd_weight:
-            return None
-        if flat['teacher_logits'] is not None:
-            return flat['teacher_logits'][rows].detach()
-        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-            return flat['teacher_hidden'][rows].to(spec['mm_dtype']) @ teacher_weight.T
-
+    teacher_chunk = (chunked.teacher_rows(flat['teacher_logits'], flat['teacher_hidden'], teacher_head_weight,
+                                          mm_dtype=spec['mm_dtype']) if kd_weight else lambda rows: None)
     u = None
     if kd_weight and atkd:
         u = torch.cat([teacher_uncertainty(teacher_chunk(slice(i, i + chunk_size)),
                                            flat['targets'][i:i + chunk_size], temperature)
                        for i in range(0, flat['valid'].numel(), chunk_size)])
     weights = _token_weights(flat, u, spec)
-
-    def run(h, w, want_grads):
-        return _chunked_pass(h, w, teacher_chunk, flat['targets'], weights, spec, want_grads)
-
-    if torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
-        return _ChunkedLoss.apply(flat['hidden'], head_weight, run)
-    return run(flat['hidden'], head_weight, (False, False))[0]
+    loss = torch.zeros((), dtype=spec['loss_dtype'], device=hidden.device)
+    chunk_grad = _chunk_grad(teacher_chunk, flat['targets'], weights, spec, loss)
+    return chunked.head_loss(flat['hidden'], head_weight, chunk_grad, lambda: loss, chunk_size, spec['mm_dtype'])
 
 
 def plain_kd_loss(hidden, head_weight, teacher_logits=None, *, teacher_hidden=None,

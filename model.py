@@ -18,8 +18,8 @@ On top of a plain LM it has what distillation needs:
   keeps DDP/FSDP hooks in charge of the parameters.
 - batched prompts of different lengths by left padding + an attention mask, with a key/value cache
   (positions, learned or rotary, counted per row from its first real token);
-- `decode_step`: one token per row against a preallocated cache, no shape depending on the step
-  (what torch.compile captures; gpt-fast's static decoding).
+- `forward(..., slot=...)`: one token per row against a preallocated cache, no shape depending on
+  the step (what sampling.decode_step runs and torch.compile captures; gpt-fast's static decoding).
 It imports torch alone: decoding with teacher mixing lives in sampling.py (`generate`), the
 Hugging Face conversion in components/hf.py.
 """
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 
 
 @dataclass
@@ -96,75 +95,6 @@ FAMILIES = {
     'qwen2': dict(norm='rmsnorm', pos='rope', mlp='swiglu', bias=False, qkv_bias=True),
     'qwen3': dict(norm='rmsnorm', pos='rope', mlp='swiglu', bias=False, qk_norm=True),
 }
-
-# Named shapes as plain data: the GPTConfig that hf.gpt_config builds from each model's published
-# config.json (huggingface.co/<hub name>/blob/main/config.json), the family switches from FAMILIES.
-# Parameter counts (memory.count_params, = transformers' on the same config) in the comments.
-# Instruct/chat checkpoints share their base model's shapes (Qwen2.5-*-Instruct: block_size 32768).
-PRESETS = {
-    # OpenAI's GPT-2 releases (openai-community/gpt2, -medium, -large, -xl)
-    'gpt2':        dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),      # 124.4M
-    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),     # 354.8M
-    'gpt2-large':  dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),     # 774.0M
-    'gpt2-xl':     dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),     # 1.56B
-    # facebook/opt-*: LayerNorm, ReLU, learned positions from 2, tied head, 50272 rows (copies of
-    # the config.json files: EasyDeL 0.0.8, EasyDel/configs/configs.py)
-    'opt-1.3b':  dict(FAMILIES['opt'], n_layer=24, n_head=32, n_embd=2048, intermediate_size=8192,
-                      vocab_size=50272, block_size=2048),                         # 1.32B
-    'opt-2.7b':  dict(FAMILIES['opt'], n_layer=32, n_head=32, n_embd=2560, intermediate_size=10240,
-                      vocab_size=50272, block_size=2048),                         # 2.65B
-    'opt-6.7b':  dict(FAMILIES['opt'], n_layer=32, n_head=32, n_embd=4096, intermediate_size=16384,
-                      vocab_size=50272, block_size=2048),                         # 6.66B
-    'opt-13b':   dict(FAMILIES['opt'], n_layer=40, n_head=40, n_embd=5120, intermediate_size=20480,
-                      vocab_size=50272, block_size=2048),                         # 12.85B
-    # LLaMA-1 (huggyllama/llama-7b, -13b) and Llama 2 (meta-llama/Llama-2-7b-hf, -13b-hf): no GQA
-    'llama-7b':    dict(FAMILIES['llama'], n_layer=32, n_head=32, n_kv_head=32, n_embd=4096, intermediate_size=11008,
-                        vocab_size=32000, block_size=2048, norm_eps=1e-6, tie_embeddings=False),   # 6.74B
-    'llama-13b':   dict(FAMILIES['llama'], n_layer=40, n_head=40, n_kv_head=40, n_embd=5120, intermediate_size=13824,
-                        vocab_size=32000, block_size=2048, norm_eps=1e-6, tie_embeddings=False),   # 13.02B
-    'llama-2-7b':  dict(FAMILIES['llama'], n_layer=32, n_head=32, n_kv_head=32, n_embd=4096, intermediate_size=11008,
-                        vocab_size=32000, block_size=4096, norm_eps=1e-5, tie_embeddings=False),   # 6.74B
-    'llama-2-13b': dict(FAMILIES['llama'], n_layer=40, n_head=40, n_kv_head=40, n_embd=5120, intermediate_size=13824,
-                        vocab_size=32000, block_size=4096, norm_eps=1e-5, tie_embeddings=False),   # 13.02B
-    # meta-llama/Llama-3.1-8B, Llama-3.2-1B: GQA, theta 500000 with llama3 scaling (copies:
-    # citsjtu2020/LLM-Prof sglang/Model_Config.md; kevinstephano/thunder_model_blocks hf_llama/llama_config.py)
-    'llama-3.1-8b': dict(FAMILIES['llama'], n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, intermediate_size=14336,
-                         vocab_size=128256, block_size=131072, norm_eps=1e-5, tie_embeddings=False,
-                         rope_theta=500000.0, rope_scaling=dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0,
-                         high_freq_factor=4.0, original_max_position_embeddings=8192)),              # 8.03B
-    'llama-3.2-1b': dict(FAMILIES['llama'], n_layer=16, n_head=32, n_kv_head=8, n_embd=2048, intermediate_size=8192,
-                         vocab_size=128256, block_size=131072, norm_eps=1e-5, tie_embeddings=True,
-                         rope_theta=500000.0, rope_scaling=dict(rope_type='llama3', factor=32.0, low_freq_factor=1.0,
-                         high_freq_factor=4.0, original_max_position_embeddings=8192)),              # 1.24B
-    # Qwen/Qwen2.5-*: q/k/v biases, theta 1e6; 151936 rows (tied) up to 1.5B, 152064 (untied) from 7B;
-    # one tokenizer of 151665 tokens (copies: citsjtu2020/LLM-Prof sglang/Model_Config.md)
-    'qwen2.5-0.5b': dict(FAMILIES['qwen2'], n_layer=24, n_head=14, n_kv_head=2, n_embd=896, intermediate_size=4864,
-                         vocab_size=151936, block_size=32768, norm_eps=1e-6, rope_theta=1e6,
-                         tie_embeddings=True),                                    # 0.49B
-    'qwen2.5-1.5b': dict(FAMILIES['qwen2'], n_layer=28, n_head=12, n_kv_head=2, n_embd=1536, intermediate_size=8960,
-                         vocab_size=151936, block_size=131072, norm_eps=1e-6, rope_theta=1e6,
-                         tie_embeddings=True),                                    # 1.54B
-    'qwen2.5-7b':   dict(FAMILIES['qwen2'], n_layer=28, n_head=28, n_kv_head=4, n_embd=3584, intermediate_size=18944,
-                         vocab_size=152064, block_size=131072, norm_eps=1e-6, rope_theta=1e6,
-                         tie_embeddings=False),                                   # 7.62B
-    'qwen2.5-14b':  dict(FAMILIES['qwen2'], n_layer=48, n_head=40, n_kv_head=8, n_embd=5120, intermediate_size=13824,
-                         vocab_size=152064, block_size=131072, norm_eps=1e-5, rope_theta=1e6,
-                         tie_embeddings=False),                                   # 14.77B
-    'qwen2.5-32b':  dict(FAMILIES['qwen2'], n_layer=64, n_head=40, n_kv_head=8, n_embd=5120, intermediate_size=27648,
-                         vocab_size=152064, block_size=131072, norm_eps=1e-5, rope_theta=1e6,
-                         tie_embeddings=False),                                   # 32.76B
-    # Qwen/Qwen3-*: q/k RMSNorm, head_dim 128 (explicit where d / n_head differs), untied
-    'qwen3-8b':  dict(FAMILIES['qwen3'], n_layer=36, n_head=32, n_kv_head=8, n_embd=4096, intermediate_size=12288,
-                      vocab_size=151936, block_size=40960, norm_eps=1e-6, rope_theta=1e6,
-                      tie_embeddings=False),                                      # 8.19B
-    'qwen3-32b': dict(FAMILIES['qwen3'], n_layer=64, n_head=64, n_kv_head=8, head_dim=128, n_embd=5120,
-                      intermediate_size=25600, vocab_size=151936, block_size=40960, norm_eps=1e-6,
-                      rope_theta=1e6, tie_embeddings=False),                      # 32.76B
-}
-
-
-def preset_config(name, **overrides):
-    return GPTConfig(**{**PRESETS[name], **overrides})
 
 
 class KVCache:
@@ -244,7 +174,8 @@ def rope_inv_freq(config, device=None):
 
 
 def rope_cos_sin(config, pos, dtype):
-    """cos and sin [B or 1, 1, T, head_dim] of positions `pos` [B or 1, T], in fp32 then `dtype`."""
+    """cos(m θ_i) and sin(m θ_i) of RoFormer Eq. 34, [B or 1, 1, T, head_dim], at positions m = `pos`
+    [B or 1, T]; in fp32, then cast to `dtype`."""
     angles = pos[..., None].float() * rope_inv_freq(config, pos.device)   # [B, T, d/2]
     angles = torch.cat([angles, angles], dim=-1)[:, None]
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -258,6 +189,9 @@ def apply_rope(x, cos, sin):
 
 
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head attention, softmax(Q Kᵀ / sqrt(d_k) + mask) V per head (Vaswani et al., arXiv
+    1706.03762, §3.2.1, Eq. 1); with n_kv_head < n_head each key/value head serves n_head / n_kv_head
+    query heads (grouped-query attention, Ainslie et al., arXiv 2305.13245, §2.2)."""
 
     def __init__(self, config):
         super().__init__()
@@ -283,16 +217,14 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             if cache.k[layer].dtype != k.dtype:  # FSDP mixed precision: fp32 weights stored, bf16 computed
                 cache.k[layer], cache.v[layer] = cache.k[layer].to(k.dtype), cache.v[layer].to(k.dtype)
-            if slot is not None:  # GPT.decode_step: a tensor slot and the whole cache, so shapes never change
+            if slot is not None:  # sampling.decode_step: a tensor slot and the whole cache, shapes never change
                 cache.k[layer].index_copy_(2, slot, k)
                 cache.v[layer].index_copy_(2, slot, v)
                 k, v = cache.k[layer], cache.v[layer]
             else:
-                start = cache.length
-                cache.k[layer][:, :, start:start + T] = k
-                cache.v[layer][:, :, start:start + T] = v
-                k = cache.k[layer][:, :, :start + T]
-                v = cache.v[layer][:, :, :start + T]
+                start, end = cache.length, cache.length + T
+                cache.k[layer][:, :, start:end], cache.v[layer][:, :, start:end] = k, v
+                k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
         dropout = self.dropout if self.training else 0.0
         gqa = self.n_kv_head != self.n_head  # query head i reads key/value head i // (n_head / n_kv_head)
         if slot is not None:  # one query per row: the math kernel's scores are [B, H, 1, S], no need to expand k/v
@@ -308,7 +240,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GELU / ReLU: c_proj(act(c_fc x)). SwiGLU (Shazeer, arXiv 2002.05202, Eq. 6):
+    """GELU (Hendrycks & Gimpel, arXiv 1606.08415; GPT-2's tanh approximation) / ReLU:
+    c_proj(act(c_fc x)). SwiGLU (Shazeer, arXiv 2002.05202, Eq. 6):
     c_proj(silu(x W_gate) * (x W_up)), with W_gate and W_up stacked in c_fc's rows (gate first)."""
 
     def __init__(self, config):
@@ -332,6 +265,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm block (GPT-2, Radford et al. 2019, §2.3: layer norm at each sub-block's input):
+    x + attn(ln_1(x)), then + mlp(ln_2(x))."""
 
     def __init__(self, config):
         super().__init__()
@@ -366,9 +301,8 @@ class GPT(nn.Module):
     def init_weights(self):
         """'gpt2': N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 n_layer)) (GPT-2 paper §2.3).
         'pytorch': each module's own default (nn.Linear U(+-1/sqrt(fan_in)), nn.Embedding N(0, 1)),
-        meant with tie_embeddings=False. On the toy task a 4-layer, 128-wide model with an untied head
-        samples valid answers for 87% of validation prompts after 1000 SFT steps from it, 57% from
-        GPT-2's init (README, "the toy teacher")."""
+        meant with tie_embeddings=False: the toy teacher learns faster from it (87% vs 57% valid
+        answers after 1000 SFT steps; README, "the toy teacher")."""
         if self.config.init not in ('gpt2', 'pytorch'):
             raise ValueError(f"init must be 'gpt2' or 'pytorch', got {self.config.init!r}")
         for module in self.modules():
@@ -414,7 +348,7 @@ class GPT(nn.Module):
         past = cache.length if cache is not None else 0
         if attention_mask is None and (cache is None or not cache.padded):
             pos = torch.arange(past, past + T, device=device).unsqueeze(0)
-            if cache is not None:  # kept up to date for decode_step, which reads them
+            if cache is not None:  # kept up to date for sampling.decode_step, which reads them
                 cache.valid[:, past:past + T] = True
                 cache.n_valid += T
             if T == 1:
@@ -436,7 +370,7 @@ class GPT(nn.Module):
 
     @staticmethod
     def _slot_positions_and_mask(cache, slot):
-        """decode_step's positions [B, 1] (each row's count of real tokens so far, as
+        """sampling.decode_step's positions [B, 1] (each row's count of real tokens so far, as
         _positions_and_mask counts them) and its mask [B, 1, 1, S] over every cache slot: the valid
         keys, this token's own slot included; slots not yet written are invalid."""
         pos = cache.n_valid[:, None].clone()
@@ -476,7 +410,7 @@ class GPT(nn.Module):
         only the new tokens and the cache is advanced. With `head_fn`, returns
         head_fn(hidden [B, T, d], head weight [V, d]) instead of logits. `segments` [B, T]: packed
         rows, one id per sequence, -1 on padding (dataset.InstructSet.packed_sft_batch); no cache.
-        `slot` [1] (long tensor): the static-shape decoding step (`decode_step`), one token per row.
+        `slot` [1] (long tensor): the static-shape decoding step (sampling.decode_step), one token per row.
         """
         B, T = idx.shape
         past = cache.length if cache is not None and slot is None else 0
@@ -511,53 +445,10 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    # ----------------------------------------------------------------------------------------
-    def decode_step(self, idx, cache, compiled=False):
-        """Logits [B, V] (fp32, or fp64) of the token after idx [B, 1] (one token per row), in the style of
-        gpt-fast's static decoding step: the token's keys and values go to cache slot cache.length,
-        attention runs over every slot of the preallocated cache under the mask of its valid keys,
-        and no shape depends on the step, so torch.compile captures one graph for all of them
-        (`compiled`: inductor; mode 'reduce-overhead', CUDA graphs, on GPU)."""
-        slot = torch.full((1,), cache.length, dtype=torch.long, device=idx.device)
-        if compiled:
-            if idx.device.type == 'cuda':
-                torch.compiler.cudagraph_mark_step_begin()
-            logits = compiled_decode_forward(idx.device.type)(self, idx, cache, slot)
-        else:
-            logits = decode_forward(self, idx, cache, slot)
-        cache.length += 1
-        return logits
 
-def last_position_logits(hidden, weight, rows=None):
-    """head_fn for decoding: logits [B, V] of the last position only (bf16 / fp16 upcast to fp32), for
-    the batch rows `rows` (bool [B]) when given. At the prompt step this skips the [B, T, V] logits
-    nobody reads (as large as T decoding steps' worth of lm_head)."""
-    h = hidden[:, -1] if rows is None else hidden[rows, -1]
-    # on CPU, W @ h.T reads the [V, d] weight about 1.5-2x faster than F.linear's h @ W.T at decoding batch
-    # sizes (MKL's kernel for that layout; bench.py's trl section); the [B, V] copy back is small
-    z = (weight @ h.T).T.contiguous() if h.device.type == 'cpu' and not torch.is_autocast_enabled('cpu') \
-        else F.linear(h, weight)
-    return z if z.dtype == torch.float64 else z.float()
-
-
+# the decoding modes sampling.generate offers: 'eager' (forward with a cache), 'static' (forward with a
+# slot: sampling.decode_step), 'compile' (that step under torch.compile)
 DECODE_MODES = ('eager', 'static', 'compile')
-
-
-def decode_forward(model, idx, cache, slot):
-    """GPT.decode_step's forward: what torch.compile captures (compiled_decode_forward)."""
-    return model(idx, cache=cache, slot=slot, head_fn=last_position_logits)
-
-
-_COMPILED_DECODE = {}
-
-
-def compiled_decode_forward(device_type):
-    """decode_forward under torch.compile, one per device type, built on first use; CUDA graphs on GPU
-    (one launch per step instead of one per kernel: decoding a small model is launch-bound)."""
-    if device_type not in _COMPILED_DECODE:
-        mode = 'reduce-overhead' if device_type == 'cuda' else None
-        _COMPILED_DECODE[device_type] = torch.compile(decode_forward, dynamic=False, mode=mode)
-    return _COMPILED_DECODE[device_type]
 
 
 def flops_per_token(config, n_params):

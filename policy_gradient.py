@@ -5,12 +5,11 @@ Gu et al., "MiniLLM: Knowledge Distillation of Large Language Models" (arXiv 230
 The student q_θ minimises L(θ) = KL(q_θ‖p) = E_{y∼q_θ}[log q_θ(y|x) − log p(y|x)], the reverse KL
 between whole responses, and the gradient is estimated from responses the student samples itself.
 
-Everything here is a pure function on tensors; the models, the sampling and the optimiser live in
-train.py and sample.py. Conventions:
+Pure functions on tensors (the models, the sampling and the optimiser live in rollout.py,
+sampling.py and train.py). Conventions:
 
-- All per-token tensors are [B, T] over *response* positions (T = longest response in the batch),
-  and `mask` [B, T] (bool) marks real response tokens, right-padded: row b has
-  L_b = mask[b].sum() tokens at positions 0 .. L_b − 1.
+- All per-token tensors are [B, T] over *response* positions (T = longest response in the batch), and
+  `mask` [B, T] (bool) marks real response tokens, right-padded: L_b = mask[b].sum() at 0 .. L_b − 1.
 - Log-probs are of the sampled tokens y_t: `logp_teacher` = log p(y_t|·), `logp_old` = log q_old(y_t|·)
   (the frozen student that generated the rollout), `logp` = log q_θ(y_t|·) (current student, with
   grad), `logp_mix` = log p̃(y_t|·) with p̃ = α p + (1 − α) q_old (the distribution actually sampled).
@@ -29,11 +28,13 @@ and PPO-style ratio clipping. Where the public reference code differs from the p
 (microsoft/LMOps, minillm/) the choice is `returns_mode='paper' | 'reference'` plus the small options below.
 """
 
+import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 
+import chunked
 from kl import masked_mean, reverse_kl
 
 RETURNS_MODES = ("paper", "reference")
@@ -392,35 +393,16 @@ def _minillm_inputs(logp_old, logp_teacher, mask, logp_mix, *, single_step, teac
 
 
 def _minillm_stats(rewards, advantages, weights, mask, logp, logp_old, clip_frac, loss_long, loss_single):
+    """minillm_loss's stats: means over the valid tokens of r_t, A_t, w_t and q_θ/q_old; the clip fraction, the terms."""
     with torch.no_grad():
-        return {
-            "reward": masked_mean(rewards, mask),
-            "advantage": masked_mean(advantages, mask),
-            "weight": masked_mean(weights, mask),
-            "ratio": masked_mean(torch.exp(torch.where(mask, logp - logp_old, torch.zeros_like(logp))), mask),
-            "clip_frac": clip_frac,
-            "loss_long": loss_long.detach(),
-            "loss_single": loss_single.detach(),
-        }
+        ratio = torch.exp(torch.where(mask, logp - logp_old, torch.zeros_like(logp)))
+        means = {k: masked_mean(x, mask) for k, x in
+                 (("reward", rewards), ("advantage", advantages), ("weight", weights), ("ratio", ratio))}
+        return {**means, "clip_frac": clip_frac, "loss_long": loss_long.detach(), "loss_single": loss_single.detach()}
 
 
 # -----------------------------------------------------------------------------
 # the same loss from hidden states, chunk by chunk
-
-class _HeadLoss(torch.autograd.Function):
-    """Forward computes the loss and its gradients w.r.t. hidden and head weight; backward scales them."""
-
-    @staticmethod
-    def forward(ctx, hidden, head_weight, run):
-        loss, ctx.grad_hidden, ctx.grad_weight = run(hidden, head_weight, ctx.needs_input_grad[:2])
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grads = [g.mul_(grad_output) if g is not None else None for g in (ctx.grad_hidden, ctx.grad_weight)]
-        ctx.grad_hidden = ctx.grad_weight = None
-        return grads[0], grads[1], None
-
 
 def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, mask, teacher_logits=None,
                          logp_mix=None, *, teacher_hidden=None, teacher_head_weight=None, teacher_index=None,
@@ -453,30 +435,18 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
     if single_step and (teacher_logits is None) == (teacher_hidden is None or teacher_head_weight is None):
         raise ValueError("single_step=True needs the teacher: teacher_logits, or teacher_hidden with "
                          "teacher_head_weight (exactly one of the two)")
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if clip_eps is not None and clip_eps <= 0:
         raise ValueError(f"clip_eps must be > 0 (or None to disable clipping), got {clip_eps}")
     rewards, advantages, weights = _minillm_inputs(logp_old, logp_teacher, mask, logp_mix, single_step=single_step,
                                                    **_minillm_defaults(switches))
     flat = mask.reshape(-1).nonzero().squeeze(1)  # the N valid tokens, row by row
-    n_tok, V = flat.numel(), head_weight.shape[0]
-    n = max(n_tok, 1)  # the token mean's denominator
+    n = max(flat.numel(), 1)  # the token mean's denominator
     at = {k: x.reshape(-1)[flat] for k, x in (('y', tokens), ('old', logp_old), ('adv', advantages), ('w', weights))}
     kl_w = at['w'] if single_step_weighted else torch.ones_like(at['w'])
-    device_type = hidden.device.type
-    autocast = torch.is_autocast_enabled(device_type)
-    mm_dtype = torch.get_autocast_dtype(device_type) if autocast else hidden.dtype
-    loss_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    t_rows = flat if teacher_index is None else teacher_index
-    t_weight = teacher_head_weight.detach().to(mm_dtype) if teacher_head_weight is not None else None
-
-    def teacher_chunk(rows):
-        if teacher_logits is not None:
-            return teacher_logits.reshape(-1, V)[t_rows[rows]].detach().to(loss_dtype)
-        h_t = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])[flat[rows]].detach().to(mm_dtype)
-        return (h_t @ t_weight.T).to(loss_dtype)
-
+    mm_dtype, loss_dtype = chunked.matmul_dtype(hidden), chunked.loss_dtype(hidden)
+    teacher_at = chunked.teacher_rows(teacher_logits, teacher_hidden, teacher_head_weight, mm_dtype=mm_dtype,
+                                      index=flat if teacher_index is None or teacher_logits is None else teacher_index)
+    teacher_chunk = lambda rows: teacher_at(rows).to(loss_dtype)  # noqa: E731
     parts = dict(logp=[], clipped=[], long=0.0, single=0.0)
 
     def long_term(logp, rows):
@@ -492,18 +462,11 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
     def closed_form(z, rows):
         """(∂ chunk loss / ∂z) by the formula above, reusing z's buffer (3 [C, V] buffers in all)."""
         y, a = at['y'][rows, None], kl_w[rows, None] / n
-        z = z.sub_(z.amax(-1, keepdim=True))
-        q = z.exp()                                          # softmax and log-softmax from one exp pass
-        total = q.sum(-1, keepdim=True)
-        q.div_(total)
-        log_q = z.sub_(total.log_())
+        q, log_q = chunked.softmax_and_log_softmax_(z)
         long, g = long_term(log_q.gather(-1, y).squeeze(-1), rows)
         parts['long'] += long
         if single_step:
-            log_p = teacher_chunk(rows)
-            log_p = log_p.sub_(torch.logsumexp(log_p, -1, keepdim=True))
-            diff = log_p.neg_().add_(log_q).masked_fill_(q == 0, 0)   # log q − log p, with 0 · log 0 = 0
-            kl = torch.linalg.vecdot(q, diff)
+            kl, diff = chunked.reverse_kl_(q, log_q, chunked.log_softmax_(teacher_chunk(rows)))
             parts['single'] += (a.squeeze(1) * kl).sum()
             grad = diff.sub_(kl[:, None]).mul_(a).sub_(g[:, None]).mul_(q)
         else:
@@ -521,33 +484,14 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
             parts['single'] += single.detach() if single_step else 0.0
             return torch.autograd.grad(long + single, z)[0]
 
-    def run(h, w, want_grads):
-        weight = w.detach().to(mm_dtype)
-        grad_h = torch.zeros_like(h) if want_grads[0] else None
-        grad_w = torch.zeros(w.shape, dtype=loss_dtype, device=w.device) if want_grads[1] else None
-        with torch.autocast(device_type, enabled=False):
-            for start in range(0, n_tok, chunk_size):
-                rows = slice(start, min(start + chunk_size, n_tok))
-                x = h[rows].detach().to(mm_dtype)
-                z = (x @ weight.T).to(loss_dtype)
-                grad = (by_autograd if policy is not None else closed_form)(z, rows)
-                if not any(want_grads):
-                    continue
-                grad = grad.to(mm_dtype)
-                if grad_h is not None:
-                    grad_h[rows] = grad @ weight
-                if grad_w is not None and grad_w.dtype == mm_dtype:
-                    grad_w.addmm_(grad.T, x)                     # in place: no [V, d] temporary per chunk
-                elif grad_w is not None:
-                    grad_w += (grad.T @ x).to(loss_dtype)
-        loss = torch.as_tensor(parts['long'] + parts['single'], dtype=loss_dtype, device=h.device)
-        return loss, grad_h, grad_w.to(w.dtype) if grad_w is not None else None
+    def chunk_grad(z, rows, want_grad):
+        return (by_autograd if policy is not None else closed_form)(z.to(loss_dtype), rows)
+
+    def total():
+        return torch.as_tensor(parts['long'] + parts['single'], dtype=loss_dtype, device=hidden.device)
 
     h = hidden.reshape(-1, hidden.shape[-1])[flat]
-    if torch.is_grad_enabled() and (h.requires_grad or head_weight.requires_grad):
-        loss = _HeadLoss.apply(h, head_weight, run)
-    else:
-        loss = run(h, head_weight, (False, False))[0]
+    loss = chunked.head_loss(h, head_weight, chunk_grad, total, chunk_size, mm_dtype)
     logp = torch.zeros_like(logp_old).reshape(-1)
     logp[flat] = torch.cat(parts['logp'] or [logp_old[:0, 0]]).to(logp_old.dtype)
     clip_frac = torch.cat(parts['clipped'] or [mask[:0, 0]]).to(loss_dtype).sum() / n
@@ -558,9 +502,9 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
 
 
 def _minillm_defaults(switches):
-    """minillm_loss's keyword defaults for the switches chunked_minillm_loss passes through."""
-    allowed = dict(teacher_mix_alpha=0.2, length_norm=True, returns_mode="paper", gamma=None, reward_scale=None,
-                   reward_clip=None, weight_clip=None, include_current=None, importance="token", advantages=None)
+    """minillm_loss's keyword defaults (read from its signature) for the switches chunked_minillm_loss passes on."""
+    allowed = {k: p.default for k, p in inspect.signature(minillm_loss).parameters.items() if p.kind == p.KEYWORD_ONLY
+               and k not in ("single_step", "single_step_weighted", "clip_eps")}
     unknown = set(switches) - set(allowed)
     if unknown:
         raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")

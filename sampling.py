@@ -12,14 +12,16 @@ The next token of a decoding step: the distribution it is drawn from and an exac
 - `repeated_ngram_mask`: the no-repeat-n-gram rule of the MiniLLM evaluation.
 
 Every draw takes its randomness from `uniforms` [B, 3] (float64 in [0, 1)), one row per sequence,
-so a caller that keeps a row's uniforms attached to it (GPT.generate when finished rows leave the
-batch) draws the same tokens whichever rows share the batch.
+so a caller that keeps a row's uniforms attached to it (`generate` when finished rows leave the
+batch) draws the same tokens whichever rows share the batch. `generate` decodes with the KV cache
+of model.py, one step at a time, or with `decode_step`, gpt-fast's static-shape step (compiled or not).
 """
 import math
 
 import torch
+import torch.nn.functional as F
 
-from model import DECODE_MODES, KVCache, last_position_logits
+from model import DECODE_MODES, KVCache
 
 CDF_BLOCK = 256   # inverse_cdf_sample's block: V / 256 block sums, then 256 entries of one block
 
@@ -161,7 +163,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     a row whose every token would repeat one keeps its distribution rather than have none.
 
     decode: 'eager' (default): a row that emitted eos_id leaves the decoding batch and both KV
-    caches. 'static': after the prompt, every step is `model.decode_step` on the whole batch and a cache
+    caches. 'static': after the prompt, every step is `decode_step` on the whole batch and a cache
     whose length is rounded up to a multiple of 128, so no shape changes between steps; 'compile'
     runs that step through torch.compile (inductor; CUDA graphs on GPU). Each row draws from its
     own uniforms (sampling.draw_uniforms, B rows per step whichever rows still decode), so all
@@ -249,5 +251,55 @@ def _next_logits(model, cache, idx, attention_mask, pick, decode):
     if decode == 'eager':
         return model(idx, attention_mask=attention_mask, cache=cache,
                      head_fn=lambda h, w: last_position_logits(h, w, pick))
-    logits = model.decode_step(idx, cache, compiled=decode == 'compile')
+    logits = decode_step(model, idx, cache, compiled=decode == 'compile')
     return logits if pick is None else logits[pick]
+
+
+# -----------------------------------------------------------------------------
+# one decoding step of the model (gpt-fast keeps its decode step and its torch.compile beside
+# generate too)
+
+def decode_step(model, idx, cache, compiled=False):
+    """Logits [B, V] (fp32, or fp64) of the token after idx [B, 1] (one token per row), in the style of
+    gpt-fast's static decoding step: the token's keys and values go to cache slot cache.length,
+    attention runs over every slot of the preallocated cache under the mask of its valid keys,
+    and no shape depends on the step, so torch.compile captures one graph for all of them
+    (`compiled`: inductor; mode 'reduce-overhead', CUDA graphs, on GPU)."""
+    slot = torch.full((1,), cache.length, dtype=torch.long, device=idx.device)
+    if compiled:
+        if idx.device.type == 'cuda':
+            torch.compiler.cudagraph_mark_step_begin()
+        logits = compiled_decode_forward(idx.device.type)(model, idx, cache, slot)
+    else:
+        logits = decode_forward(model, idx, cache, slot)
+    cache.length += 1
+    return logits
+
+
+def last_position_logits(hidden, weight, rows=None):
+    """head_fn for decoding: logits [B, V] of the last position only (bf16 / fp16 upcast to fp32), for
+    the batch rows `rows` (bool [B]) when given. At the prompt step this skips the [B, T, V] logits
+    nobody reads (as large as T decoding steps' worth of lm_head)."""
+    h = hidden[:, -1] if rows is None else hidden[rows, -1]
+    # on CPU, W @ h.T reads the [V, d] weight about 1.5-2x faster than F.linear's h @ W.T at decoding batch
+    # sizes (MKL's kernel for that layout; bench.py's trl section); the [B, V] copy back is small
+    z = (weight @ h.T).T.contiguous() if h.device.type == 'cpu' and not torch.is_autocast_enabled('cpu') \
+        else F.linear(h, weight)
+    return z if z.dtype == torch.float64 else z.float()
+
+
+def decode_forward(model, idx, cache, slot):
+    """decode_step's forward: what torch.compile captures (compiled_decode_forward)."""
+    return model(idx, cache=cache, slot=slot, head_fn=last_position_logits)
+
+
+_COMPILED_DECODE = {}
+
+
+def compiled_decode_forward(device_type):
+    """decode_forward under torch.compile, one per device type, built on first use; CUDA graphs on GPU
+    (one launch per step instead of one per kernel: decoding a small model is launch-bound)."""
+    if device_type not in _COMPILED_DECODE:
+        mode = 'reduce-overhead' if device_type == 'cuda' else None
+        _COMPILED_DECODE[device_type] = torch.compile(decode_forward, dynamic=False, mode=mode)
+    return _COMPILED_DECODE[device_type]

@@ -27,19 +27,22 @@ import shutil
 import torch
 
 from configurator import UserError
+from model import FAMILIES, GPT, GPTConfig
 
 
 class CheckpointError(UserError, ValueError):
     """A Hugging Face checkpoint (or name) this file cannot read or write; one line via configurator.run."""
 
 
-FAMILIES = ('gpt2', 'opt', 'llama', 'mistral', 'qwen2', 'qwen3')
+# The families are model.FAMILIES (each a set of GPTConfig switches); what follows is how the
+# Hugging Face side spells them.
 ARCHITECTURES = {'gpt2': 'GPT2LMHeadModel', 'opt': 'OPTForCausalLM', 'llama': 'LlamaForCausalLM',
                  'mistral': 'MistralForCausalLM', 'qwen2': 'Qwen2ForCausalLM', 'qwen3': 'Qwen3ForCausalLM'}
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
-# Our module names -> the family's, per block and outside the blocks. A tuple is several HF
-# tensors stacked along dim 0 into our one (q | k | v; SwiGLU's gate | up).
+# Our module names -> the family's, per block and outside the blocks; the RoPE families (pos='rope'
+# in model.FAMILIES) all use Llama's. A tuple is several HF tensors stacked along dim 0 into our one
+# (q | k | v; SwiGLU's gate | up).
 ROPE_FAMILY_BLOCK = {'ln_1': 'input_layernorm', 'ln_2': 'post_attention_layernorm',
                      'attn.c_attn': ('self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'),
                      'attn.c_proj': 'self_attn.o_proj', 'attn.q_norm': 'self_attn.q_norm',
@@ -54,6 +57,10 @@ NAMES = {  # family: (HF prefix of the body, {our top-level module: theirs}, {ou
              'attn.c_proj': 'self_attn.out_proj', 'mlp.c_fc': 'fc1', 'mlp.c_proj': 'fc2'}),
     'llama': ('model.', {'wte': 'embed_tokens', 'ln_f': 'norm', 'h': 'layers'}, ROPE_FAMILY_BLOCK),
 }
+# Families whose checkpoints hold biases everywhere or nowhere (GPT-2, OPT: zeros are written for a
+# bias-free model; Llama: attention_bias = mlp_bias); the others hold their family's biases only.
+UNIFORM_BIAS = ('gpt2', 'opt', 'llama')
+PLAIN_HEADS = ('gpt2', 'opt')  # no grouped-query attention, head_dim = n_embd / n_head
 GPT2_CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 # tensors some checkpoints carry that are not weights (causal-mask buffers, cached RoPE frequencies)
 NOT_WEIGHTS = re.compile(r'(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$')
@@ -115,7 +122,6 @@ def gpt_config(hf, dropout=0.0):
     the windowed attention (HF: key j is visible to query i when i - W < j <= i), and forward
     refuses anything longer.
     """
-    from model import GPTConfig
     mt = hf.get('model_type')
     if mt not in FAMILIES:
         raise CheckpointError(f"model_type {mt!r} is not supported: model.GPT implements {', '.join(FAMILIES)}")
@@ -125,6 +131,7 @@ def gpt_config(hf, dropout=0.0):
         if hf.get(key):
             refuse(mt, f"mixture-of-experts layers ({key})")
     get = lambda key, default: default if hf.get(key) is None else hf[key]  # noqa: E731
+    switches = dict(FAMILIES[mt])  # the shapes come from config.json, the rest from the family
     common = dict(vocab_size=hf['vocab_size'], dropout=dropout, tie_embeddings=get('tie_word_embeddings', mt in ('gpt2', 'opt')))
     if mt == 'gpt2':
         if get('activation_function', 'gelu_new') not in ('gelu_new', 'gelu_pytorch_tanh'):
@@ -134,8 +141,8 @@ def gpt_config(hf, dropout=0.0):
         if get('add_cross_attention', False):
             refuse(mt, "cross-attention")
         return GPTConfig(block_size=hf['n_positions'], n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'],
-                         bias=True, intermediate_size=get('n_inner', 0), norm_eps=get('layer_norm_epsilon', 1e-5),
-                         **common)
+                         intermediate_size=get('n_inner', 0), norm_eps=get('layer_norm_epsilon', 1e-5),
+                         **switches, **common)
     if mt == 'opt':
         if not get('do_layer_norm_before', True):
             refuse(mt, "post-LayerNorm blocks (do_layer_norm_before=false, as OPT-350m)")
@@ -149,27 +156,25 @@ def gpt_config(hf, dropout=0.0):
         if get('activation_function', 'relu') != 'relu':
             refuse(mt, f"activation_function={hf['activation_function']!r}")
         return GPTConfig(block_size=hf['max_position_embeddings'], n_layer=hf['num_hidden_layers'],
-                         n_head=hf['num_attention_heads'], n_embd=hf['hidden_size'], bias=True, pos_offset=2,
-                         mlp='relu', intermediate_size=hf['ffn_dim'], **common)
+                         n_head=hf['num_attention_heads'], n_embd=hf['hidden_size'], intermediate_size=hf['ffn_dim'],
+                         **switches, **common)
     # llama, mistral, qwen2, qwen3: RMSNorm, RoPE, SwiGLU, grouped-query attention
     if get('hidden_act', 'silu') != 'silu':
         refuse(mt, f"hidden_act={hf['hidden_act']!r} (SwiGLU uses silu)")
-    bias = False
     if mt == 'llama':
         if get('attention_bias', False) != get('mlp_bias', False):
             refuse(mt, "biases in only some Linear layers (attention_bias != mlp_bias)")
-        bias = get('attention_bias', False)
+        switches['bias'] = get('attention_bias', False)
     elif mt == 'qwen3' and get('attention_bias', False):
         refuse(mt, "attention_bias=true")
     n_head, d = hf['num_attention_heads'], hf['hidden_size']
     head_dim = get('head_dim', 128 if mt == 'qwen3' else d // n_head)  # Qwen3Config's default is 128
     theta, scaling = rope_settings(hf)
     block = min(hf['max_position_embeddings'], sliding_window(hf) or hf['max_position_embeddings'])
-    return GPTConfig(block_size=block, n_layer=hf['num_hidden_layers'], n_head=n_head, n_embd=d, bias=bias,
+    return GPTConfig(block_size=block, n_layer=hf['num_hidden_layers'], n_head=n_head, n_embd=d,
                      n_kv_head=get('num_key_value_heads', n_head), head_dim=0 if head_dim == d // n_head else head_dim,
-                     norm='rmsnorm', norm_eps=get('rms_norm_eps', 1e-6), pos='rope', rope_theta=theta,
-                     rope_scaling=scaling, mlp='swiglu', intermediate_size=hf['intermediate_size'],
-                     qkv_bias=True if mt == 'qwen2' else None, qk_norm=mt == 'qwen3', **common)
+                     norm_eps=get('rms_norm_eps', 1e-6), rope_theta=theta, rope_scaling=scaling,
+                     intermediate_size=hf['intermediate_size'], **switches, **common)
 
 
 # ----------------------------------------------------------------------------- our names <-> theirs
@@ -177,7 +182,7 @@ def weight_layout(config, model_type, our_names):
     """[(our state-dict name, [HF names])] for every tensor of ours, in our order; several HF names
     are stacked along dim 0 (their sizes: split_sizes). lm_head.weight of a tied model maps to the
     HF embedding (transformers ties it on load and does not store it)."""
-    prefix, top, block = NAMES['llama' if model_type in ('mistral', 'qwen2', 'qwen3') else model_type]
+    prefix, top, block = NAMES['llama' if FAMILIES[model_type].get('pos') == 'rope' else model_type]
     out = []
     for name in our_names:
         if name == 'lm_head.weight':
@@ -196,10 +201,9 @@ def weight_layout(config, model_type, our_names):
 
 def split_sizes(config, our_name):
     """Row counts of the HF tensors stacked in one of ours: q | k | v, or SwiGLU's gate | up."""
-    hd = config.head_dim or config.n_embd // config.n_head
     if '.attn.c_attn.' in our_name:
-        return [config.n_head * hd, (config.n_kv_head or config.n_head) * hd, (config.n_kv_head or config.n_head) * hd]
-    return [config.intermediate_size or 4 * config.n_embd] * 2
+        return [config.n_head * config.hd, config.kv_heads * config.hd, config.kv_heads * config.hd]
+    return [config.ffn] * 2
 
 
 # ----------------------------------------------------------------------------- reading
@@ -312,7 +316,6 @@ def from_pretrained(name_or_dir, dropout=0.0, dtype=None):
     """A GPT with the weights of a Hugging Face checkpoint (directory or hub name) of any family in
     FAMILIES, in the checkpoint's dtype (config.json's dtype / torch_dtype) unless `dtype` is given.
     Built on the meta device, then each tensor is assigned as it is read: one copy of the weights."""
-    from model import GPT
     path = local_dir(name_or_dir)
     hf = read_config(path)
     config = gpt_config(hf, dropout)
@@ -340,22 +343,19 @@ def has_tokenizer_files(path):
 
 # ----------------------------------------------------------------------------- GPTConfig -> config.json
 def model_type_of(config):
-    """The Hugging Face family whose computation equals this GPTConfig's. Mistral without a
-    sliding window is Llama, so a model read from Mistral is written as llama."""
+    """The Hugging Face family whose computation equals this GPTConfig's: the first in model.FAMILIES
+    whose switches it has, with biases and heads the family's checkpoints can hold (UNIFORM_BIAS,
+    PLAIN_HEADS). Mistral's switches are Llama's, so a model read from Mistral is written as llama."""
     c = config
-    plain_attention = (c.n_kv_head in (0, c.n_head) and c.head_dim in (0, c.n_embd // c.n_head)
-                       and not c.qk_norm and c.qkv_bias in (None, c.bias))
-    if (c.norm, c.pos, c.mlp) == ('layernorm', 'learned', 'gelu') and c.pos_offset == 0 and plain_attention:
-        return 'gpt2'
-    if (c.norm, c.pos, c.mlp) == ('layernorm', 'learned', 'relu') and c.pos_offset == 2 and plain_attention:
-        return 'opt'
-    if (c.norm, c.pos, c.mlp) == ('rmsnorm', 'rope', 'swiglu'):
-        if c.qk_norm and not c.bias and not c.qkv_bias:
-            return 'qwen3'
-        if not c.qk_norm and c.qkv_bias and not c.bias:
-            return 'qwen2'
-        if not c.qk_norm and c.qkv_bias in (None, c.bias):
-            return 'llama'
+    qkv_bias = c.bias if c.qkv_bias is None else c.qkv_bias
+    plain_heads = c.kv_heads == c.n_head and c.hd == c.n_embd // c.n_head
+    for family, switches in FAMILIES.items():
+        f = GPTConfig(**switches)
+        keys = ('norm', 'pos', 'mlp', 'qk_norm') + (('pos_offset',) if c.pos == 'learned' else ())
+        biases = (qkv_bias == c.bias if family in UNIFORM_BIAS
+                  else (c.bias, qkv_bias) == (f.bias, f.bias if f.qkv_bias is None else f.qkv_bias))
+        if all(getattr(c, k) == getattr(f, k) for k in keys) and biases and (plain_heads or family not in PLAIN_HEADS):
+            return family
     raise CheckpointError(f"no Hugging Face family computes this model (norm={c.norm}, pos={c.pos}, mlp={c.mlp}, "
                           f"pos_offset={c.pos_offset}, qk_norm={c.qk_norm}, qkv_bias={c.qkv_bias}, bias={c.bias}): "
                           f"export supports {', '.join(f for f in FAMILIES if f != 'mistral')}")
@@ -363,7 +363,7 @@ def model_type_of(config):
 
 def hf_config(config, model_type, dtype, special):
     """config.json for `config` as `model_type`, with the fields transformers (4.x and 5.x) reads."""
-    c, hd = config, config.head_dim or config.n_embd // config.n_head
+    c = config
     out = dict(architectures=[ARCHITECTURES[model_type]], model_type=model_type, vocab_size=c.vocab_size,
                tie_word_embeddings=c.tie_embeddings, dtype=dtype, torch_dtype=dtype, use_cache=True, **special)
     if model_type == 'gpt2':
@@ -371,15 +371,15 @@ def hf_config(config, model_type, dtype, special):
                    n_inner=c.intermediate_size or None, activation_function='gelu_new', layer_norm_epsilon=c.norm_eps,
                    resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout)
     elif model_type == 'opt':
-        out.update(hidden_size=c.n_embd, word_embed_proj_dim=c.n_embd, ffn_dim=c.intermediate_size or 4 * c.n_embd,
+        out.update(hidden_size=c.n_embd, word_embed_proj_dim=c.n_embd, ffn_dim=c.ffn,
                    num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, max_position_embeddings=c.block_size,
                    do_layer_norm_before=True, activation_function='relu', enable_bias=True,
                    layer_norm_elementwise_affine=True, dropout=c.dropout, attention_dropout=0.0)
     else:
         scaling = dict(c.rope_scaling) if c.rope_scaling else None
-        out.update(hidden_size=c.n_embd, intermediate_size=c.intermediate_size or 4 * c.n_embd,
-                   num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head or c.n_head,
-                   head_dim=hd, hidden_act='silu', max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
+        out.update(hidden_size=c.n_embd, intermediate_size=c.ffn,
+                   num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads,
+                   head_dim=c.hd, hidden_act='silu', max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps,
                    rope_theta=c.rope_theta, rope_scaling=scaling,   # what hub configs and 4.x readers use
                    rope_parameters={'rope_type': 'default', 'rope_theta': c.rope_theta, **(scaling or {})},  # 5.x
                    attention_dropout=c.dropout)
@@ -428,23 +428,6 @@ def parse_size(size):
     return int(float(m.group(1)) * {'KB': 1e3, 'MB': 1e6, 'GB': 1e9, 'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30}[unit])
 
 
-def special_token_ids(tokenizer_spec):
-    """bos / eos ids of the tokenizer (tokenizer.get_encoding: bos None for GPT-2, Qwen and the
-    named encodings) and, from a Hugging Face directory's generation_config.json, its pad id and
-    its list of eos ids (Llama-3-Instruct stops at any of three) when that list holds our eos."""
-    from components import tokenizer
-    enc = tokenizer.get_encoding(tokenizer_spec)
-    ids = {'bos_token_id': enc.bos_token, 'eos_token_id': enc.eot_token}
-    source = os.path.join(enc.source_dir, 'generation_config.json') if getattr(enc, 'source_dir', None) else ''
-    if os.path.exists(source):
-        with open(source) as f:
-            gen = json.load(f)
-        if isinstance(gen.get('eos_token_id'), list) and enc.eot_token in gen['eos_token_id']:
-            ids['eos_token_id'] = gen['eos_token_id']
-        ids['pad_token_id'] = gen.get('pad_token_id')
-    return {k: v for k, v in ids.items() if v is not None}
-
-
 def model_state(model):
     """State dict without any wrapper prefixes (torch.compile's `_orig_mod.`, DDP's `module.`)."""
     sd = model.state_dict()
@@ -477,7 +460,7 @@ def export_hf(model, tokenizer_spec, out_dir, max_shard_size='5GB'):
         shards[-1].append((name, t))
         size += nbytes
     dtype = str(tensors[0][1].dtype).removeprefix('torch.')
-    special = special_token_ids(tokenizer_spec)
+    special = tokenizer.special_token_ids(tokenizer_spec)
     tmp = f"{out_dir}.tmp.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

@@ -33,6 +33,8 @@ tokenizer_fingerprint(enc) hashes what the ids mean (every id's piece), not file
 import base64
 import functools
 import hashlib
+import json
+import os
 import re
 from pathlib import Path
 
@@ -109,3 +111,19 @@ def write_hf_tokenizer_files(spec, out_dir):
     """Write the tokenizer files of `spec` into out_dir (an exported Hugging Face model directory)
     so that transformers.AutoTokenizer.from_pretrained(out_dir) gives our ids; see tokenizer_hf.py."""
     return tokenizer_hf.write_hf_tokenizer_files(get_encoding(spec), out_dir)
+
+
+def special_token_ids(tokenizer_spec):
+    """bos / eos ids of the tokenizer (tokenizer.get_encoding: bos None for GPT-2, Qwen and the
+    named encodings) and, from a Hugging Face directory's generation_config.json, its pad id and
+    its list of eos ids (Llama-3-Instruct stops at any of three) when that list holds our eos."""
+    enc = get_encoding(tokenizer_spec)
+    ids = {'bos_token_id': enc.bos_token, 'eos_token_id': enc.eot_token}
+    source = os.path.join(enc.source_dir, 'generation_config.json') if getattr(enc, 'source_dir', None) else ''
+    if os.path.exists(source):
+        with open(source) as f:
+            gen = json.load(f)
+        if isinstance(gen.get('eos_token_id'), list) and enc.eot_token in gen['eos_token_id']:
+            ids['eos_token_id'] = gen['eos_token_id']
+        ids['pad_token_id'] = gen.get('pad_token_id')
+    return {k: v for k, v in ids.items() if v is not None}

@@ -367,12 +367,13 @@ def bench_update_loss(cfg):
 
 # ----------------------------------------------------------------------------- 8. decoding: eager, static, compiled
 def bench_decode(cfg):
-    """The `decode` section: GPT.generate's decode modes on a `decode_preset` model (random weights),
-    greedy, exactly decode_new_tokens per row: 'eager' (dynamic shapes), 'static' (GPT.decode_step
+    """The `decode` section: sampling.generate's decode modes on a `decode_preset` model (random weights),
+    greedy, exactly decode_new_tokens per row: 'eager' (dynamic shapes), 'static' (sampling.decode_step
     uncompiled) and 'compile' (torch.compile of that step; CUDA graphs on GPU). The compile run is
     timed once untimed first (its compile time is reported on its own)."""
     from scripts.timing import med, spread
-    from model import GPT, preset_config
+    from components.presets import preset_config
+    from model import GPT
     from sampling import generate
     device = cfg.decode_device or ('cuda' if torch.cuda.is_available() else 'cpu')
     dtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16}[cfg.decode_dtype]

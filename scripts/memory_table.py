@@ -13,12 +13,12 @@ sys.path.insert(0, ROOT)  # run as a script
 
 import train  # noqa: E402
 from components.memory import GiB, estimate_run  # noqa: E402
-from model import preset_config  # noqa: E402
+from components.presets import preset_config  # noqa: E402
 
 # ----------------------------------------------------------------------------- the README table
 # The MiniLLM runs of config/ (student training, frozen teacher, rollouts) and the SFT of their
 # teachers (the largest model trained): (model trained, teacher or None, config file, overrides).
-# model.PRESETS holds the shapes of the checkpoints the configs name in init_from / teacher.
+# components/presets.py holds the shapes of the checkpoints the configs name in init_from / teacher.
 TABLE_RUNS = [
     ('opt-1.3b', 'opt-13b', 'config/minillm_opt.py', []),
     ('opt-2.7b', 'opt-13b', 'config/minillm_opt.py', ['--init_from=out/sft_opt_2.7b', '--out_dir=out/minillm_opt_2.7b']),

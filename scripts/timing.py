@@ -1,7 +1,7 @@
 """
-Timing and memory helpers shared by the benchmarks (bench.py, bench_minillm.py): interleaved runs,
-medians with their spread, the resident set of this process, and StepClock, which times every
-optimizer step of one train.py run and the functions a step is made of.
+Timing and memory helpers shared by the benchmarks (bench.py, bench_train.py, bench_minillm.py):
+interleaved runs, medians with their spread, the resident set of this process, and StepClock, which
+times every optimizer step of one train.py run and the functions a step is made of.
 """
 import contextlib
 import io
@@ -63,12 +63,14 @@ class StepClock:
         self.steps, self.spans, self._undo = [], [], []
 
     def __enter__(self):
-        import model
+        import onpolicy
+        import rollout
         import train
         from torch.optim.optimizer import register_optimizer_step_post_hook
         self._undo.append(register_optimizer_step_post_hook(lambda *_: self.steps.append(now())).remove)
         self._wrap(train, 'collect_rollouts', 'rollout', lambda args, out: out['mask'].sum().item())
-        self._wrap(model.GPT, 'generate', 'generate', lambda args, out: 0)
+        for module in (rollout, onpolicy):  # sampling.generate, wrapped where the methods look it up
+            self._wrap(module, 'generate', 'generate', lambda args, out: 0)
         self._wrap(train, 'minillm_micro_loss', 'update', lambda args, out: float(out[1]))
         # supervised_loss(cfg, model, teacher, x, y, ...): the tokens with a loss (y != -1), the same
         # count whether the batch is packed or padded

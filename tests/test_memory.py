@@ -1,5 +1,5 @@
 """
-memory.py: parameter counts equal model.GPT's and transformers' for every family, model.PRESETS
+memory.py: parameter counts equal model.GPT's and transformers' for every family, components/presets.py's PRESETS
 equal the models' published config.json, per-block activations equal what autograd saves, the
 closed forms of the estimate, and the configs of the real pairs at the README table's figures.
 """
@@ -14,7 +14,8 @@ from scripts import memory_table
 import model
 import train
 from configurator import UserError
-from model import GPT, GPTConfig, preset_config
+from components.presets import PRESETS, preset_config
+from model import GPT, GPTConfig
 
 GiB = memory.GiB
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +73,7 @@ def test_parameter_count_of_gpt2_variants():
 
 
 # The published config.json of every preset (huggingface.co/<name>/blob/main/config.json; the
-# sources of the copies read are in model.PRESETS' comments), with the published parameter count
+# sources of the copies read are in components/presets.py's comments), with the published parameter count
 # (billions, the hub's safetensors figure) where there is one.
 def _opt(L, H, d, ffn):
     return dict(model_type='opt', vocab_size=50272, max_position_embeddings=2048, hidden_size=d, word_embed_proj_dim=d,
@@ -120,7 +121,7 @@ PUBLISHED = {
 
 
 def test_presets_are_the_published_configs():
-    assert set(PUBLISHED) == set(model.PRESETS)
+    assert set(PUBLISHED) == set(PRESETS)
     for name, (hf_config, billions) in PUBLISHED.items():
         config = preset_config(name)
         assert hf.gpt_config(hf_config) == config, name

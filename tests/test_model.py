@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import model
 import sampling
 from components import hf as hf_interop
+from components.presets import preset_config
 from model import GPT, GPTConfig, KVCache
 from sampling import generate, next_token_logprobs
 
@@ -206,7 +207,7 @@ def test_mixed_generation_matches_mixture_frequencies():
 
 def test_param_count_and_flops_of_gpt2_preset():
     with torch.device('meta'):
-        m = GPT(model.preset_config('gpt2'))
+        m = GPT(preset_config('gpt2'))
     # GPT-2 small: 124,439,808 parameters with tied embeddings; minus 1024*768 positions
     assert m.num_params(non_embedding=False) == 124_439_808
     assert m.num_params() == 124_439_808 - 1024 * 768
@@ -220,7 +221,7 @@ def test_peak_flops_by_gpu_name_and_mfu():
     assert model.peak_flops('NVIDIA H200') == 989e12
     assert model.peak_flops('NVIDIA A100-SXM4-80GB') == 312e12
     assert model.peak_flops('NVIDIA GeForce RTX 4090') == 0.0
-    cfg = model.preset_config('gpt2-medium')
+    cfg = preset_config('gpt2-medium')
     # GPT-2 medium (~0.30B non-embedding params): 10k tokens/s is 6N + 12*L*d*T FLOPs per token each
     n = 302_000_000
     expected = 10_000 * (6 * n + 12 * 24 * 1024 * 1024) / 989e12
@@ -396,7 +397,7 @@ def test_finished_rows_leave_the_batch_and_change_no_token(family):
 
 @families
 def test_static_decode_step_gives_the_eager_greedy_tokens(family):
-    """GPT.decode_step (the static-shape step torch.compile captures: decode='compile') with left
+    """sampling.decode_step (the static-shape step torch.compile captures: decode='compile') with left
     padding equals the eager cache and recomputing the prefix; the cache length is rounded up."""
     m = tiny(11, family=family)
     prompts = [[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40], [7, 7, 7, 7, 7]]
@@ -409,7 +410,7 @@ def test_static_decode_step_gives_the_eager_greedy_tokens(family):
     x = torch.tensor([[3, 1, 4]])
     with torch.no_grad():
         m(x[:, :2], cache=cache)
-        step = m.decode_step(x[:, 2:], cache)
+        step = sampling.decode_step(m, x[:, 2:], cache)
         assert cache.length == 3 and cache.n_valid.tolist() == [3]
         assert torch.allclose(step, m(x)[:, -1], atol=1e-5)
     with pytest.raises(ValueError, match='decode must be one of'):

@@ -481,7 +481,7 @@ def rollout_setup(tiny_instruct, *flags):
                                    ["--gen_temperature=0.6", "--teacher_mix_alpha=0.2"],
                                    ["--gen_temperature=0.6", "--teacher_mix_alpha=0.2", "--chunked_loss=True"]])
 def test_rollout_logprobs_are_those_of_the_sampled_distribution(tiny_instruct, flags):
-    from model import last_position_logits
+    from sampling import last_position_logits
     from sampling import next_token_logprobs
     from rollout import collect_rollouts, minillm_micro_loss
     cfg, data, (student, teacher), order = rollout_setup(tiny_instruct, *flags)
