@@ -29,7 +29,9 @@ import torch.distributed as dist
 
 import kl
 from components import cluster, memory
-from components.checkpoint import BEST_NAME, CKPT_NAME, DCP_DIR, CheckpointManager, build_models
+# DCP_BEST_DIR is not used here, but defaults_from(globals()) below takes every upper-case constant
+# into DEFAULTS, which each checkpoint records as its config: imported so that their contents stay as they were
+from components.checkpoint import BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, CheckpointManager, build_models  # noqa: F401
 from components.parallel import rank_mean, runtime, setup_distributed, wrap
 from components.progress import Speedometer
 from components.tokenizer import get_encoding
