@@ -451,3 +451,22 @@ def test_rollout_scores_off_the_decoding_loop_equal_a_forward(tiny_instruct, tea
         assert torch.allclose(a[key], b[key], atol=1e-5), key
     valid = F.pad(a['mask'], (0, 7 - a['mask'].shape[1]))           # the cache positions an update reads
     assert torch.allclose(a[TEACHER_CACHE][valid], b[TEACHER_CACHE][valid], atol=1e-5)
+
+
+def test_the_config_holds_the_settings_only(tiny_instruct, teacher, tmp_path):
+    """What a run works out at start-up (autocast, chunking, eot, the ranks' agreement) lives in
+    parallel.Runtime, not in the config: after a MiniLLM run the config holds its keys and the launch's
+    rank and world size, nothing else; runtime() derives the chunked loss and eot from the data."""
+    from components.parallel import runtime
+    from dataset import load_meta
+    cfg = train.main(SMALL + [f'--data_dir={tiny_instruct}', f'--out_dir={tmp_path}/m', '--method=minillm',
+                              f'--teacher={teacher}', '--max_iters=1', '--rollout_size=4', '--rollout_batch_size=4',
+                              '--batch_size=4', '--max_new_tokens=4', '--eval_rouge_examples=0'])
+    assert set(vars(cfg)) - set(train.DEFAULTS) == {'rank', 'world_size'}
+    meta = load_meta(tiny_instruct)
+    rt = runtime(cfg, meta)
+    assert (rt.chunked, rt.eot, rt.all_done, rt.ptdtype) == (False, meta['eot_token'], None, torch.float32)
+    cfg.chunked_loss = True
+    assert runtime(cfg, dict(meta, vocab_size=50257)).chunked
+    cfg.chunked_loss = 'auto'
+    assert runtime(cfg, dict(meta, vocab_size=50257)).chunked and not runtime(cfg, meta).chunked
