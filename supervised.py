@@ -28,9 +28,9 @@ def response_positions(targets):
 def atkd_sequences(cfg, targets, keep, tgt, segments, eos=None):
     """ATKD's per-sequence split (atkd_split='sequence', kl.atkd_token_weights): the sequence id of
     each kept position (a padded row is one sequence; packed rows number theirs in `segments`), the
-    EOS id its split leaves out (`eos`, the data's eot), and the factor on the KD weight that keeps the loss a mean over the
-    global batch's sequences under DDP: global_mean rescales this rank's loss by
-    n_local * world / n_global tokens, so the factor is n_global * S_local / (n_local * S_global)."""
+    EOS id its split leaves out (`eos`, the data's eot), and the factor on the KD weight that keeps
+    the loss a mean over the global batch's sequences under DDP: global_mean rescales this rank's
+    loss by n_local * world / n_global tokens, so the factor is n_global * S_local / (n_local * S_global)."""
     if not cfg.atkd or cfg.atkd_split != 'sequence':
         return {}, 1.0
     rows = segments if segments is not None else torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)

@@ -221,10 +221,12 @@ def load_teacher(cfg, vocab, tok, dtype=None):
     teacher, _ = load_model(cfg.teacher, expect_vocab=vocab, expect_tokenizer=tok, dtype=dtype)
     return teacher.requires_grad_(False).eval()
 
+
 def build_models(cfg, meta, ptdtype=None):
-    """train.py's student (scratch / checkpoint / HF GPT-2 / resume) and the frozen teacher (a Hugging Face one
-    in `ptdtype`). Returns (student, teacher or None, resume state or None, weights): `weights` are
-    what `wrap` loads into the two models after sharding them (FSDP), else (None, None)."""
+    """train.py's student (scratch / checkpoint / HF GPT-2 / resume) and the frozen teacher (a
+    Hugging Face one in `ptdtype`). Returns (student, teacher or None, resume state or None,
+    weights): `weights` are what parallel.wrap loads into the two models after sharding them
+    (FSDP), else (None, None)."""
     vocab, tok = meta['vocab_size'], meta['tokenizer']
     if cfg.parallel != 'fsdp':
         model, ckpt = load_student(cfg, vocab, tok)
