@@ -26,31 +26,34 @@ which is where the method saves generation time over on-policy KD.
 
 Under DDP / FSDP every decision (the coins, which rows a replay batch takes) comes from the data
 generator that every rank shares, so all ranks pick the same branch and generate in lockstep
-(cfg.all_done), and the replay buffer holds every rank's rows in rank order: the same buffer on
+(parallel.Runtime.all_done), and the replay buffer holds every rank's rows in rank order: the same buffer on
 every rank and in a one-process run with the global batch.
 """
 import torch
 import torch.distributed as dist
 
+from components.parallel import global_mean, unwrap
 from dataset import split_responses
 from sampling import generate
+from supervised import supervised_loss
 
 SGO_PROB_STEP = 0.1  # φ's increment at a validation-loss rise (finetune.py: adaptive_threshold += 0.1)
 
 
 @torch.no_grad()
-def sample_responses(cfg, model, data, ids, generator):
+def sample_responses(cfg, rt, model, data, ids, generator):
     """Responses (token lists, ending at eot when emitted) that `model` samples for training prompts
     `ids` with the KV cache, at gen_temperature / gen_top_k / gen_top_p, up to max_new_tokens. Under
-    no_grad: the samples are data. Dropout is off while sampling, as in MiniLLM's rollouts."""
-    m = cfg.raw(model)
+    no_grad: the samples are data. Dropout is off while sampling, as in MiniLLM's rollouts. The bare
+    model decodes (parallel.unwrap: no DDP wrapper, no compiled graph); rt: parallel.Runtime."""
+    m = unwrap(model)
     was_training = m.training
     m.eval()
     idx, mask = data.prompt_batch(ids)
-    with cfg.ctx:
+    with rt.ctx:
         out = generate(m, idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.gen_temperature,
-                         top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=data.eot,
-                         attention_mask=mask.to(cfg.device), generator=generator, all_done=cfg.all_done)
+                       top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=data.eot,
+                       attention_mask=mask.to(cfg.device), generator=generator, all_done=rt.all_done)
     m.train(was_training)
     return split_responses(out.cpu(), idx.shape[1], data.eot)
 
@@ -72,14 +75,48 @@ def coin(prob, generator):
     return torch.rand((), generator=generator).item() < prob
 
 
-def gkd_responses(cfg, model, teacher, data, ids, data_gen, sample_gen):
+def gkd_responses(cfg, rt, model, teacher, data, ids, data_gen, sample_gen):
     """GKD's data source for one micro-batch (arXiv 2306.13649, Algorithm 1: u ~ U(0, 1); u ≤ λ:
     on-policy). Returns (responses or None for the gold ones, on_policy)."""
     if coin(cfg.gkd_lambda, data_gen):
-        return sample_responses(cfg, model, data, ids, sample_gen), True
+        return sample_responses(cfg, rt, model, data, ids, sample_gen), True
     if cfg.gkd_seqkd:  # the sequence-level variant's fixed data: teacher samples, here drawn afresh
-        return sample_responses(cfg, teacher, data, ids, sample_gen), False
+        return sample_responses(cfg, rt, teacher, data, ids, sample_gen), False
     return None, False
+
+
+def divergence_loss(cfg, rt, model, teacher, data, ids, responses):
+    """GKD's and DistiLLM's loss on prompts `ids` with `responses` (None: the gold ones): the token
+    divergence alone (kd_ratio 1: no CE), rescaled to the global batch's token mean. Returns (loss, tokens)."""
+    x, y, seg = (t.to(cfg.device) if t is not None else None for t in training_batch(cfg, data, ids, responses))
+    with rt.ctx:
+        loss = supervised_loss(cfg, rt, model, teacher, x, y, 1.0, seg)
+    return global_mean(cfg, loss, (y != -1).sum()), x.numel()
+
+
+class GKDSource:
+    """GKD's micro-batches (arXiv 2306.13649, Algorithm 1): gold prompts drawn by the shared data
+    generator, answered with probability gkd_lambda by the student's own samples (gkd_responses).
+    No state of its own beyond the run's random streams."""
+
+    def __init__(self, cfg, rt, model, teacher, data, data_gen, sample_gen):
+        self.cfg, self.rt, self.model, self.teacher, self.data = cfg, rt, model, teacher, data
+        self.data_gen, self.sample_gen = data_gen, sample_gen
+
+    def loss(self, step):
+        """(this rank's loss, tokens, stats) of one micro-step; `step` (1-based) is unused here."""
+        cfg = self.cfg
+        ids = self.data.sample_indices(cfg.batch_size, self.data_gen, cfg.rank, cfg.world_size)
+        responses, on_policy = gkd_responses(cfg, self.rt, self.model, self.teacher, self.data, ids,
+                                             self.data_gen, self.sample_gen)
+        loss, tokens = divergence_loss(cfg, self.rt, self.model, self.teacher, self.data, ids, responses)
+        return loss, tokens, dict(on_policy=float(on_policy))
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
 
 
 # ----------------------------------------------------------------------------- DistiLLM
@@ -132,10 +169,12 @@ class ReplayBuffer:
 
 
 class DistiLLMSource:
-    """DistiLLM's data source and its state (buffer, φ, the reference validation loss), which
-    train.py saves in ckpt.pt and restores at resume."""
+    """DistiLLM's micro-batches and their state (buffer, φ, the reference validation loss), which
+    the checkpoint saves under 'distillm' and restores at resume."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, rt, model, teacher, data, data_gen, sample_gen):
+        self.cfg, self.rt, self.model, self.teacher, self.data = cfg, rt, model, teacher, data
+        self.data_gen, self.sample_gen = data_gen, sample_gen
         self.buffer = ReplayBuffer(cfg.distillm_capacity)
         self.prob, self.prev_loss, self.eps = cfg.distillm_init_prob, None, cfg.distillm_loss_eps
         self.observed_iter = None
@@ -147,16 +186,25 @@ class DistiLLMSource:
             self.prob, self.prev_loss = adapt_sgo_prob(self.prob, self.prev_loss, val_loss, self.eps)
             self.observed_iter = iter_num
 
-    def responses(self, cfg, model, data, ids, data_gen, sample_gen, step):
+    def loss(self, step):
+        """(this rank's loss, tokens, stats) of one micro-step at 1-based optimizer step `step`."""
+        cfg = self.cfg
+        ids = self.data.sample_indices(cfg.batch_size, self.data_gen, cfg.rank, cfg.world_size)
+        ids, responses, source = self.responses(ids, step)
+        loss, tokens = divergence_loss(cfg, self.rt, self.model, self.teacher, self.data, ids, responses)
+        return loss, tokens, dict(sgo_prob=self.prob, fresh=float(source == 'fresh'), replay=float(source == 'replay'))
+
+    def responses(self, ids, step):
         """This rank's (prompt ids, responses or None for gold, source) for the micro-batch whose gold
         prompts are `ids`, at 1-based step `step`."""
+        cfg, data_gen = self.cfg, self.data_gen
         r = torch.rand((), generator=data_gen).item() if self.prob > 0 else 1.0
         horizon = cfg.lr_decay_iters or cfg.max_iters  # the reference's total_iters, which its lr schedule spans too
         source = sgo_choice(r, self.prob, step, horizon, len(self.buffer), self.buffer.capacity)
         if source == 'gold':
             return ids, None, source
         if source == 'fresh':
-            responses = sample_responses(cfg, model, data, ids, sample_gen)
+            responses = sample_responses(cfg, self.rt, self.model, self.data, ids, self.sample_gen)
             self.buffer.add(all_ranks_rows(cfg, list(zip(ids, responses))))
             return ids, responses, source
         rows = self.buffer.sample(cfg.batch_size * cfg.world_size, data_gen)  # the global batch
@@ -164,10 +212,14 @@ class DistiLLMSource:
         return [i for i, _ in mine], [r for _, r in mine], source
 
     def state_dict(self):
-        return dict(rows=[[i, list(r)] for i, r in self.buffer.rows], prob=self.prob, prev_loss=self.prev_loss,
-                    observed_iter=self.observed_iter)
+        return dict(distillm=dict(rows=[[i, list(r)] for i, r in self.buffer.rows], prob=self.prob,
+                                  prev_loss=self.prev_loss, observed_iter=self.observed_iter))
 
     def load_state_dict(self, state):
+        """From a checkpoint's keys (a checkpoint without 'distillm' leaves the fresh state)."""
+        if not state.get('distillm'):
+            return
+        state = state['distillm']
         self.buffer.rows = [(i, r) for i, r in state['rows']]
         self.prob, self.prev_loss, self.observed_iter = state['prob'], state['prev_loss'], state['observed_iter']
 

@@ -5,8 +5,9 @@ MiniLLM (Gu et al., arXiv 2306.08543), §2.3 and Algorithm 1: every `rollout_siz
 student samples responses from the teacher-mixed distribution p~ = alpha p + (1 - alpha) q_old, the
 teacher and the frozen student score them once, and several policy epochs then train on that
 buffer. The equations (rewards, returns, weights, the clipped loss) are pure functions in
-policy_gradient.py; this file feeds them from `GPT.generate` and GPT forwards. train.py calls
-`collect_rollouts` once per phase and `minillm_micro_loss` once per micro-batch.
+policy_gradient.py; this file feeds them from `sampling.generate` and GPT forwards. train.py takes
+each micro-step's loss from `MiniLLMSource`, which calls `collect_rollouts` once per phase and
+`minillm_micro_loss` once per micro-batch, plus L_PT on the pre-training stream.
 """
 import math
 
@@ -14,9 +15,11 @@ import torch
 import torch.nn.functional as F
 
 import policy_gradient as pg
+from components.parallel import gather_rollouts, global_mean, unwrap
+from components.progress import GenerationProgress
 from dataset import split_responses
 from sampling import filtered_logprobs, generate
-from components.progress import GenerationProgress
+from supervised import supervised_loss
 
 
 class PromptOrder:
@@ -63,10 +66,10 @@ def rollout_batch(rows, eot, device):
     return seq.to(device), amask.to(device), Tp, amask[:, Tp:].bool().to(device)
 
 
-def response_logits(cfg, model, seq, amask, Tp, upcast=True):
+def response_logits(cfg, rt, model, seq, amask, Tp, upcast=True):
     """Logits [B, Tr, V] that predict each response token (bf16 / fp16 upcast to fp32 with `upcast`):
     lm_head runs on those positions only, not on the prompt's (up to half of each row on Dolly)."""
-    with cfg.ctx:
+    with rt.ctx:
         logits = model(seq, attention_mask=amask, head_fn=lambda h, w: F.linear(h[:, Tp - 1:-1], w))
     return upcast_half(logits) if upcast else logits
 
@@ -110,7 +113,7 @@ def sampling_logits(cfg, logits):
 
 
 @torch.no_grad()
-def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
+def collect_rollouts(cfg, rt, model, teacher, prompts, prompt_order, sample_gen):
     """One rollout phase (MiniLLM §2.3, Algorithm 1): sample responses from p~ = alpha p + (1 - alpha) q
     with both KV caches, score them with the teacher and the frozen student q_old, and compute
     rewards r_t = log p(y_t) - log q_old(y_t), advantages and log p~(y_t) once for all epochs.
@@ -118,13 +121,16 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
     `sampling_logits`), so w = q_old / p~ is the importance weight of what was drawn; p in the
     reward is the teacher at temperature 1, the p of the objective KL(q||p). In reference mode the
     advantages are stored before whitening; `minillm_micro_loss` whitens them per PPO minibatch.
-    `prompt_order` (PromptOrder) gives the phase's rollout_size prompts, the same on every rank."""
+    `prompt_order` (PromptOrder) gives the phase's rollout_size prompts, the same on every rank.
+    The bare student decodes (`student`: no DDP wrapper, no compiled graph); the scoring forwards
+    run on `model` as the updates do; rt: parallel.Runtime (autocast, the ranks' agreement)."""
+    student = unwrap(model)
     model.eval()
     chosen = prompt_order.take(cfg.rollout_size)
     per_rank = cfg.rollout_size // cfg.world_size
     chosen = chosen[cfg.rank * per_rank:(cfg.rank + 1) * per_rank]
     rows, parts = [], []
-    cache = new_teacher_cache(cfg, per_rank, cfg.raw(teacher).config.logit_vocab,
+    cache = new_teacher_cache(cfg, rt, per_rank, unwrap(teacher).config.logit_vocab,
                               next(teacher.parameters()).dtype, cfg.device)
     # in fp32 a decoding step's logits are a full forward's up to rounding (1e-6): the rollout's scores are
     # read off the decoding loop; under bf16 / fp16 they are recomputed by a forward, as the reference
@@ -135,12 +141,12 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
         ids = chosen[s:s + cfg.rollout_batch_size]
         p_idx, p_mask = prompts.prompt_batch(ids)
         recorder = {}
-        with cfg.ctx:
-            out = generate(cfg.raw(model), 
-                p_idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.gen_temperature,
+        with rt.ctx:
+            out = generate(
+                student, p_idx.to(cfg.device), cfg.max_new_tokens, temperature=cfg.gen_temperature,
                 top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=prompts.eot,
                 attention_mask=p_mask.to(cfg.device), generator=sample_gen,
-                mix_model=teacher, mix_alpha=cfg.teacher_mix_alpha, all_done=cfg.all_done, decode=cfg.gen_decode,
+                mix_model=teacher, mix_alpha=cfg.teacher_mix_alpha, all_done=rt.all_done, decode=cfg.gen_decode,
                 on_logits=decoding_scores(cfg, recorder, len(ids), cache, s) if from_decoding else None)
         chunk = list(zip([prompts.prompt(i) for i in ids], split_responses(out.cpu(), p_idx.shape[1], prompts.eot)))
         seq, amask, Tp, rmask = rollout_batch(chunk, prompts.eot, cfg.device)
@@ -148,11 +154,11 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
         if from_decoding:  # log q_old(y_t) as sampled, and with mixing the teacher's, read off the decoding loop
             lq = recorder['lq'][:, :Tr]
         else:
-            lq = response_scores(cfg, model, seq, amask, Tp, tokens)[1]
+            lq = response_scores(cfg, rt, model, seq, amask, Tp, tokens)[1]
         if from_decoding and 'lp' in recorder:
             lp, lp_sampled = recorder['lp'][:, :Tr], recorder['lp_sampled'][:, :Tr]
         else:  # log p(y_t) of the teacher itself, and of the teacher as sampled; its logits into the cache
-            lp, lp_sampled = response_scores(cfg, teacher, seq, amask, Tp, tokens, cache=cache, first_row=s)
+            lp, lp_sampled = response_scores(cfg, rt, teacher, seq, amask, Tp, tokens, cache=cache, first_row=s)
         parts.append([torch.where(rmask, x, 0.0) for x in (lq, lp, lp_sampled)] + [rmask])
         rows += chunk
         bar.update(len(chunk), sum(len(r) for _, r in chunk))
@@ -177,12 +183,12 @@ def collect_rollouts(cfg, model, teacher, prompts, prompt_order, sample_gen):
 TEACHER_CACHE = 'teacher_logits'  # the buffer's key for them (None: not kept)
 
 
-def new_teacher_cache(cfg, n_rows, vocab, dtype, device):
+def new_teacher_cache(cfg, rt, n_rows, vocab, dtype, device):
     """An empty [n_rows, max_new_tokens, V] tensor for the rollout's teacher logits, or None: they are
     kept for the single-step term of every update on the buffer (which then needs no teacher
     forward) when they fit in teacher_logits_cache_gb and one process holds all the rows its updates
-    read (world size 1). In `dtype`, or cfg.ptdtype under autocast (the dtype the logits come in)."""
-    dtype = cfg.ptdtype if cfg.dtype != 'float32' else dtype
+    read (world size 1). In `dtype`, or rt.ptdtype in half precision (the dtype the logits come in)."""
+    dtype = rt.ptdtype if cfg.dtype != 'float32' else dtype
     size_gb = n_rows * cfg.max_new_tokens * vocab * torch.finfo(dtype).bits / 8 / 2**30
     if not cfg.single_step or cfg.world_size > 1 or size_gb > cfg.teacher_logits_cache_gb:
         return None
@@ -190,17 +196,17 @@ def new_teacher_cache(cfg, n_rows, vocab, dtype, device):
 
 
 @torch.no_grad()
-def teacher_cache(cfg, teacher, buf):
+def teacher_cache(cfg, rt, teacher, buf):
     """The buffer's teacher logits (checkpoints keep them with the buffer); recomputed batch by batch
     as collect_rollouts scores them for a buffer without the key (a checkpoint written before it)."""
     if TEACHER_CACHE in buf or not cfg.single_step or cfg.world_size > 1:
         return buf.get(TEACHER_CACHE)
-    cache = new_teacher_cache(cfg, len(buf['rows']), cfg.raw(teacher).config.logit_vocab,
+    cache = new_teacher_cache(cfg, rt, len(buf['rows']), unwrap(teacher).config.logit_vocab,
                               next(teacher.parameters()).dtype, cfg.device)
     for s in range(0, len(buf['rows']) if cache is not None else 0, cfg.rollout_batch_size):
         chunk = buf['rows'][s:s + cfg.rollout_batch_size]
-        seq, amask, Tp, _ = rollout_batch(chunk, cfg.eot, cfg.device)
-        response_scores(cfg, teacher, seq, amask, Tp, seq[:, Tp:], cache=cache, first_row=s)
+        seq, amask, Tp, _ = rollout_batch(chunk, rt.eot, cfg.device)
+        response_scores(cfg, rt, teacher, seq, amask, Tp, seq[:, Tp:], cache=cache, first_row=s)
     buf[TEACHER_CACHE] = cache
     return cache
 
@@ -224,7 +230,7 @@ def decoding_scores(cfg, recorder, n_rows, cache, first_row):
     return record
 
 
-def response_scores(cfg, model, seq, amask, Tp, tokens, cache=None, first_row=0):
+def response_scores(cfg, rt, model, seq, amask, Tp, tokens, cache=None, first_row=0):
     """(log softmax(z)(y_t), the same under the sampled distribution `sampling_logits`) [B, Tr] at
     every response position, from one forward whose lm_head runs on response positions only,
     loss_chunk_size rows of logits at a time; with `cache` the logits also go to its rows
@@ -247,7 +253,7 @@ def response_scores(cfg, model, seq, amask, Tp, tokens, cache=None, first_row=0)
             plain[rows] = gather_logp(z, y[rows])
             sampled[rows] = plain[rows] if plain_sampling(cfg) else gather_logp(sampling_logits(cfg, z), y[rows])
         return plain.view(B, Tr), sampled.view(B, Tr)
-    with cfg.ctx:
+    with rt.ctx:
         return model(seq, attention_mask=amask, head_fn=head_fn)
 
 
@@ -266,28 +272,28 @@ def whitened_advantages(cfg, buf, ids, minibatch):
     return white[[group.index(i) for i in ids]]
 
 
-def minillm_micro_loss(cfg, model, teacher, buf, ids, minibatch=None):
+def minillm_micro_loss(cfg, rt, model, teacher, buf, ids, minibatch=None):
     """MiniLLM loss on rollout rows `ids` (MiniLLM §2.2: L_Long(clipped) + L_Single), this rank's
     share of the PPO minibatch `minibatch` (default: `ids`); returns (loss, response-token count, stats).
-    With cfg.chunked the loss runs on the student's hidden states chunk by chunk
+    With rt.chunked the loss runs on the student's hidden states chunk by chunk
     (pg.chunked_minillm_loss), never holding [B, Tr, V] logits for backward; the teacher's logits
     come from the rollout's cache when it kept them (teacher_cache), else from its forward."""
-    seq, amask, Tp, rmask = rollout_batch([buf['rows'][i] for i in ids], cfg.eot, cfg.device)
+    seq, amask, Tp, rmask = rollout_batch([buf['rows'][i] for i in ids], rt.eot, cfg.device)
     Tr, tokens = rmask.shape[1], seq[:, Tp:]
     take = {k: buf[k][ids, :Tr] for k in ('logp_old', 'logp_teacher', 'logp_mix', 'advantages')}
     if cfg.returns_mode == 'reference':
         take['advantages'] = whitened_advantages(cfg, buf, ids, minibatch)[:, :Tr]
     switches = dict(logp_mix=take['logp_mix'], single_step=cfg.single_step, teacher_mix_alpha=cfg.teacher_mix_alpha,
                     clip_eps=cfg.clip_eps, single_step_weighted=cfg.single_step_weighted, advantages=take['advantages'])
-    cache = teacher_cache(cfg, teacher, buf)
+    cache = teacher_cache(cfg, rt, teacher, buf)
     rows = torch.as_tensor(ids, device=cfg.device)
-    if not cfg.chunked:
-        s_logits = sampling_logits(cfg, response_logits(cfg, model, seq, amask, Tp))  # q_θ as sampled
+    if not rt.chunked:
+        s_logits = sampling_logits(cfg, response_logits(cfg, rt, model, seq, amask, Tp))  # q_θ as sampled
         t_logits = None
         if cfg.single_step:
             with torch.no_grad():
                 t_logits = (upcast_half(cache[rows, :Tr]) if cache is not None
-                            else response_logits(cfg, teacher, seq, amask, Tp))
+                            else response_logits(cfg, rt, teacher, seq, amask, Tp))
         loss, stats = pg.minillm_loss(gather_logp(s_logits, tokens), take['logp_old'], take['logp_teacher'], rmask,
                                       s_logits, t_logits, **switches)
         return loss, rmask.sum(), stats
@@ -296,7 +302,7 @@ def minillm_micro_loss(cfg, model, teacher, buf, ids, minibatch=None):
         teacher_in = dict(teacher_logits=cache,
                           teacher_index=(rows[:, None] * cache.shape[1] + torch.arange(Tr, device=cfg.device))[rmask])
     elif cfg.single_step:
-        with torch.no_grad(), cfg.ctx:
+        with torch.no_grad(), rt.ctx:
             if cfg.parallel == 'fsdp':  # the sharded teacher's head exists only inside its forward
                 teacher_in = dict(teacher_logits=teacher(seq, attention_mask=amask,
                                                          head_fn=lambda h, w: F.linear(h[:, Tp - 1:-1], w)))
@@ -309,6 +315,57 @@ def minillm_micro_loss(cfg, model, teacher, buf, ids, minibatch=None):
         return pg.chunked_minillm_loss(hidden[:, Tp - 1:-1], weight, tokens, take['logp_old'], take['logp_teacher'],
                                        rmask, policy=policy, chunk_size=chunk_rows(cfg, weight.shape[0], hidden.device),
                                        **teacher_in, **switches)
-    with cfg.ctx:
+    with rt.ctx:
         loss, stats = model(seq, attention_mask=amask, head_fn=head_fn)
     return loss, rmask.sum(), stats
+
+
+class MiniLLMSource:
+    """MiniLLM's micro-batches (arXiv 2306.08543, Algorithm 1) and their state: each rollout phase
+    fills a buffer from rollout_size prompts (PromptOrder, every rank's rows gathered), queues
+    ppo_epochs shuffled passes over it in global PPO minibatches, and each micro-step trains on this
+    rank's share of the next one, plus pt_weight x L_PT on the pre-training stream `pt_data` (None: off).
+    The checkpoint keeps the buffer, the queue and the prompt order (state_dict)."""
+
+    def __init__(self, cfg, rt, model, teacher, data, pt_data, data_gen, sample_gen):
+        self.cfg, self.rt, self.model, self.teacher, self.data, self.pt_data = cfg, rt, model, teacher, data, pt_data
+        self.data_gen, self.sample_gen = data_gen, sample_gen
+        self.prompt_order = PromptOrder(len(data), cfg.seed)  # epoch by epoch
+        self.buffer, self.queue = None, []
+
+    def loss(self, step):
+        """(this rank's loss, tokens, stats) of one micro-step; `step` (1-based) is unused here."""
+        cfg, rt = self.cfg, self.rt
+        if not self.queue:  # a new rollout phase: ppo_epochs shuffled passes over a fresh (global) buffer
+            self.buffer = gather_rollouts(cfg, collect_rollouts(cfg, rt, self.model, self.teacher, self.data,
+                                                                self.prompt_order, self.sample_gen))
+            n, width = len(self.buffer['rows']), cfg.batch_size * cfg.world_size
+            for _ in range(cfg.ppo_epochs):
+                perm = torch.randperm(n, generator=self.data_gen).tolist()
+                self.queue += [perm[i:i + width] for i in range(0, n - width + 1, width)]
+        minibatch = self.queue.pop(0)  # the global PPO minibatch (reference mode whitens over all of it)
+        ids = minibatch[cfg.rank * cfg.batch_size:(cfg.rank + 1) * cfg.batch_size]  # this rank's share
+        loss, n_tok, stats = minillm_micro_loss(cfg, rt, self.model, self.teacher, self.buffer, ids, minibatch)
+        loss = global_mean(cfg, loss, n_tok)
+        tokens = n_tok.item()
+        if self.pt_data is not None:  # L_PT (MiniLLM §2.3): LM loss (or word-level KD) on pre-training text
+            x, y = self.pt_data.batch(cfg.pt_batch_size, cfg.block_size, self.data_gen, cfg.rank, cfg.world_size)
+            x, y = x.to(cfg.device), y.to(cfg.device)
+            with rt.ctx:
+                pt = supervised_loss(cfg, rt, self.model, self.teacher, x, y, kd_ratio=cfg.pt_kd_ratio)
+            loss = loss + cfg.pt_weight * pt
+            stats['pt_loss'] = pt.detach()
+            tokens += x.numel()
+        return loss, tokens, stats
+
+    def state_dict(self):
+        buffer = {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.buffer.items()} if self.buffer else None
+        return dict(rollout_buffer=buffer, rollout_queue=list(self.queue), prompt_order=self.prompt_order.state_dict())
+
+    def load_state_dict(self, state):
+        """From a checkpoint's keys (missing ones leave the fresh state)."""
+        if state.get('prompt_order'):
+            self.prompt_order.load_state_dict(state['prompt_order'])
+        self.buffer, self.queue = state.get('rollout_buffer'), state.get('rollout_queue', [])
+        if self.buffer is not None:
+            self.buffer = {k: v.to(self.cfg.device) if torch.is_tensor(v) else v for k, v in self.buffer.items()}

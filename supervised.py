@@ -5,11 +5,17 @@ models: where kl.py's pure divergences meet the student's and teacher's forwards
 The loss runs inside the student's forward as its `head_fn` (model.GPT.forward), on the response
 positions only, so DDP/FSDP stay in charge of lm_head and, with `chunked`, the [N, V] student
 logits never exist for backward (kl.chunked_kd_loss).
+
+train.py gets each micro-step's loss from one source object per method; the supervised ones live
+here: `PretrainSource` (a token stream) and `SupervisedSource` (sft, kd, seqkd on gold or
+teacher-written responses). Their only state is the shared data generator, which the checkpoint
+saves with the run's other random streams.
 """
 import torch
 import torch.distributed as dist
 
 import kl
+from components.parallel import global_mean
 
 
 def response_positions(targets):
@@ -19,16 +25,16 @@ def response_positions(targets):
     return keep, flat[keep]
 
 
-def atkd_sequences(cfg, targets, keep, tgt, segments):
+def atkd_sequences(cfg, targets, keep, tgt, segments, eos=None):
     """ATKD's per-sequence split (atkd_split='sequence', kl.atkd_token_weights): the sequence id of
     each kept position (a padded row is one sequence; packed rows number theirs in `segments`), the
-    EOS id its split leaves out, and the factor on the KD weight that keeps the loss a mean over the
-    global batch's sequences under DDP: global_mean rescales this rank's loss by
-    n_local * world / n_global tokens, so the factor is n_global * S_local / (n_local * S_global)."""
+    EOS id its split leaves out (`eos`, the data's eot), and the factor on the KD weight that keeps
+    the loss a mean over the global batch's sequences under DDP: global_mean rescales this rank's
+    loss by n_local * world / n_global tokens, so the factor is n_global * S_local / (n_local * S_global)."""
     if not cfg.atkd or cfg.atkd_split != 'sequence':
         return {}, 1.0
     rows = segments if segments is not None else torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
-    seq, eos = rows.reshape(-1)[keep], getattr(cfg, 'eot', None)
+    seq = rows.reshape(-1)[keep]
     scale = 1.0
     if getattr(cfg, 'world_size', 1) > 1:
         counted = seq if eos is None else seq[tgt != eos]
@@ -52,13 +58,14 @@ def loss_divergence(cfg):
     return (name, dict(alpha=cfg.skew_alpha)) if name.startswith('skew_') else (name, {})
 
 
-def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight, segments=None):
+def kd_head_fn(cfg, rt, targets, teacher_logits, ce_weight, kd_weight, segments=None):
     """The loss applied to the student's hidden states inside its forward (so FSDP/DDP keep
-    control of lm_head). CE and KD share one pass over the response tokens only."""
+    control of lm_head). CE and KD share one pass over the response tokens only; chunk by chunk
+    when rt.chunked (rt: parallel.Runtime)."""
     keep, tgt = response_positions(targets)
     t_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))[keep] if teacher_logits is not None else None
-    loss_fn = kl.chunked_kd_loss if cfg.chunked else kl.plain_kd_loss
-    split, kd_scale = atkd_sequences(cfg, targets, keep, tgt, segments) if t_logits is not None else ({}, 1.0)
+    loss_fn = kl.chunked_kd_loss if rt.chunked else kl.plain_kd_loss
+    split, kd_scale = atkd_sequences(cfg, targets, keep, tgt, segments, rt.eot) if t_logits is not None else ({}, 1.0)
     divergence, div_kwargs = loss_divergence(cfg)
 
     def head_fn(hidden, weight):
@@ -72,14 +79,65 @@ def kd_head_fn(cfg, targets, teacher_logits, ce_weight, kd_weight, segments=None
     return head_fn
 
 
-def supervised_loss(cfg, model, teacher, x, y, kd_ratio=0.0, segments=None):
+def supervised_loss(cfg, rt, model, teacher, x, y, kd_ratio=0.0, segments=None):
     """pretrain / sft / seqkd / kd (and L_PT) loss on one micro-batch; y = -1 where no loss;
     `segments` for packed rows. Word-level KD (Kim & Rush, arXiv 1606.07947 §3.1):
     (1 - kd_ratio) CE(gold) + kd_ratio * mean_t D(p_t || q_t)."""
     if teacher is None or kd_ratio <= 0:
-        if not cfg.chunked:
+        if not rt.chunked:
             return model(x, y, segments=segments)[1]
-        return model(x, head_fn=kd_head_fn(cfg, y, None, 1.0, 0.0), segments=segments)
+        return model(x, head_fn=kd_head_fn(cfg, rt, y, None, 1.0, 0.0), segments=segments)
     with torch.no_grad():
         t_logits = teacher(x, segments=segments)
-    return model(x, head_fn=kd_head_fn(cfg, y, t_logits, 1.0 - kd_ratio, kd_ratio, segments), segments=segments)
+    return model(x, head_fn=kd_head_fn(cfg, rt, y, t_logits, 1.0 - kd_ratio, kd_ratio, segments), segments=segments)
+
+
+# ----------------------------------------------------------------------------- the methods' sources
+class PretrainSource:
+    """pretrain: LM cross-entropy on random windows of a token stream (every row block_size tokens,
+    so each rank's mean is already the global batch's)."""
+
+    def __init__(self, cfg, rt, model, teacher, data, data_gen):
+        self.cfg, self.rt, self.model, self.teacher, self.data, self.data_gen = cfg, rt, model, teacher, data, data_gen
+
+    def loss(self, step):
+        """(this rank's loss, tokens, stats) of one micro-step; `step` (1-based) is unused here."""
+        cfg = self.cfg
+        x, y = self.data.batch(cfg.batch_size, cfg.block_size, self.data_gen, cfg.rank, cfg.world_size)
+        x, y = x.to(cfg.device), y.to(cfg.device)
+        with self.rt.ctx:
+            return supervised_loss(cfg, self.rt, self.model, self.teacher, x, y), x.numel(), {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class SupervisedSource:
+    """sft, kd, seqkd: (1 - kd_ratio) CE + kd_ratio KD (sft: CE alone) on training examples drawn by
+    the shared data generator, packed into rows (cfg.pack) or right-padded; the loss rescaled to the
+    global batch's token mean (parallel.global_mean)."""
+
+    def __init__(self, cfg, rt, model, teacher, data, data_gen):
+        self.cfg, self.rt, self.model, self.teacher, self.data, self.data_gen = cfg, rt, model, teacher, data, data_gen
+
+    def loss(self, step):
+        """(this rank's loss, tokens, stats) of one micro-step; `step` (1-based) is unused here."""
+        cfg = self.cfg
+        ids = self.data.sample_indices(cfg.batch_size, self.data_gen, cfg.rank, cfg.world_size)
+        if cfg.pack:
+            x, y, seg = (t.to(cfg.device) for t in self.data.packed_sft_batch(ids, cfg.block_size))
+        else:
+            (x, y), seg = (t.to(cfg.device) for t in self.data.sft_batch(ids, cfg.block_size)), None
+        with self.rt.ctx:
+            loss = supervised_loss(cfg, self.rt, self.model, self.teacher, x, y,
+                                   cfg.kd_ratio if cfg.method != 'sft' else 0.0, seg)
+        return global_mean(cfg, loss, (y != -1).sum()), x.numel(), {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass

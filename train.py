@@ -22,26 +22,26 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from components import cluster
 import kl
-from components import memory
-import onpolicy
-from components.checkpoint import (BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, atomic_save, checkpoint_payload, load_sharded, load_student,
-                        load_teacher, load_trainer_state, models_from_rank0, save_sharded)
-from configurator import UserError, configure, defaults_from, run
-from dataset import InstructSet, LMStream, load_meta
-from model import DECODE_MODES, GPT, GPTConfig, mfu
-from model import peak_flops as gpu_peak_flops  # the config key `peak_flops` below shadows the name
-from components.parallel import gather_rollouts, global_mean, on_rank0, rank_mean, setup_distributed, wrap
-from rollout import PromptOrder, collect_rollouts, minillm_micro_loss
-from supervised import supervised_loss
+from components import cluster, memory
+# DCP_BEST_DIR is not used here, but defaults_from(globals()) below takes every upper-case constant
+# into DEFAULTS, which each checkpoint records as its config: imported so that their contents stay as they were
+from components.checkpoint import BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, CheckpointManager, build_models  # noqa: F401
+from components.parallel import rank_mean, runtime, setup_distributed, wrap
+from components.progress import Speedometer
 from components.tokenizer import get_encoding
 from components.validation import SELECT_METRICS, improves, rouge_subset, selection_metric, validation_rouge_l
+from configurator import UserError, configure, defaults_from, run
+from dataset import InstructSet, LMStream, load_meta
+from model import DECODE_MODES
+from onpolicy import DistiLLMSource, GKDSource
+from rollout import MiniLLMSource
+from supervised import PretrainSource, SupervisedSource
 
 # ----------------------------------------------------------------------------- config
 # I/O
@@ -170,28 +170,113 @@ def iters_per_epoch(cfg, n_train):
 
 
 # ----------------------------------------------------------------------------- setup
-def build_models(cfg, meta):
-    """Student (scratch / checkpoint / HF GPT-2 / resume) and the frozen teacher. Returns
-    (student, teacher or None, resume state or None, weights): `weights` are what `wrap` loads
-    into the two models after sharding them (FSDP), else (None, None)."""
-    vocab, tok = meta['vocab_size'], meta['tokenizer']
-    if cfg.parallel != 'fsdp':
-        model, ckpt = load_student(cfg, vocab, tok)
-        teacher = load_teacher(cfg, vocab, tok)
-        return model.to(cfg.device), teacher.to(cfg.device) if teacher is not None else None, ckpt, (None, None)
-    # FSDP: only rank 0 builds the models, on CPU, exactly as one process would (same seed, same
-    # files: the run starts from the same weights). Every rank gets empty meta-device copies that
-    # `wrap` shards and fills from rank 0's state dicts, so no GPU ever holds a whole model and only
-    # rank 0's CPU RAM does, once. At resume the student's shards come from dcp/ (load_sharded).
-    ckpt = load_trainer_state(cfg.out_dir) if cfg.init_from == 'resume' else None
-    (model, teacher), weights = models_from_rank0(
-        lambda: (None if ckpt else load_student(cfg, vocab, tok)[0], load_teacher(cfg, vocab, tok)))
-    if ckpt is not None:
-        with torch.device('meta'):
-            model = GPT(GPTConfig(**ckpt['model_args']))
-    if teacher is not None:
-        teacher.requires_grad_(False).eval()
-    return model, teacher, ckpt, weights
+def load_data(cfg):
+    """(train, validation, L_PT stream or None) of the method; a length in epochs becomes max_iters."""
+    if cfg.method == 'pretrain':
+        train_data, val_data = LMStream(cfg.data_dir, 'train'), LMStream(cfg.data_dir, 'val')
+    else:
+        train_data, val_data = InstructSet(cfg.data_dir, 'train'), InstructSet(cfg.data_dir, 'valid')
+    pt_data = LMStream(cfg.pt_data_dir, 'train') if cfg.method == 'minillm' and cfg.pt_data_dir and cfg.pt_weight > 0 else None
+    if cfg.epochs > 0:  # the LMOps scripts give lengths in epochs
+        by_epochs = cfg.epochs * iters_per_epoch(cfg, len(train_data))
+        cfg.max_iters = min(cfg.max_iters, by_epochs) if cfg.max_iters > 0 else by_epochs
+    return train_data, val_data, pt_data
+
+
+def setup_models(cfg, rt, meta):
+    """(the student as trained: DDP / FSDP / compiled, the bare student, teacher, resume state)."""
+    model, teacher, ckpt, weights = build_models(cfg, meta, rt.ptdtype)  # under FSDP: on the meta device
+    memory.check_run(cfg, model.config, teacher.config if teacher is not None else None)
+    trained = wrap(cfg, model, teacher, weights, rt.ptdtype)
+    if cfg.world_size > 1:  # the weights are in place: from here on each rank has its own dropout noise
+        torch.manual_seed(cfg.seed + cfg.rank)
+    return trained, model, teacher, ckpt
+
+
+def make_optimizer(cfg, model):
+    """AdamW with weight decay on matrices and embeddings only: biases and norm gains (1-D) are
+    exempt, as in the LMOps reference (utils.get_optimizer_params) and nanoGPT."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in trained if p.dim() >= 2]),
+              dict(params=[p for p in trained if p.dim() < 2], weight_decay=0.0)]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                             fused=cfg.parallel != 'fsdp')  # fused: one kernel, not one per tensor
+
+
+def make_source(cfg, rt, model, teacher, train_data, pt_data, data_gen, sample_gen):
+    """The method's source of micro-step losses: an object with loss(step) -> (loss, tokens, stats),
+    state_dict() and load_state_dict(), in the method's own file."""
+    if cfg.method == 'pretrain':
+        return PretrainSource(cfg, rt, model, teacher, train_data, data_gen)
+    if cfg.method in ('sft', 'kd', 'seqkd'):
+        return SupervisedSource(cfg, rt, model, teacher, train_data, data_gen)
+    if cfg.method == 'gkd':
+        return GKDSource(cfg, rt, model, teacher, train_data, data_gen, sample_gen)
+    if cfg.method == 'distillm':  # replay buffer, SGO probability
+        return DistiLLMSource(cfg, rt, model, teacher, train_data, data_gen, sample_gen)
+    return MiniLLMSource(cfg, rt, model, teacher, train_data, pt_data, data_gen, sample_gen)
+
+
+@dataclass
+class Run:
+    """What setup builds for the loop."""
+    model: torch.nn.Module       # the student as trained (DDP / FSDP / compiled)
+    raw_model: torch.nn.Module   # the bare student (checkpoints, MFU)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    source: object               # the method's micro-step losses (make_source)
+    checkpoints: CheckpointManager
+    val_data: object
+    enc: object                  # the tokenizer, for validation Rouge-L
+    rouge_ids: list              # the validation prompts Rouge-L is measured on
+    select: str                  # best.pt's metric: 'rouge_l' | 'val_loss'
+    log: object                  # RunLog
+
+
+class RunLog:
+    """out_dir/log.jsonl (rank 0), and the same numbers to wandb when wandb_log=True."""
+
+    def __init__(self, cfg):
+        self.path = os.path.join(cfg.out_dir, 'log.jsonl')
+        self.wandb = (cluster.start_wandb(cfg, {k: v for k, v in vars(cfg).items() if k in DEFAULTS})
+                      if cfg.rank == 0 and cfg.wandb_log else None)
+
+    def write(self, record):
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != 'iter'}, step=record['iter'])
+
+    def finish(self):
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def setup(cfg, rt, meta):
+    """Data, models, optimizer, the method's source and the checkpoints, restored at resume.
+    Returns (Run, iter_num, best)."""
+    train_data, val_data, pt_data = load_data(cfg)
+    rouge_ids = rouge_subset(cfg, val_data)  # best.pt: by Rouge-L on these validation prompts, or by val loss
+    select, enc = selection_metric(cfg, rouge_ids), get_encoding(meta['tokenizer'])
+    model, raw_model, teacher, ckpt = setup_models(cfg, rt, meta)
+    optimizer = make_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler('cuda', enabled=cfg.dtype == 'float16' and cfg.device.startswith('cuda'))
+    data_gen = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: it draws the global batch
+    sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1 + cfg.rank)
+    source = make_source(cfg, rt, model, teacher, train_data, pt_data, data_gen, sample_gen)
+    checkpoints = CheckpointManager(cfg, raw_model, optimizer, source, meta['tokenizer'], data_gen, sample_gen,
+                                    {k: v for k, v in vars(cfg).items() if k in DEFAULTS})
+    iter_num, best = checkpoints.restore(ckpt, select) if ckpt is not None else (0, None)  # best: dict(metric, value, iter)
+    if cfg.rank == 0:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        print(f"{cfg.method}: student {raw_model.num_params() / 1e6:.2f}M params"
+              + (f", teacher {teacher.num_params() / 1e6:.2f}M" if teacher is not None else '')
+              + f", data {cfg.data_dir} ({meta['tokenizer']}), world {cfg.world_size}, device {cfg.device}")
+        print(f"{cfg.max_iters} iterations" + (f" ({cfg.epochs} epochs x {iters_per_epoch(cfg, len(train_data))})" if cfg.epochs > 0 else '')
+              + f"; {cfg.out_dir}/{CKPT_NAME}: the last state, {BEST_NAME}: the best validation {select}"
+              + (f"; Rouge-L on {len(rouge_ids)} validation prompts every {cfg.eval_rouge_interval or cfg.eval_interval} steps"
+                 if rouge_ids else ''))
+    return Run(model, raw_model, optimizer, scaler, source, checkpoints, val_data, enc, rouge_ids, select, RunLog(cfg)), iter_num, best
 
 
 def validate(cfg):
@@ -252,248 +337,116 @@ def main(argv):
     after the step in progress, every rank together, with the last state saved (ckpt.pt / dcp/):
     exit status cluster.PREEMPTED_EXIT (75), and `--init_from=resume` continues as if never stopped."""
     cfg = configure(DEFAULTS, argv)
-    setup_distributed(cfg)
+    own_group = setup_distributed(cfg)
     validate(cfg)
     with cluster.StopSignals() as stop, cluster.run_lock(cfg):
-        run_training(cfg, stop)
-    if cfg.stopped_by:
+        stopped_by = run_training(cfg, stop, own_group)
+    if stopped_by:
         raise SystemExit(cluster.PREEMPTED_EXIT)
     return cfg
 
 
-def run_training(cfg, stop):
-    """Build, train, evaluate and save; `stop` (cluster.StopSignals) is read between steps."""
-    master, cfg.stopped_by = cfg.rank == 0, None
+def run_training(cfg, stop, own_group=False):
+    """Build, train, evaluate and save; `stop` (cluster.StopSignals) is read between steps. Returns
+    the name of the stop signal that ended the run, or None."""
     torch.manual_seed(cfg.seed)
-    cfg.ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.dtype]
-    on_gpu = cfg.device.startswith('cuda')
-    cfg.ctx = torch.autocast('cuda', dtype=cfg.ptdtype) if on_gpu and cfg.dtype != 'float32' and cfg.parallel != 'fsdp' else nullcontext()
-    cfg.raw = lambda m: m.module if hasattr(m, 'module') else getattr(m, '_orig_mod', m)
-
     meta = load_meta(cfg.data_dir)
-    cfg.eot = meta['eot_token']
-    cfg.chunked = meta['vocab_size'] > 8192 if cfg.chunked_loss == 'auto' else bool(cfg.chunked_loss)
-    if cfg.method == 'pretrain':
-        train_data, val_data = LMStream(cfg.data_dir, 'train'), LMStream(cfg.data_dir, 'val')
-    else:
-        train_data, val_data = InstructSet(cfg.data_dir, 'train'), InstructSet(cfg.data_dir, 'valid')
-    pt_data = LMStream(cfg.pt_data_dir, 'train') if cfg.method == 'minillm' and cfg.pt_data_dir and cfg.pt_weight > 0 else None
-    if cfg.epochs > 0:  # the LMOps scripts give lengths in epochs
-        by_epochs = cfg.epochs * iters_per_epoch(cfg, len(train_data))
-        cfg.max_iters = min(cfg.max_iters, by_epochs) if cfg.max_iters > 0 else by_epochs
-    rouge_ids = rouge_subset(cfg, val_data)  # best.pt: by Rouge-L on these validation prompts, or by val loss
-    select, enc = selection_metric(cfg, rouge_ids), get_encoding(meta['tokenizer'])
+    rt = runtime(cfg, meta, own_group)
+    run, iter_num, best = setup(cfg, rt, meta)
+    stopped_by = train_loop(cfg, rt, run, stop, iter_num, best)
+    run.log.finish()
+    if rt.own_group:
+        dist.barrier()  # no rank tears gloo down while another still talks to it (SIGABRT at exit otherwise)
+        dist.destroy_process_group()
+    return stopped_by
 
-    model, teacher, ckpt, weights = build_models(cfg, meta)  # under FSDP: on the meta device
-    raw_model = model
-    memory.check_run(cfg, model.config, teacher.config if teacher is not None else None)
-    scaler = torch.amp.GradScaler('cuda', enabled=cfg.dtype == 'float16' and on_gpu)
-    model = wrap(cfg, model, teacher, weights)
-    del weights
-    if cfg.world_size > 1:  # the weights are in place: from here on each rank has its own dropout noise
-        torch.manual_seed(cfg.seed + cfg.rank)
-    # weight decay on matrices and embeddings only: biases and norm gains (1-D) are exempt, as in the
-    # LMOps reference (utils.get_optimizer_params) and nanoGPT
-    trained = [p for p in model.parameters() if p.requires_grad]
-    groups = [dict(params=[p for p in trained if p.dim() >= 2]),
-              dict(params=[p for p in trained if p.dim() < 2], weight_decay=0.0)]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate,
-                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                                  fused=cfg.parallel != 'fsdp')  # fused: one kernel, not one per tensor
-    data_gen = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: it draws the global batch
-    sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1 + cfg.rank)
-    prompt_order = PromptOrder(len(train_data), cfg.seed) if cfg.method == 'minillm' else None  # epoch by epoch
-    distillm = onpolicy.DistiLLMSource(cfg) if cfg.method == 'distillm' else None  # replay buffer, SGO probability
-    iter_num, best, buf, queue = 0, None, None, []  # best: dict(metric, value, iter) of best.pt
-    if ckpt is not None:
-        if cfg.parallel == 'fsdp':  # this rank's shards of the weights and of the AdamW state
-            load_sharded(cfg.out_dir, raw_model, optimizer)
-        elif 'optimizer' not in ckpt:
-            raise UserError(f"{cfg.out_dir}/ckpt.pt holds weights only (a consolidated FSDP checkpoint): resume "
-                            f"with parallel='fsdp', or start a new run from it with init_from='{cfg.out_dir}'")
-        else:
-            optimizer.load_state_dict(ckpt['optimizer'])
-        iter_num, best = ckpt['iter_num'], ckpt.get('best')
-        if best is not None and best['metric'] != select:  # selection changed at resume: start it afresh
-            best = None
-        if ckpt.get('distillm'):
-            distillm.load_state_dict(ckpt['distillm'])
-        if ckpt.get('prompt_order'):
-            prompt_order.load_state_dict(ckpt['prompt_order'])
-        data_gen.set_state(ckpt['data_gen'])
-        ranks = ckpt.get('ranks') or [ckpt]  # per-rank RNG streams; on another world size they start afresh
-        if len(ranks) == cfg.world_size:
-            sample_gen.set_state(ranks[cfg.rank]['sample_gen'])
-            torch.set_rng_state(ranks[cfg.rank]['torch_rng'])
-        buf, queue = ckpt.get('rollout_buffer'), ckpt.get('rollout_queue', [])
-        if buf is not None:
-            buf = {k: v.to(cfg.device) if torch.is_tensor(v) else v for k, v in buf.items()}
-    # MFU counts the student's training FLOPs only (a KD teacher's forward and MiniLLM's generation
-    # take time but are not in flops_per_token), so it is the sft / pretrain step's figure of merit
-    peak = cfg.peak_flops or (gpu_peak_flops(torch.cuda.get_device_name(cfg.device)) if on_gpu else 0.0)
-    n_params = raw_model.num_params()
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        print(f"{cfg.method}: student {n_params / 1e6:.2f}M params"
-              + (f", teacher {teacher.num_params() / 1e6:.2f}M" if teacher is not None else '')
-              + f", data {cfg.data_dir} ({meta['tokenizer']}), world {cfg.world_size}, device {cfg.device}")
-        print(f"{cfg.max_iters} iterations" + (f" ({cfg.epochs} epochs x {iters_per_epoch(cfg, len(train_data))})" if cfg.epochs > 0 else '')
-              + f"; {cfg.out_dir}/{CKPT_NAME}: the last state, {BEST_NAME}: the best validation {select}"
-              + (f"; Rouge-L on {len(rouge_ids)} validation prompts every {cfg.eval_rouge_interval or cfg.eval_interval} steps"
-                 if rouge_ids else ''))
-    log_path = os.path.join(cfg.out_dir, 'log.jsonl')
-    wandb_run = cluster.start_wandb(cfg, {k: v for k, v in vars(cfg).items() if k in DEFAULTS}) if master and cfg.wandb_log else None
 
-    def log_record(record):
-        """One row of log.jsonl (rank 0), and the same numbers to wandb when wandb_log=True."""
-        with open(log_path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
-        if wandb_run is not None:
-            wandb_run.log({k: v for k, v in record.items() if k != 'iter'}, step=record['iter'])
-
-    def micro_batch():
-        """One micro-step's loss on this rank, already rescaled to a global token mean."""
-        nonlocal buf, queue
+@torch.no_grad()
+def evaluate_loss(cfg, rt, model, val_data):
+    """Mean CE on validation responses (or LM tokens), on fixed batches; the same on every rank."""
+    model.eval()
+    gen, losses = torch.Generator().manual_seed(1234), []
+    for _ in range(cfg.eval_iters):
         if cfg.method == 'pretrain':
-            x, y = train_data.batch(cfg.batch_size, cfg.block_size, data_gen, cfg.rank, cfg.world_size)
-            x, y = x.to(cfg.device), y.to(cfg.device)
-            with cfg.ctx:
-                return supervised_loss(cfg, model, teacher, x, y), x.numel(), {}
-        if cfg.method in ('gkd', 'distillm'):  # the responses: the student's own, replayed or gold (onpolicy.py)
-            ids = train_data.sample_indices(cfg.batch_size, data_gen, cfg.rank, cfg.world_size)
-            if cfg.method == 'gkd':
-                responses, on_policy = onpolicy.gkd_responses(cfg, model, teacher, train_data, ids, data_gen,
-                                                              sample_gen)
-                stats = dict(on_policy=float(on_policy))
-            else:
-                ids, responses, source = distillm.responses(cfg, model, train_data, ids, data_gen, sample_gen,
-                                                            iter_num + 1)
-                stats = dict(sgo_prob=distillm.prob, fresh=float(source == 'fresh'), replay=float(source == 'replay'))
-            x, y, seg = (t.to(cfg.device) if t is not None else None
-                         for t in onpolicy.training_batch(cfg, train_data, ids, responses))
-            with cfg.ctx:  # the divergence alone (kd_ratio 1: no CE), on whichever responses these are
-                loss = supervised_loss(cfg, model, teacher, x, y, 1.0, seg)
-            return global_mean(cfg, loss, (y != -1).sum()), x.numel(), stats
-        if cfg.method != 'minillm':
-            ids = train_data.sample_indices(cfg.batch_size, data_gen, cfg.rank, cfg.world_size)
-            if cfg.pack:
-                x, y, seg = (t.to(cfg.device) for t in train_data.packed_sft_batch(ids, cfg.block_size))
-            else:
-                (x, y), seg = (t.to(cfg.device) for t in train_data.sft_batch(ids, cfg.block_size)), None
-            with cfg.ctx:
-                loss = supervised_loss(cfg, model, teacher, x, y, cfg.kd_ratio if cfg.method != 'sft' else 0.0, seg)
-            return global_mean(cfg, loss, (y != -1).sum()), x.numel(), {}
-        if not queue:  # a new rollout phase: ppo_epochs shuffled passes over a fresh (global) buffer
-            buf = gather_rollouts(cfg, collect_rollouts(cfg, model, teacher, train_data, prompt_order, sample_gen))
-            n, step = len(buf['rows']), cfg.batch_size * cfg.world_size
-            for _ in range(cfg.ppo_epochs):
-                perm = torch.randperm(n, generator=data_gen).tolist()
-                queue += [perm[i:i + step] for i in range(0, n - step + 1, step)]
-        minibatch = queue.pop(0)  # the global PPO minibatch (reference mode whitens over all of it)
-        ids = minibatch[cfg.rank * cfg.batch_size:(cfg.rank + 1) * cfg.batch_size]  # this rank's share
-        loss, n_tok, stats = minillm_micro_loss(cfg, model, teacher, buf, ids, minibatch)
-        loss = global_mean(cfg, loss, n_tok)
-        tokens = n_tok.item()
-        if pt_data is not None:
-            x, y = pt_data.batch(cfg.pt_batch_size, cfg.block_size, data_gen, cfg.rank, cfg.world_size)
-            x, y = x.to(cfg.device), y.to(cfg.device)
-            with cfg.ctx:
-                pt = supervised_loss(cfg, model, teacher, x, y, kd_ratio=cfg.pt_kd_ratio)
-            loss = loss + cfg.pt_weight * pt
-            stats['pt_loss'] = pt.detach()
-            tokens += x.numel()
-        return loss, tokens, stats
-
-    @torch.no_grad()
-    def evaluate_loss():
-        """Mean CE on validation responses (or LM tokens), on fixed batches."""
-        model.eval()
-        gen, losses = torch.Generator().manual_seed(1234), []
-        for _ in range(cfg.eval_iters):
-            if cfg.method == 'pretrain':
-                x, y = val_data.batch(cfg.batch_size, cfg.block_size, gen, cfg.rank, cfg.world_size)
-            else:
-                x, y = val_data.sft_batch(val_data.sample_indices(cfg.batch_size, gen, cfg.rank, cfg.world_size), cfg.block_size)
-            with cfg.ctx:
-                loss = model(x.to(cfg.device), y.to(cfg.device))[1].item()
-            losses.append(rank_mean(cfg, loss, (y != -1).sum().item()))  # the same on every rank
-        model.train()
-        return sum(losses) / len(losses)
-
-    def write(name, payload):
-        """Rank 0 writes out_dir/name (atomic_save of payload()); a failed write is raised on every rank."""
-        on_rank0(cfg, lambda: atomic_save(payload(), os.path.join(cfg.out_dir, name)))
-
-    def save(which, metrics):
-        """which='best': the weights (best.pt from rank 0; FSDP: dcp_best/, shards without AdamW state,
-        from every rank); 'last': the whole state resume needs (ckpt.pt; FSDP: dcp/). Collective when distributed.
-        Weights with a NaN or inf are never written: the checkpoint on disk stays the last finite one."""
-        nonlocal last_saved
-        name = {'best': BEST_NAME, 'last': CKPT_NAME} if cfg.parallel != 'fsdp' else {'best': DCP_BEST_DIR, 'last': DCP_DIR}
-        broken, where = cluster.nonfinite_weights(cfg, raw_model)
-        if broken:
-            raise UserError(f"iter {iter_num}: non-finite weights ({', '.join(where[:3]) or 'on another rank'}): "
-                            f"{cfg.out_dir}/{name[which]} not written, it keeps the last finite state; "
-                            f"lower learning_rate, then resume")
-        info = dict(iter_num=iter_num, best=best, metrics=metrics, config={k: v for k, v in vars(cfg).items() if k in DEFAULTS})
-        if which == 'best':
-            if cfg.parallel == 'fsdp':
-                save_sharded(cfg.out_dir, raw_model, None, meta['tokenizer'], name=DCP_BEST_DIR, **info)
-            else:
-                write(BEST_NAME, lambda: checkpoint_payload(raw_model, meta['tokenizer'], **info))
-            return
-        state = dict(info, data_gen=data_gen.get_state(), sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state(),
-                     rollout_buffer={k: v.cpu() if torch.is_tensor(v) else v for k, v in buf.items()} if buf else None,
-                     rollout_queue=list(queue),
-                     prompt_order=prompt_order.state_dict() if prompt_order else None,
-                     distillm=distillm.state_dict() if distillm else None)
-        if cfg.world_size > 1:  # each rank's own sampling and dropout streams
-            state['ranks'] = [None] * cfg.world_size
-            dist.all_gather_object(state['ranks'], dict(sample_gen=sample_gen.get_state(), torch_rng=torch.get_rng_state()))
-        if cfg.parallel == 'fsdp':
-            save_sharded(cfg.out_dir, raw_model, optimizer, meta['tokenizer'], **state)
+            x, y = val_data.batch(cfg.batch_size, cfg.block_size, gen, cfg.rank, cfg.world_size)
         else:
-            write(CKPT_NAME, lambda: checkpoint_payload(raw_model, meta['tokenizer'], optimizer=optimizer.state_dict(), **state))
-        last_saved = iter_num
-
+            x, y = val_data.sft_batch(val_data.sample_indices(cfg.batch_size, gen, cfg.rank, cfg.world_size), cfg.block_size)
+        with rt.ctx:
+            loss = model(x.to(cfg.device), y.to(cfg.device))[1].item()
+        losses.append(rank_mean(cfg, loss, (y != -1).sum().item()))
     model.train()
-    t0, t_start, it_start, tokens_seen = time.time(), time.time(), iter_num, 0
-    last_saved, skipped, bad_in_row = (iter_num if ckpt is not None else None), 0, 0  # non-finite steps: all, in a row
+    return sum(losses) / len(losses)
+
+
+def evaluate(cfg, rt, run, iter_num, rouge_due):
+    """The validation metrics: the loss, and Rouge-L when due. DistiLLM's source adapts its SGO
+    probability to the loss (observe)."""
+    metrics = dict(val_loss=evaluate_loss(cfg, rt, run.model, run.val_data))
+    if hasattr(run.source, 'observe'):
+        run.source.observe(metrics['val_loss'], iter_num)
+    if rouge_due:
+        metrics['rouge_l'] = rank_mean(cfg, *validation_rouge_l(cfg, rt, run.model, run.val_data, run.enc, run.rouge_ids))
+    return metrics
+
+
+def step_optimizer(cfg, model, optimizer, scaler, terms):
+    """Clip the gradients, then step unless a term, or the gradient norm, is NaN or inf (the same
+    decision on every rank: cluster.nonfinite_terms). Returns the non-finite terms' names ([]: stepped)."""
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+    # the gradient norm (max_norm inf: measured, not clipped) shows a NaN or inf in any gradient
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    if not scaler.is_enabled():  # float16: overflowing gradients are the grad scaler's (it skips and rescales)
+        terms = dict(terms, grad_norm=grad_norm.full_tensor() if hasattr(grad_norm, 'full_tensor') else grad_norm)
+    bad = cluster.nonfinite_terms(cfg, terms)
+    if bad:  # no update: weights and AdamW state stay as they were; data and schedule move on
+        if scaler.is_enabled():
+            scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return bad
+
+
+def train_loop(cfg, rt, run, stop, iter_num, best):
+    """nanoGPT's loop: evaluate, select the best, save; the stop signal; lr; micro-steps; clip, skip a
+    non-finite step, step; log. Returns the stop signal's name, or None at max_iters."""
+    master, model, optimizer = cfg.rank == 0, run.model, run.optimizer
+    speed = Speedometer(cfg, run.raw_model, iter_num)
+    it_start, skipped, bad_in_row = iter_num, 0, 0  # non-finite steps: all, in a row
+    model.train()
     while True:
         last = iter_num >= cfg.max_iters
-        rouge_due = bool(rouge_ids) and (last or iter_num % (cfg.eval_rouge_interval or cfg.eval_interval) == 0)
+        rouge_due = bool(run.rouge_ids) and (last or iter_num % (cfg.eval_rouge_interval or cfg.eval_interval) == 0)
         if iter_num % cfg.eval_interval == 0 or rouge_due or last:
             t_eval = time.time()
-            metrics = dict(val_loss=evaluate_loss())
-            if distillm is not None:  # DistiLLM adapts its SGO probability to the validation loss
-                distillm.observe(metrics['val_loss'], iter_num)
-            if rouge_due:
-                metrics['rouge_l'] = rank_mean(cfg, *validation_rouge_l(cfg, model, val_data, enc, rouge_ids))
+            metrics = evaluate(cfg, rt, run, iter_num, rouge_due)
             # candidates: states trained here (not the init, nor the state a resume starts from)
-            improved = iter_num > it_start and improves(select, metrics.get(select), best)
+            improved = iter_num > it_start and improves(run.select, metrics.get(run.select), best)
             if improved:
-                best = dict(metric=select, value=metrics[select], iter=iter_num)
+                best = dict(metric=run.select, value=metrics[run.select], iter=iter_num)
             if master:
                 print(f"iter {iter_num}: val loss {metrics['val_loss']:.4f}"
                       + (f", Rouge-L {metrics['rouge_l']:.2f}" if 'rouge_l' in metrics else '')
-                      + (f" (best {select}: {BEST_NAME})" if improved else ''))
-                log_record(dict(iter=iter_num, **metrics))
+                      + (f" (best {run.select}: {BEST_NAME})" if improved else ''))
+                run.log.write(dict(iter=iter_num, **metrics))
             if improved:  # before ckpt.pt, whose record of the best must never be ahead of best.pt
-                save('best', metrics)
+                run.checkpoints.save('best', iter_num, best, metrics)
             if iter_num > it_start and (cfg.always_save_checkpoint or last):
-                save('last', metrics)
-            t0 += time.time() - t_eval  # tokens/s and MFU are of training steps, not of eval and saving
+                run.checkpoints.save('last', iter_num, best, metrics)
+            speed.t0 += time.time() - t_eval  # tokens/s and MFU are of training steps, not of eval and saving
         if last:
-            break
-        cfg.stopped_by = stop.agreed(cfg)  # between steps, the same on every rank (an all-reduce)
-        if cfg.stopped_by:
-            if last_saved != iter_num:
-                save('last', {})
+            return None
+        stopped_by = stop.agreed(cfg)  # between steps, the same on every rank (an all-reduce)
+        if stopped_by:
+            if run.checkpoints.last_saved != iter_num:
+                run.checkpoints.save('last', iter_num, best, {})
             if master:
-                where = os.path.join(cfg.out_dir, DCP_DIR if cfg.parallel == 'fsdp' else CKPT_NAME)
-                print(f"iter {iter_num}: {cfg.stopped_by} received, the last state is in {where}: continue with "
+                print(f"iter {iter_num}: {stopped_by} received, the last state is in "
+                      f"{os.path.join(cfg.out_dir, DCP_DIR if cfg.parallel == 'fsdp' else CKPT_NAME)}: continue with "
                       f"--init_from=resume (exit status {cluster.PREEMPTED_EXIT})", flush=True)
-            break
+            return stopped_by
         lr = get_lr(cfg, iter_num)
         for group in optimizer.param_groups:
             group['lr'] = lr
@@ -501,61 +454,33 @@ def run_training(cfg, stop):
         for micro in range(cfg.gradient_accumulation_steps):
             if cfg.parallel == 'ddp':
                 model.require_backward_grad_sync = micro == cfg.gradient_accumulation_steps - 1
-            loss, n_tokens, stats = micro_batch()
+            loss, n_tokens, stats = run.source.loss(iter_num + 1)  # this rank's share of the global token mean
             loss = loss / cfg.gradient_accumulation_steps
-            scaler.scale(loss).backward()
+            run.scaler.scale(loss).backward()
             total += loss.item()
-            tokens_seen += n_tokens
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-        # the gradient norm (max_norm inf: measured, not clipped) shows a NaN or inf in any gradient
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        terms = dict(loss=total, **stats)
-        if not scaler.is_enabled():  # float16: overflowing gradients are the grad scaler's (it skips and rescales)
-            terms['grad_norm'] = grad_norm.full_tensor() if hasattr(grad_norm, 'full_tensor') else grad_norm
-        bad = cluster.nonfinite_terms(cfg, terms)  # the same on every rank: all skip the same step
-        if bad:  # no update: weights and AdamW state stay as they were; data and schedule move on
-            skipped, bad_in_row = skipped + 1, bad_in_row + 1
-            if scaler.is_enabled():
-                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-        else:
-            scaler.step(optimizer)
-            scaler.update()
-            bad_in_row = 0
-        optimizer.zero_grad(set_to_none=True)
+            speed.tokens += n_tokens
+        bad = step_optimizer(cfg, model, optimizer, run.scaler, dict(loss=total, **stats))
+        skipped, bad_in_row = skipped + bool(bad), bad_in_row + 1 if bad else 0
         iter_num += 1
         if bad and master:
             print(f"iter {iter_num}: non-finite {', '.join(bad)}: step skipped ({bad_in_row} in a row, {skipped} in all)")
         if bad_in_row >= cfg.max_bad_steps:
-            kept = (f"{cfg.out_dir}/{DCP_DIR if cfg.parallel == 'fsdp' else CKPT_NAME} holds iter {last_saved}"
-                    if last_saved is not None else "no checkpoint was written")
+            saved = run.checkpoints.last_saved
+            kept = (f"{cfg.out_dir}/{DCP_DIR if cfg.parallel == 'fsdp' else CKPT_NAME} holds iter {saved}"
+                    if saved is not None else "no checkpoint was written")
             raise UserError(f"iter {iter_num}: non-finite {', '.join(bad)} in {bad_in_row} steps in a row "
                             f"(max_bad_steps={cfg.max_bad_steps}), stopped; {kept}: lower learning_rate or check "
                             f"the data, then resume")
         if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
             total = rank_mean(cfg, total)  # the global batch's loss: the ranks' rescaled losses average to it
             stats = {k: rank_mean(cfg, float(v)) for k, v in stats.items()}  # MiniLLM stats: mean over ranks
-        if master and (iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters):
-            dt = time.time() - t0
-            t0 = time.time()
-            per_iter = (time.time() - t_start) / (iter_num - it_start)
-            extra = ' '.join(f"{k} {float(v):.3f}" for k, v in stats.items())
-            speed = dict(tokens_per_s=tokens_seen * cfg.world_size / dt)  # every rank's tokens
-            if peak:  # per device: this rank's tokens/s against one device's peak
-                speed['mfu'] = mfu(tokens_seen / dt, raw_model.config, n_params, peak)
-            print(f"iter {iter_num}/{cfg.max_iters}: loss {total:.4f}, lr {lr:.2e}, {speed['tokens_per_s']:,.0f} tok/s, "
-                  + (f"mfu {speed['mfu']:.1%}, " if peak else '')
-                  + f"ETA {per_iter * (cfg.max_iters - iter_num):.0f}s {extra}")
-            log_record(dict(iter=iter_num, loss=total, lr=lr, **speed, **{k: float(v) for k, v in stats.items()},
-                            **(dict(skipped_steps=skipped) if skipped else {})))
-            tokens_seen = 0
-        cfg.last_loss = total
-    if wandb_run is not None:
-        wandb_run.finish()
-    if cfg.own_group:
-        dist.barrier()  # no rank tears gloo down while another still talks to it (SIGABRT at exit otherwise)
-        dist.destroy_process_group()
-    return cfg
+            if master:
+                rates, eta = speed.read(iter_num)
+                extra = ' '.join(f"{k} {float(v):.3f}" for k, v in stats.items())
+                print(f"iter {iter_num}/{cfg.max_iters}: loss {total:.4f}, lr {lr:.2e}, {rates['tokens_per_s']:,.0f} tok/s, "
+                      + (f"mfu {rates['mfu']:.1%}, " if 'mfu' in rates else '') + f"ETA {eta:.0f}s {extra}")
+                run.log.write(dict(iter=iter_num, loss=total, lr=lr, **rates, **{k: float(v) for k, v in stats.items()},
+                                   **(dict(skipped_steps=skipped) if skipped else {})))
 
 
 if __name__ == '__main__':

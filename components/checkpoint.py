@@ -3,7 +3,7 @@ Checkpoints. A run directory holds two, each written atomically (temp file + ren
 never leaves half a checkpoint, and loaders turn every mismatch into one clear message:
 
     ckpt.pt   the last state, for `init_from='resume'`: weights, optimizer, iteration, RNG and
-              data-sampler states, rollout buffer
+              data-sampler states, the method source's state (rollout buffer, replay buffer)
     best.pt   the weights at the best evaluation by the run's selection metric (train.py's
               `select_metric`: validation Rouge-L or loss), for sample.py, evaluate.py, init_from
               and teacher
@@ -35,9 +35,11 @@ import warnings
 from dataclasses import asdict
 
 import torch
+import torch.distributed as dist
 
-from components import hf, tokenizer
+from components import cluster, hf, tokenizer
 from components.hf import model_state
+from components.parallel import on_rank0
 from configurator import UserError
 from model import FAMILIES, GPT, GPTConfig
 
@@ -208,15 +210,42 @@ def load_student(cfg, vocab, tok):
     return model, ckpt
 
 
-def load_teacher(cfg, vocab, tok):
-    """train.py's frozen teacher on CPU (cfg.teacher), or None when cfg.method uses none."""
+def load_teacher(cfg, vocab, tok, dtype=None):
+    """train.py's frozen teacher on CPU (cfg.teacher), or None when cfg.method uses none; a Hugging
+    Face teacher in `dtype` (the run's compute dtype; None: as stored)."""
     if not (cfg.method in ('kd', 'minillm', 'gkd', 'distillm') or (cfg.method == 'seqkd' and cfg.kd_ratio > 0) or cfg.pt_kd_ratio > 0):
         return None
     if not cfg.teacher:
         raise UserError(f"method '{cfg.method}' needs a teacher: set --teacher=<run dir, HF directory or hub name>")
     # a Hugging Face teacher in the dtype it computes in (frozen: no fp32 master copy needed)
-    teacher, _ = load_model(cfg.teacher, expect_vocab=vocab, expect_tokenizer=tok, dtype=getattr(cfg, 'ptdtype', None))
+    teacher, _ = load_model(cfg.teacher, expect_vocab=vocab, expect_tokenizer=tok, dtype=dtype)
     return teacher.requires_grad_(False).eval()
+
+
+def build_models(cfg, meta, ptdtype=None):
+    """train.py's student (scratch / checkpoint / HF GPT-2 / resume) and the frozen teacher (a
+    Hugging Face one in `ptdtype`). Returns (student, teacher or None, resume state or None,
+    weights): `weights` are what parallel.wrap loads into the two models after sharding them
+    (FSDP), else (None, None)."""
+    vocab, tok = meta['vocab_size'], meta['tokenizer']
+    if cfg.parallel != 'fsdp':
+        model, ckpt = load_student(cfg, vocab, tok)
+        teacher = load_teacher(cfg, vocab, tok, ptdtype)
+        return model.to(cfg.device), teacher.to(cfg.device) if teacher is not None else None, ckpt, (None, None)
+    # FSDP: only rank 0 builds the models, on CPU, exactly as one process would (same seed, same
+    # files: the run starts from the same weights). Every rank gets empty meta-device copies that
+    # `wrap` shards and fills from rank 0's state dicts, so no GPU ever holds a whole model and only
+    # rank 0's CPU RAM does, once. At resume the student's shards come from dcp/ (load_sharded).
+    ckpt = load_trainer_state(cfg.out_dir) if cfg.init_from == 'resume' else None
+    (model, teacher), weights = models_from_rank0(
+        lambda: (None if ckpt else load_student(cfg, vocab, tok)[0], load_teacher(cfg, vocab, tok, ptdtype)))
+    if ckpt is not None:
+        with torch.device('meta'):
+            model = GPT(GPTConfig(**ckpt['model_args']))
+    if teacher is not None:
+        teacher.requires_grad_(False).eval()
+    return model, teacher, ckpt, weights
+
 
 # ----------------------------------------------------------------------------- sharded (FSDP)
 DCP_DIR, DCP_BEST_DIR, TRAINER_STATE = 'dcp', 'dcp_best', 'trainer_state.pt'
@@ -366,3 +395,96 @@ def export_run(spec, out_dir, max_shard_size='5GB'):
         raise UserError(f"{spec} records no tokenizer: export a run of ours "
                         f"(or a Hugging Face directory with its tokenizer files)")
     return hf.export_hf(model, tok, out_dir, max_shard_size=max_shard_size)
+
+
+# ----------------------------------------------------------------------------- the run's state
+# the method-state keys every ckpt.pt holds, and their value for a method without them
+METHOD_STATE = dict(rollout_buffer=None, rollout_queue=[], prompt_order=None, distillm=None)
+
+
+class CheckpointManager:
+    """Save and restore of a training run (torchtitan's CheckpointManager): what ckpt.pt / dcp/ hold is
+    assembled by asking the objects that own it, and restored into them at resume:
+
+        model, optimizer   the (unwrapped) student's weights, AdamW's state (FSDP: this rank's shards)
+        source             the method's micro-batch source: source.state_dict() (rollout buffer and
+                           queue, prompt order; DistiLLM's replay buffer and φ), top-level keys
+        RNG states         data_gen (shared by every rank), sample_gen and torch's own (each rank's:
+                           `ranks` when distributed)
+        iter_num, best     the step and the best.pt record dict(metric, value, iter)
+
+    best.pt (FSDP: dcp_best/) holds the weights with the same step record. `settings` are the
+    user's settings, written into both. Collective when distributed."""
+
+    def __init__(self, cfg, model, optimizer, source, tokenizer_name, data_gen, sample_gen, settings):
+        self.cfg, self.model, self.optimizer, self.source = cfg, model, optimizer, source
+        self.tokenizer, self.data_gen, self.sample_gen, self.settings = tokenizer_name, data_gen, sample_gen, settings
+        self.sharded = cfg.parallel == 'fsdp'
+        self.last_saved = None  # the iteration of the last state on disk (None: none written by this run)
+
+    def where(self, which):
+        """The file (or, FSDP, directory) of 'best' or 'last' in out_dir."""
+        name = {'best': DCP_BEST_DIR, 'last': DCP_DIR} if self.sharded else {'best': BEST_NAME, 'last': CKPT_NAME}
+        return f"{self.cfg.out_dir}/{name[which]}"
+
+    def rng_state(self):
+        """The run's random streams: the shared data generator's, and this rank's sampling and torch streams."""
+        return dict(data_gen=self.data_gen.get_state(), sample_gen=self.sample_gen.get_state(),
+                    torch_rng=torch.get_rng_state())
+
+    def save(self, which, iter_num, best, metrics):
+        """which='best': the weights (best.pt from rank 0; FSDP: dcp_best/, shards without AdamW state,
+        from every rank); 'last': the whole state resume needs (ckpt.pt; FSDP: dcp/). Weights with a NaN
+        or inf are never written: the checkpoint on disk stays the last finite one."""
+        cfg = self.cfg
+        broken, where = cluster.nonfinite_weights(cfg, self.model)
+        if broken:
+            raise UserError(f"iter {iter_num}: non-finite weights ({', '.join(where[:3]) or 'on another rank'}): "
+                            f"{self.where(which)} not written, it keeps the last finite state; "
+                            f"lower learning_rate, then resume")
+        info = dict(iter_num=iter_num, best=best, metrics=metrics, config=self.settings)
+        if which == 'best':
+            if self.sharded:
+                save_sharded(cfg.out_dir, self.model, None, self.tokenizer, name=DCP_BEST_DIR, **info)
+            else:
+                self._write(BEST_NAME, lambda: checkpoint_payload(self.model, self.tokenizer, **info))
+            return
+        state = dict(info, **self.rng_state(), **{**METHOD_STATE, **self.source.state_dict()})
+        if cfg.world_size > 1:  # each rank's own sampling and dropout streams
+            state['ranks'] = [None] * cfg.world_size
+            mine = self.rng_state()
+            dist.all_gather_object(state['ranks'], dict(sample_gen=mine['sample_gen'], torch_rng=mine['torch_rng']))
+        if self.sharded:
+            save_sharded(cfg.out_dir, self.model, self.optimizer, self.tokenizer, **state)
+        else:
+            self._write(CKPT_NAME, lambda: checkpoint_payload(self.model, self.tokenizer,
+                                                              optimizer=self.optimizer.state_dict(), **state))
+        self.last_saved = iter_num
+
+    def _write(self, name, payload):
+        """Rank 0 writes out_dir/name (atomic_save of payload()); a failed write is raised on every rank."""
+        on_rank0(self.cfg, lambda: atomic_save(payload(), os.path.join(self.cfg.out_dir, name)))
+
+    def restore(self, ckpt, select):
+        """Resume from `ckpt` (ckpt.pt, or FSDP's trainer_state.pt with the shards in dcp/): fills the
+        optimizer (and FSDP's sharded model), the source and the random streams in place. Returns
+        (iter_num, best); best is dropped when it was chosen by another metric than `select`."""
+        cfg = self.cfg
+        if self.sharded:  # this rank's shards of the weights and of the AdamW state
+            load_sharded(cfg.out_dir, self.model, self.optimizer)
+        elif 'optimizer' not in ckpt:
+            raise UserError(f"{cfg.out_dir}/ckpt.pt holds weights only (a consolidated FSDP checkpoint): resume "
+                            f"with parallel='fsdp', or start a new run from it with init_from='{cfg.out_dir}'")
+        else:
+            self.optimizer.load_state_dict(ckpt['optimizer'])
+        iter_num, best = ckpt['iter_num'], ckpt.get('best')
+        if best is not None and best['metric'] != select:  # selection changed at resume: start it afresh
+            best = None
+        self.source.load_state_dict(ckpt)
+        self.data_gen.set_state(ckpt['data_gen'])
+        ranks = ckpt.get('ranks') or [ckpt]  # per-rank RNG streams; on another world size they start afresh
+        if len(ranks) == cfg.world_size:
+            self.sample_gen.set_state(ranks[cfg.rank]['sample_gen'])
+            torch.set_rng_state(ranks[cfg.rank]['torch_rng'])
+        self.last_saved = iter_num
+        return iter_num, best

@@ -224,16 +224,14 @@ DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
 
 def estimate_run(cfg, student, teacher, world_size=None):
     """estimate_memory for train.py's config `cfg` at `world_size` GPUs (default cfg.world_size).
-    Uses cfg.ptdtype / cfg.chunked when train.py has set them, else derives them from cfg.dtype and
-    cfg.chunked_loss as train.py does."""
+    The compute dtype and the chunked loss follow cfg.dtype and cfg.chunked_loss as parallel.runtime
+    derives them."""
     world = world_size or cfg.world_size
     minillm = cfg.method == 'minillm'
     rollout_rows = min(cfg.rollout_batch_size, cfg.rollout_size // world) if minillm else 0
     pt_rows = cfg.pt_batch_size if minillm and cfg.pt_data_dir and cfg.pt_weight > 0 else 0
-    param_bytes = cfg.ptdtype.itemsize if hasattr(cfg, 'ptdtype') else DTYPE_BYTES[cfg.dtype]
-    chunked = getattr(cfg, 'chunked', None)
-    if chunked is None:
-        chunked = logit_vocab(student) > 8192 if cfg.chunked_loss == 'auto' else bool(cfg.chunked_loss)
+    param_bytes = DTYPE_BYTES[cfg.dtype]
+    chunked = logit_vocab(student) > 8192 if cfg.chunked_loss == 'auto' else bool(cfg.chunked_loss)
     return estimate_memory(student, teacher, world, cfg.parallel, batch_size=cfg.batch_size,
                            seq_len=cfg.block_size, param_bytes=param_bytes,
                            activation_checkpointing=cfg.fsdp_activation_checkpointing, cpu_offload=cfg.fsdp_cpu_offload,

@@ -2,9 +2,13 @@
 How one run spreads over ranks (torchrun): the process group, token means over the global batch,
 the global MiniLLM rollout buffer, and wrapping the models for DDP or sharding them with FSDP2.
 With parallel='none' every function here is the identity, so train.py's loop reads the same for
-one process and for many.
+one process and for many. `Runtime` holds what the loop works out once at start-up and passes
+down (autocast, the ranks' agreement, eot, the chunked head loss): the config holds the user's
+settings only.
 """
 import os
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -13,12 +17,53 @@ import torch.nn.functional as F
 from configurator import UserError
 
 
+PTDTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+@dataclass
+class Runtime:
+    """What train.py works out once at start-up, from the settings, the launch and the data, and
+    passes to whatever needs it; tests build one directly (Runtime(eot=..., chunked=...))."""
+    ctx: object = field(default_factory=nullcontext)  # autocast around forwards (CUDA, half precision, not FSDP)
+    ptdtype: torch.dtype = torch.float32  # the dtype models compute in (FSDP's param_dtype, the teacher's storage)
+    chunked: bool = False    # the head losses run chunk by chunk, never holding [N, V] logits for backward
+    eot: int = None          # the data's end-of-text token
+    all_done: object = None  # ranks_all_done under torchrun: every rank decodes the same number of steps
+    own_group: bool = False  # setup_distributed made the process group, so the run tears it down
+
+
+def runtime(cfg, meta, own_group=False):
+    """The Runtime of config `cfg` on data with `meta` (dataset.load_meta), after setup_distributed."""
+    ptdtype = PTDTYPES[cfg.dtype]
+    on_gpu = cfg.device.startswith('cuda')
+    autocast = on_gpu and cfg.dtype != 'float32' and cfg.parallel != 'fsdp'  # FSDP casts by its MixedPrecisionPolicy
+    return Runtime(ctx=torch.autocast('cuda', dtype=ptdtype) if autocast else nullcontext(), ptdtype=ptdtype,
+                   chunked=meta['vocab_size'] > 8192 if cfg.chunked_loss == 'auto' else bool(cfg.chunked_loss),
+                   eot=meta['eot_token'], all_done=ranks_all_done if cfg.parallel != 'none' else None,
+                   own_group=own_group)
+
+
+def unwrap(model):
+    """The bare GPT inside a DDP wrapper (.module) or a torch.compile'd module (._orig_mod): what
+    decoding runs on, and what checkpoints save (DDP's hooks and compile's graphs serve training steps)."""
+    return model.module if hasattr(model, 'module') else getattr(model, '_orig_mod', model)
+
+
+def ranks_all_done(done):
+    """generate's all_done under torchrun: True when every rank's rows are finished, so that every
+    rank takes the same number of decoding steps (FSDP all-gathers weights in each)."""
+    flag = torch.tensor([float(done.all())], device=done.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def setup_distributed(cfg):
-    """torchrun sets RANK/WORLD_SIZE; nccl on GPU, gloo on CPU. A process group that already exists
-    (main() called from a script that set one up) is used and left open."""
-    cfg.rank, cfg.world_size, cfg.all_done, cfg.own_group = 0, 1, None, False
+    """torchrun sets RANK/WORLD_SIZE (cfg.rank, cfg.world_size, and this rank's cfg.device on GPU);
+    nccl on GPU, gloo on CPU. A process group that already exists (main() called from a script that
+    set one up) is used and left open. Returns True when this call made the group."""
+    cfg.rank, cfg.world_size = 0, 1
     if cfg.parallel == 'none':
-        return
+        return False
     if 'RANK' not in os.environ and not dist.is_initialized():
         raise UserError(f"parallel='{cfg.parallel}' needs a torchrun launch: "
                         f"torchrun --nproc_per_node=N train.py <config>")
@@ -26,16 +71,11 @@ def setup_distributed(cfg):
     if on_gpu:
         cfg.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         torch.cuda.set_device(cfg.device)
-    if not dist.is_initialized():
+    own_group = not dist.is_initialized()
+    if own_group:
         dist.init_process_group('nccl' if on_gpu else 'gloo')
-        cfg.own_group = True
     cfg.rank, cfg.world_size = dist.get_rank(), dist.get_world_size()
-
-    def all_done(done):  # every rank takes the same number of decoding steps (FSDP all-gathers)
-        flag = torch.tensor([float(done.all())], device=done.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
-    cfg.all_done = all_done
+    return own_group
 
 
 def global_mean(cfg, loss, n_local):
@@ -72,9 +112,9 @@ def gather_rollouts(cfg, buf):
     return out
 
 
-def wrap(cfg, model, teacher, weights=(None, None)):
+def wrap(cfg, model, teacher, weights=(None, None), ptdtype=torch.float32):
     """DDP: replicate the student and average its gradients. FSDP2: shard student and teacher per
-    block + root (`fully_shard`), all-gathering each block's weights in cfg.ptdtype just for its
+    block + root (`fully_shard`), all-gathering each block's weights in `ptdtype` just for its
     forward/backward and reduce-scattering gradients in fp32; then allocate this rank's shards and
     fill them from rank 0's `weights` (build_models)."""
     if cfg.parallel == 'ddp':
@@ -83,7 +123,7 @@ def wrap(cfg, model, teacher, weights=(None, None)):
     elif cfg.parallel == 'fsdp':
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-        mp = MixedPrecisionPolicy(param_dtype=cfg.ptdtype, reduce_dtype=torch.float32)
+        mp = MixedPrecisionPolicy(param_dtype=ptdtype, reduce_dtype=torch.float32)
         offload = CPUOffloadPolicy() if cfg.fsdp_cpu_offload else OffloadPolicy()
         if cfg.fsdp_activation_checkpointing:
             from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -91,7 +131,7 @@ def wrap(cfg, model, teacher, weights=(None, None)):
                 model.transformer.h[i] = checkpoint_wrapper(block)
         for m, sd in [(m, sd) for m, sd in zip((model, teacher), weights) if m is not None]:
             if m is teacher:
-                m.to(cfg.ptdtype)  # frozen: stored in the dtype it computes in, half the memory of fp32
+                m.to(ptdtype)  # frozen: stored in the dtype it computes in, half the memory of fp32
             for block in m.transformer.h:
                 fully_shard(block, mp_policy=mp, offload_policy=offload)
             fully_shard(m, mp_policy=mp, offload_policy=offload)

@@ -12,6 +12,7 @@ import functools
 
 import torch
 
+from components.parallel import unwrap
 from dataset import split_responses
 from sampling import generate
 
@@ -47,21 +48,21 @@ def improves(metric, value, best):
 
 
 @torch.no_grad()
-def validation_rouge_l(cfg, model, data, enc, ids):
+def validation_rouge_l(cfg, rt, model, data, enc, ids):
     """(mean Rouge-L over this rank's prompts, their count): evaluate.rouge_l (max over references,
     x100) of one response per validation prompt, sampled at tau = 1, top-p = 1 as evaluate.py and
     the reference's in-training validation do, with a generator seeded the same at every
-    evaluation. This rank answers every world_size-th prompt of `ids`; train.py averages the ranks."""
+    evaluation. This rank answers every world_size-th prompt of `ids`; train.py averages the ranks.
+    `rt`: parallel.Runtime (autocast, the ranks' agreement to stop decoding)."""
     model.eval()
     mine = ids[cfg.rank::cfg.world_size]
     gen, total = torch.Generator(device=cfg.device).manual_seed(1234 + cfg.rank), 0.0
     for s in range(0, len(mine), cfg.rollout_batch_size):
         batch = mine[s:s + cfg.rollout_batch_size]
         idx, mask = data.prompt_batch(batch)
-        with cfg.ctx:
-            seq = generate(cfg.raw(model), idx.to(cfg.device), cfg.max_new_tokens, temperature=1.0, top_p=1.0,
-                                          eos_id=data.eot, attention_mask=mask.to(cfg.device), generator=gen,
-                                          all_done=cfg.all_done)
+        with rt.ctx:
+            seq = generate(unwrap(model), idx.to(cfg.device), cfg.max_new_tokens, temperature=1.0, top_p=1.0,
+                           eos_id=data.eot, attention_mask=mask.to(cfg.device), generator=gen, all_done=rt.all_done)
         texts = rollout_texts([dict(seq=seq.cpu(), prompt_mask=mask)], enc, data.eot)
         total += sum(rouge_l(t, data.rows[i].get('references') or [data.rows[i]['response']])
                      for t, i in zip(texts, batch))

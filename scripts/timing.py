@@ -1,7 +1,7 @@
 """
-Timing and memory helpers shared by the benchmarks (bench.py, bench_train.py, bench_minillm.py):
-interleaved runs, medians with their spread, the resident set of this process, and StepClock, which
-times every optimizer step of one train.py run and the functions a step is made of.
+Timing and memory helpers shared by the benchmarks (bench.py, bench_minillm.py): interleaved runs,
+medians with their spread, the resident set of this process, and StepClock, which times every
+optimizer step of one train.py run and the functions a step is made of.
 """
 import contextlib
 import io
@@ -57,7 +57,7 @@ def now():
 
 class StepClock:
     """For one train.main run: (wall, CPU) time of every optimizer step, plus time and token counts
-    of the train.py functions that make up a step (wrapped where main looks them up, undone on exit)."""
+    of the functions that make up a step (wrapped where the method sources look them up, undone on exit)."""
 
     def __init__(self):
         self.steps, self.spans, self._undo = [], [], []
@@ -65,16 +65,18 @@ class StepClock:
     def __enter__(self):
         import onpolicy
         import rollout
-        import train
+        import supervised
+        from components import validation
         from torch.optim.optimizer import register_optimizer_step_post_hook
         self._undo.append(register_optimizer_step_post_hook(lambda *_: self.steps.append(now())).remove)
-        self._wrap(train, 'collect_rollouts', 'rollout', lambda args, out: out['mask'].sum().item())
-        for module in (rollout, onpolicy):  # sampling.generate, wrapped where the methods look it up
+        self._wrap(rollout, 'collect_rollouts', 'rollout', lambda args, out: out['mask'].sum().item())
+        for module in (rollout, onpolicy, validation):  # sampling.generate, where each looks it up
             self._wrap(module, 'generate', 'generate', lambda args, out: 0)
-        self._wrap(train, 'minillm_micro_loss', 'update', lambda args, out: float(out[1]))
-        # supervised_loss(cfg, model, teacher, x, y, ...): the tokens with a loss (y != -1), the same
-        # count whether the batch is packed or padded
-        self._wrap(train, 'supervised_loss', 'supervised', lambda args, out: (args[4] != -1).sum().item())
+        self._wrap(rollout, 'minillm_micro_loss', 'update', lambda args, out: float(out[1]))
+        # supervised_loss(cfg, rt, model, teacher, x, y, ...): the tokens with a loss (y != -1), the
+        # same count whether the batch is packed or padded; wrapped where each method source looks it up
+        for module in (supervised, onpolicy, rollout):
+            self._wrap(module, 'supervised_loss', 'supervised', lambda args, out: (args[5] != -1).sum().item())
         return self
 
     def _wrap(self, owner, name, label, count):

@@ -266,13 +266,14 @@ def test_sigkill_at_random_moments_of_saving_always_resumes(tiny_instruct, tmp_p
 
 # ----------------------------------------------------------------------------- non-finite steps and weights
 def test_a_nan_step_is_skipped_and_the_run_ends_with_finite_weights(tiny_instruct, tmp_path, monkeypatch):
-    calls, loss_fn = [0], train.supervised_loss
+    import supervised
+    calls, loss_fn = [0], supervised.supervised_loss
 
     def nan_on_third(*args, **kwargs):
         calls[0] += 1
         loss = loss_fn(*args, **kwargs)
         return loss * float('nan') if calls[0] == 3 else loss
-    monkeypatch.setattr(train, 'supervised_loss', nan_on_third)
+    monkeypatch.setattr(supervised, 'supervised_loss', nan_on_third)  # where SupervisedSource looks it up
     out = str(tmp_path / 'nan')
     train.main(SMALL + [f'--data_dir={tiny_instruct}', f'--out_dir={out}', '--max_iters=6', '--eval_interval=3'])
     logged = losses(out)
@@ -285,13 +286,14 @@ def test_a_nan_step_is_skipped_and_the_run_ends_with_finite_weights(tiny_instruc
 
 def test_non_finite_steps_in_a_row_stop_naming_the_step_and_the_term(tiny_instruct, tmp_path, monkeypatch):
     """MiniLLM whose L_PT turns NaN from step 2 on: steps 2, 3, 4 are skipped, then the run stops."""
-    calls, loss_fn = [0], train.supervised_loss
+    import rollout
+    calls, loss_fn = [0], rollout.supervised_loss
 
     def nan_from_second(*args, **kwargs):  # L_PT: called once per step
         calls[0] += 1
         loss = loss_fn(*args, **kwargs)
         return loss * float('nan') if calls[0] >= 2 else loss
-    monkeypatch.setattr(train, 'supervised_loss', nan_from_second)
+    monkeypatch.setattr(rollout, 'supervised_loss', nan_from_second)  # where MiniLLMSource looks it up
     args = SMALL + MINILLM + [f'--data_dir={tiny_instruct}', f'--pt_data_dir={tiny_instruct}', '--max_bad_steps=3',
                               f'--teacher={random_model_dir(tmp_path / "teacher")}', f'--out_dir={tmp_path}/stop']
     with pytest.raises(UserError, match=r"iter 4: non-finite loss, pt_loss, grad_norm in 3 steps in a row "

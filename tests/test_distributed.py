@@ -18,9 +18,12 @@ if __name__ == '__main__':  # a torchrun worker: make the repo importable as the
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train
-from components.checkpoint import atomic_save, checkpoint_payload, consolidate, load_model
+from components.parallel import Runtime, global_mean, setup_distributed, wrap
+from components.checkpoint import atomic_save, build_models, checkpoint_payload, consolidate, load_model, load_trainer_state
 from configurator import UserError
+from dataset import load_meta
 from model import GPT, GPTConfig
+from supervised import supervised_loss
 
 B = 4  # sequences per rank per step
 COMMON = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--eval_interval=100', '--eval_iters=1',
@@ -118,12 +121,11 @@ def worker(paths):
     report['atkd_losses'] = atkd_losses_over_ranks(paths)
     # what each rank holds after build_models + wrap under FSDP
     cfg = train.configure(train.DEFAULTS, case_args('kd', paths) + ['--parallel=fsdp', '--fsdp_activation_checkpointing=True'])
-    train.setup_distributed(cfg)
-    cfg.ptdtype = torch.float32
-    meta = train.load_meta(paths['data'])
-    student, teacher, _, weights = train.build_models(cfg, meta)
+    setup_distributed(cfg)
+    meta = load_meta(paths['data'])
+    student, teacher, _, weights = build_models(cfg, meta, torch.float32)
     report['built_on_meta'] = all(p.is_meta for p in student.parameters())
-    train.wrap(cfg, student, teacher, weights)
+    wrap(cfg, student, teacher, weights, torch.float32)
     report['blocks'] = sorted({type(block).__name__ for block in student.transformer.h})
     reference, _ = load_model(paths['student'])
     report['local_numel'] = sum(p.to_local().numel() for p in student.parameters())
@@ -148,7 +150,7 @@ def atkd_losses_over_ranks(paths):
     from dataset import InstructSet
     cfg = train.configure(train.DEFAULTS, case_args('kd', paths) + ['--atkd=True', '--chunked_loss=False'])
     data = InstructSet(paths['data'], 'train')
-    cfg.chunked, cfg.eot, cfg.rank, cfg.world_size = False, data.eot, dist.get_rank(), 2
+    rt, cfg.rank, cfg.world_size = Runtime(chunked=False, eot=data.eot), dist.get_rank(), 2
     student, teacher = load_model(paths['student'])[0], load_model(paths['teacher'])[0]
     by_length = sorted(range(len(data)), key=lambda i: (len(data.rows[i]['response']), i))
     ids = by_length[:4] + by_length[-4:]
@@ -156,7 +158,7 @@ def atkd_losses_over_ranks(paths):
     def loss(cfg, ids):
         x, y, seg = data.packed_sft_batch(ids, cfg.block_size)
         with torch.no_grad():
-            return train.global_mean(cfg, train.supervised_loss(cfg, student, teacher, x, y, 0.5, seg), (y != -1).sum())
+            return global_mean(cfg, supervised_loss(cfg, rt, student, teacher, x, y, 0.5, seg), (y != -1).sum())
     mine = loss(cfg, ids[4 * cfg.rank:4 * cfg.rank + 4])
     dist.all_reduce(mine)
     cfg.world_size = 1
@@ -209,7 +211,7 @@ def runs(tiny_instruct, tmp_path_factory):
         finally:
             if proc.poll() is None:
                 proc.kill()
-    paths['sigterm_iter'] = train.load_trainer_state(str(root / 'fsdpsigterm_minillm'))['iter_num']
+    paths['sigterm_iter'] = load_trainer_state(str(root / 'fsdpsigterm_minillm'))['iter_num']
     cmd = launch + [json.dumps(paths)]
     with open(root / 'torchrun.log', 'w+') as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(root))

@@ -391,11 +391,13 @@ def truncated(model, rows=257):
 
 @pytest.mark.parametrize('extra', [[], ['--atkd=True'], ['--divergence=reverse_kl', '--chunked_loss=True']])
 def test_kd_loss_with_padded_models_equals_the_loss_on_truncated_logits(llama_pair, tiny_instruct, extra):
+    from components.parallel import Runtime
     from configurator import configure
     from dataset import InstructSet
+    from supervised import supervised_loss
     student_dir, teacher_dir, _ = llama_pair
     cfg = configure(train.DEFAULTS, TRAIN + ['--method=kd', *extra])
-    cfg.chunked = cfg.chunked_loss is True
+    rt = Runtime(chunked=cfg.chunked_loss is True)
     data = InstructSet(tiny_instruct, 'train')
     x, y = data.sft_batch(data.sample_indices(8, torch.Generator().manual_seed(0)), cfg.block_size)
     results = []
@@ -403,7 +405,7 @@ def test_kd_loss_with_padded_models_equals_the_loss_on_truncated_logits(llama_pa
     teacher, _ = load_model(teacher_dir, expect_vocab=257)
     assert (student.config.vocab_size, teacher.config.vocab_size) == (264, V)
     for s, t in ((student, teacher), (truncated(student), truncated(teacher))):
-        loss = train.supervised_loss(cfg, s, t.eval(), x, y, kd_ratio=0.5)
+        loss = supervised_loss(cfg, rt, s, t.eval(), x, y, kd_ratio=0.5)
         loss.backward()
         results.append((loss.item(), {k: p.grad[:257] for k, p in s.named_parameters()}))
     (padded, g_pad), (small, g_small) = results

@@ -204,7 +204,7 @@ def test_13b_config_fits_80gb_gpus_from_8_on(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = train.configure(train.DEFAULTS, ['config/minillm_13b_fsdp.py'])
     assert (cfg.init_from, cfg.teacher, cfg.parallel) == ('Qwen/Qwen2.5-14B-Instruct', 'Qwen/Qwen2.5-32B-Instruct', 'fsdp')
-    cfg.rank, cfg.ptdtype, cfg.chunked = 0, torch.bfloat16, True
+    cfg.rank, cfg.dtype = 0, 'bfloat16'  # as on a GPU (the chunked loss: auto, Qwen's vocabulary)
     student, teacher = preset_config('qwen2.5-14b'), preset_config('qwen2.5-32b')
     for world in (8, 64):
         cfg.world_size = world

@@ -11,11 +11,13 @@ import kl
 import onpolicy
 import policy_gradient as pg
 import train
+from components.parallel import Runtime
 from components.checkpoint import atomic_save, checkpoint_payload, load_model
 from configurator import UserError, configure
 from dataset import InstructSet
 from model import GPT, GPTConfig
 from rollout import response_logits, rollout_batch
+from supervised import supervised_loss
 
 SMALL = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=16', '--eval_iters=1',
          '--log_interval=1', '--warmup_iters=0', '--lr_schedule=constant', '--device=cpu', '--dtype=float32',
@@ -93,7 +95,7 @@ def test_the_loss_is_the_named_divergence_on_the_batch(tiny_instruct, teacher, m
                                                        chunked):
     """mean over response tokens of D(p_t || q_t), D = JSD(β) / skew KL(α) with the configured β / α."""
     cfg = configure(train.DEFAULTS, SMALL + [f'--method={method}', f'--chunked_loss={chunked}', *extra])
-    cfg.chunked = chunked
+    rt = Runtime(chunked=chunked)
     data = InstructSet(tiny_instruct, 'train')
     student, teach = load_model(teacher)[0], load_model(teacher)[0]
     torch.manual_seed(0)
@@ -101,7 +103,7 @@ def test_the_loss_is_the_named_divergence_on_the_batch(tiny_instruct, teacher, m
         for p in student.parameters():
             p.add_(0.1 * torch.randn_like(p))
     x, y, seg = onpolicy.training_batch(cfg, data, list(range(8)))
-    loss = train.supervised_loss(cfg, student, teach, x, y, 1.0, seg)
+    loss = supervised_loss(cfg, rt, student, teach, x, y, 1.0, seg)
     with torch.no_grad():
         s, t = student(x, segments=seg), teach(x, segments=seg)
     want = kl.masked_mean(kl.DIVERGENCES[divergence](s, t, **kwargs), y != -1)
@@ -113,7 +115,7 @@ def test_on_policy_reverse_kl_is_minillms_single_step_term(tiny_instruct, teache
     as policy_gradient.single_step_loss (MiniLLM §2.2, no importance weights) on those samples."""
     cfg = configure(train.DEFAULTS, SMALL + ['--method=gkd', '--gkd_lambda=1.0', '--divergence=reverse_kl',
                                              '--pack=False'])
-    cfg.chunked, cfg.all_done, cfg.raw, cfg.ctx = False, None, lambda m: m, torch.autocast('cpu', enabled=False)
+    rt = Runtime(chunked=False)
     data = InstructSet(tiny_instruct, 'train')
     student, teach = load_model(teacher)[0], load_model(teacher)[0]
     torch.manual_seed(0)
@@ -121,16 +123,16 @@ def test_on_policy_reverse_kl_is_minillms_single_step_term(tiny_instruct, teache
         for p in student.parameters():
             p.add_(0.3 * torch.randn_like(p))
     ids = list(range(6))
-    responses, on_policy = onpolicy.gkd_responses(cfg, student, teach, data, ids, torch.Generator().manual_seed(0),
+    responses, on_policy = onpolicy.gkd_responses(cfg, rt, student, teach, data, ids, torch.Generator().manual_seed(0),
                                                   torch.Generator().manual_seed(5))
     assert on_policy and student.training and len(responses) == 6 and any(len(r) > 1 for r in responses)
     x, y, seg = onpolicy.training_batch(cfg, data, ids, responses)
-    ours = train.supervised_loss(cfg, student, teach, x, y, 1.0, seg)
+    ours = supervised_loss(cfg, rt, student, teach, x, y, 1.0, seg)
     g_ours = torch.autograd.grad(ours, list(student.parameters()))
     seq, amask, Tp, rmask = rollout_batch([(data.prompt(i), r) for i, r in zip(ids, responses)], data.eot, 'cpu')
-    s_logits = response_logits(cfg, student, seq, amask, Tp)
+    s_logits = response_logits(cfg, rt, student, seq, amask, Tp)
     with torch.no_grad():
-        t_logits = response_logits(cfg, teach, seq, amask, Tp)
+        t_logits = response_logits(cfg, rt, teach, seq, amask, Tp)
     theirs = pg.single_step_loss(s_logits, t_logits, rmask)
     g_theirs = torch.autograd.grad(theirs, list(student.parameters()))
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
@@ -223,16 +225,16 @@ def test_gpt2_configs_follow_distillms_scripts(name, want, per_step):
 def test_gkd_sources_gold_teacher_or_student(tiny_instruct, teacher):
     """λ = 0: gold (None), or with gkd_seqkd the teacher's samples; λ = 1: the student's samples."""
     cfg = configure(train.DEFAULTS, SMALL + ['--method=gkd', '--gkd_lambda=0.0'])
-    cfg.all_done, cfg.raw, cfg.ctx = None, lambda m: m, torch.autocast('cpu', enabled=False)
+    rt = Runtime()
     data = InstructSet(tiny_instruct, 'train')
     student = GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=1, n_head=2, n_embd=32))
     teach = load_model(teacher)[0]
     ids, gen = list(range(4)), lambda: torch.Generator().manual_seed(3)
-    assert onpolicy.gkd_responses(cfg, student, teach, data, ids, gen(), gen()) == (None, False)
+    assert onpolicy.gkd_responses(cfg, rt, student, teach, data, ids, gen(), gen()) == (None, False)
     cfg.gkd_seqkd = True
-    teacher_rows = onpolicy.sample_responses(cfg, teach, data, ids, gen())
-    assert onpolicy.gkd_responses(cfg, student, teach, data, ids, gen(), gen()) == (teacher_rows, False)
+    teacher_rows = onpolicy.sample_responses(cfg, rt, teach, data, ids, gen())
+    assert onpolicy.gkd_responses(cfg, rt, student, teach, data, ids, gen(), gen()) == (teacher_rows, False)
     cfg.gkd_lambda = 1.0
-    student_rows = onpolicy.sample_responses(cfg, student, data, ids, gen())
-    assert onpolicy.gkd_responses(cfg, student, teach, data, ids, gen(), gen()) == (student_rows, True)
+    student_rows = onpolicy.sample_responses(cfg, rt, student, data, ids, gen())
+    assert onpolicy.gkd_responses(cfg, rt, student, teach, data, ids, gen(), gen()) == (student_rows, True)
     assert student_rows != teacher_rows and all(len(r) <= cfg.max_new_tokens for r in student_rows)

@@ -460,20 +460,19 @@ def rollout_setup(tiny_instruct, *flags):
     from configurator import configure
     from dataset import InstructSet
     from model import GPT, GPTConfig
+    from components.parallel import Runtime
     from rollout import PromptOrder
     cfg = configure(train.DEFAULTS, ['--method=minillm', '--rollout_size=6', '--rollout_batch_size=3',
                                      '--max_new_tokens=5', '--block_size=32', '--device=cpu', '--dtype=float32',
                                      f'--data_dir={tiny_instruct}', *flags])
-    cfg.rank, cfg.world_size, cfg.all_done, cfg.ctx = 0, 1, None, torch.autocast('cpu', enabled=False)
-    cfg.raw = lambda m: m
-    cfg.chunked = cfg.chunked_loss is True
+    cfg.rank, cfg.world_size = 0, 1
     data = InstructSet(tiny_instruct, 'train')
-    cfg.eot = data.eot
+    rt = Runtime(eot=data.eot, chunked=cfg.chunked_loss is True)
     models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         models.append(GPT(GPTConfig(block_size=32, vocab_size=257, n_layer=1, n_head=2, n_embd=32)).eval())
-    return cfg, data, models, PromptOrder(len(data), 0)
+    return cfg, rt, data, models, PromptOrder(len(data), 0)
 
 
 @pytest.mark.parametrize("flags", [["--gen_temperature=0.7", "--gen_top_k=5", "--teacher_mix_alpha=0.0"],
@@ -484,8 +483,8 @@ def test_rollout_logprobs_are_those_of_the_sampled_distribution(tiny_instruct, f
     from sampling import last_position_logits
     from sampling import next_token_logprobs
     from rollout import collect_rollouts, minillm_micro_loss
-    cfg, data, (student, teacher), order = rollout_setup(tiny_instruct, *flags)
-    buf = collect_rollouts(cfg, student, teacher, data, order, torch.Generator().manual_seed(3))
+    cfg, rt, data, (student, teacher), order = rollout_setup(tiny_instruct, *flags)
+    buf = collect_rollouts(cfg, rt, student, teacher, data, order, torch.Generator().manual_seed(3))
     top_k, alpha = cfg.gen_top_k or None, cfg.teacher_mix_alpha
     plain_old = []
     for j, (p, r) in enumerate(buf['rows']):
@@ -504,7 +503,7 @@ def test_rollout_logprobs_are_those_of_the_sampled_distribution(tiny_instruct, f
     assert not torch.allclose(buf['logp_old'][mask], torch.tensor(plain_old), atol=1e-2)  # not the τ = 1 softmax
     # the ratio q_θ / q_old of the loss uses the same distribution: 1 at θ = θ_old
     student.train()
-    _, _, stats = minillm_micro_loss(cfg, student, teacher, buf, [0, 1, 2, 3], [0, 1, 2, 3, 4, 5])
+    _, _, stats = minillm_micro_loss(cfg, rt, student, teacher, buf, [0, 1, 2, 3], [0, 1, 2, 3, 4, 5])
     assert stats['ratio'].item() == pytest.approx(1.0, abs=1e-5)
 
 

@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import train
+from components.parallel import Runtime
+from rollout import collect_rollouts, minillm_micro_loss
+from supervised import supervised_loss
 from configurator import UserError, configure
 from conftest import ROOT
 
@@ -129,13 +132,12 @@ def test_rollout_phase_shapes_masks_and_weights(tiny_instruct, teacher):
     from rollout import PromptOrder
     cfg = configure(train.DEFAULTS, SMALL + ['--method=minillm', '--rollout_size=12',
                                              '--rollout_batch_size=5', '--max_new_tokens=7'])
-    cfg.rank, cfg.world_size, cfg.all_done, cfg.ctx = 0, 1, None, torch.autocast('cpu', enabled=False)
-    cfg.raw = lambda m: m
+    cfg.rank, cfg.world_size = 0, 1
     data = InstructSet(tiny_instruct, 'train')
-    cfg.eot = data.eot
+    rt = Runtime(eot=data.eot)
     student, teach = perturbed_student_and_teacher(teacher)
     order = PromptOrder(len(data), 0)
-    buf = train.collect_rollouts(cfg, student, teach, data, order, torch.Generator().manual_seed(1))
+    buf = collect_rollouts(cfg, rt, student, teach, data, order, torch.Generator().manual_seed(1))
     mask = buf['mask']
     assert mask.shape[0] == 12 and mask.shape[1] <= 7
     assert [p for p, _ in buf['rows']] == [data.prompt(i) for i in order.permutation(0)[:12]]  # epoch 0, in order
@@ -167,7 +169,7 @@ def test_rollout_phase_shapes_masks_and_weights(tiny_instruct, teacher):
 def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_instruct, teacher, extra):
     from dataset import InstructSet
     cfg = configure(train.DEFAULTS, SMALL + extra)
-    cfg.chunked = cfg.chunked_loss is True
+    rt = Runtime(chunked=cfg.chunked_loss is True)
     data = InstructSet(tiny_instruct, 'train')
     ids = data.sample_indices(16, torch.Generator().manual_seed(0))
     x, y = data.sft_batch(ids, cfg.block_size)
@@ -180,7 +182,7 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_instruct, teacher
     results = []
     for args in ((x, y, kd_ratio), (xp, yp, kd_ratio, seg)):
         student.zero_grad()
-        loss = train.supervised_loss(cfg, student, teach, *args)
+        loss = supervised_loss(cfg, rt, student, teach, *args)
         loss.backward()
         results.append((loss.item(), [p.grad.clone() for p in student.parameters()]))
     (padded, g_pad), (packed, g_pack) = results
@@ -397,24 +399,23 @@ def test_minillm_update_chunked_and_with_cached_teacher_equals_the_plain_update(
     from rollout import TEACHER_CACHE, PromptOrder, teacher_cache
     cfg = configure(train.DEFAULTS, SMALL + ['--method=minillm', '--rollout_size=8', '--rollout_batch_size=3',
                                              '--max_new_tokens=7', '--loss_chunk_size=5', *flags])
-    cfg.rank, cfg.world_size, cfg.all_done, cfg.ctx = 0, 1, None, torch.autocast('cpu', enabled=False)
-    cfg.raw, cfg.chunked = (lambda m: m), False
+    cfg.rank, cfg.world_size = 0, 1
     data = InstructSet(tiny_instruct, 'train')
-    cfg.eot = data.eot
+    rt = Runtime(eot=data.eot, chunked=False)
     student, teach = (m.double() for m in perturbed_student_and_teacher(teacher))  # float64: exact up to 1e-12
-    buf = train.collect_rollouts(cfg, student, teach, data, PromptOrder(len(data), 0), torch.Generator().manual_seed(5))
+    buf = collect_rollouts(cfg, rt, student, teach, data, PromptOrder(len(data), 0), torch.Generator().manual_seed(5))
     cache = buf[TEACHER_CACHE]
     assert cache.shape == (8, 7, 257) and (cache[:, buf['mask'].shape[1]:] == 0).all()
-    rebuilt = teacher_cache(cfg, teach, {k: v for k, v in buf.items() if k != TEACHER_CACHE})
+    rebuilt = teacher_cache(cfg, rt, teach, {k: v for k, v in buf.items() if k != TEACHER_CACHE})
     valid = F.pad(buf['mask'], (0, 7 - buf['mask'].shape[1]))
     assert torch.allclose(rebuilt[valid], cache[valid], rtol=1e-10, atol=1e-12), (rebuilt[valid] - cache[valid]).abs().max()
     results = {}
     for chunked, cached in [(False, False), (False, True), (True, True), (True, False)]:
-        cfg.chunked = chunked
+        rt.chunked = chunked
         cfg.teacher_logits_cache_gb = 1.0 if cached else 0.0
         b = buf if cached else {k: v for k, v in buf.items() if k != TEACHER_CACHE}
         student.zero_grad()
-        loss, n, stats = train.minillm_micro_loss(cfg, student, teach, b, [6, 0, 3, 5], list(range(8)))
+        loss, n, stats = minillm_micro_loss(cfg, rt, student, teach, b, [6, 0, 3, 5], list(range(8)))
         loss.backward()
         results[chunked, cached] = loss, [p.grad.clone() for p in student.parameters()], stats
     ref_loss, ref_grads, ref_stats = results[False, False]
@@ -440,9 +441,9 @@ def test_rollout_scores_off_the_decoding_loop_equal_a_forward(tiny_instruct, tea
     for dtype in ('float32', 'bfloat16'):
         cfg = configure(train.DEFAULTS, SMALL + ['--method=minillm', '--rollout_size=6', '--rollout_batch_size=3',
                                                  '--max_new_tokens=7', f'--teacher_mix_alpha={alpha}', f'--dtype={dtype}'])
-        cfg.rank, cfg.world_size, cfg.all_done, cfg.ctx = 0, 1, None, torch.autocast('cpu', enabled=False)
-        cfg.raw, cfg.eot, cfg.ptdtype = (lambda m: m), data.eot, torch.float32   # bf16 path, fp32 arithmetic
-        bufs[dtype] = train.collect_rollouts(cfg, student, teach, data, PromptOrder(len(data), 0),
+        cfg.rank, cfg.world_size = 0, 1
+        rt = Runtime(eot=data.eot, ptdtype=torch.float32)   # bf16 path, fp32 arithmetic
+        bufs[dtype] = collect_rollouts(cfg, rt, student, teach, data, PromptOrder(len(data), 0),
                                              torch.Generator().manual_seed(2))
     a, b = bufs['float32'], bufs['bfloat16']
     assert a['rows'] == b['rows']
@@ -450,3 +451,22 @@ def test_rollout_scores_off_the_decoding_loop_equal_a_forward(tiny_instruct, tea
         assert torch.allclose(a[key], b[key], atol=1e-5), key
     valid = F.pad(a['mask'], (0, 7 - a['mask'].shape[1]))           # the cache positions an update reads
     assert torch.allclose(a[TEACHER_CACHE][valid], b[TEACHER_CACHE][valid], atol=1e-5)
+
+
+def test_the_config_holds_the_settings_only(tiny_instruct, teacher, tmp_path):
+    """What a run works out at start-up (autocast, chunking, eot, the ranks' agreement) lives in
+    parallel.Runtime, not in the config: after a MiniLLM run the config holds its keys and the launch's
+    rank and world size, nothing else; runtime() derives the chunked loss and eot from the data."""
+    from components.parallel import runtime
+    from dataset import load_meta
+    cfg = train.main(SMALL + [f'--data_dir={tiny_instruct}', f'--out_dir={tmp_path}/m', '--method=minillm',
+                              f'--teacher={teacher}', '--max_iters=1', '--rollout_size=4', '--rollout_batch_size=4',
+                              '--batch_size=4', '--max_new_tokens=4', '--eval_rouge_examples=0'])
+    assert set(vars(cfg)) - set(train.DEFAULTS) == {'rank', 'world_size'}
+    meta = load_meta(tiny_instruct)
+    rt = runtime(cfg, meta)
+    assert (rt.chunked, rt.eot, rt.all_done, rt.ptdtype) == (False, meta['eot_token'], None, torch.float32)
+    cfg.chunked_loss = True
+    assert runtime(cfg, dict(meta, vocab_size=50257)).chunked
+    cfg.chunked_loss = 'auto'
+    assert runtime(cfg, dict(meta, vocab_size=50257)).chunked and not runtime(cfg, meta).chunked
