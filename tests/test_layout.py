@@ -102,3 +102,16 @@ def test_model_imports_torch_alone():
 def test_the_root_holds_the_method_and_the_entry_points_only():
     extra = sorted(f for f in os.listdir(ROOT) if f.endswith('.py') and f not in ROOT_FILES)
     assert extra == [], f"{extra} at the root: plumbing goes in components/, tools in scripts/"
+
+
+def test_no_function_over_150_lines_and_no_file_far_over_500():
+    """STYLE.md: no file over ~500 lines, a loop that reads top to bottom (no 300-line function)."""
+    long_functions, long_files = [], []
+    for name, path in project_files().items():
+        text = open(path, encoding='utf-8').read()
+        if text.count('\n') > 550:
+            long_files.append((name, text.count('\n')))
+        for node in ast.walk(ast.parse(text, path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 150:
+                long_functions.append((name, node.name, node.end_lineno - node.lineno + 1))
+    assert long_files == [] and long_functions == [], (long_files, long_functions)
