@@ -40,6 +40,7 @@ from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta
 from model import DECODE_MODES
 from onpolicy import DistiLLMSource, GKDSource
+from prune import prune_student
 from rollout import MiniLLMSource
 from supervised import PretrainSource, SupervisedSource
 
@@ -121,6 +122,8 @@ family = 'gpt2'              # scratch models: gpt2 | opt | llama | mistral | qw
 n_kv_head = 0                # 0 = n_head; fewer: grouped-query attention
 intermediate_size = 0        # MLP width; 0 = 4 * n_embd
 init = 'gpt2'                # 'gpt2' (N(0, 0.02)) | 'pytorch' (module defaults: tiny models learn faster)
+student_layers = 0           # > 0: the student is this many of init_from's blocks (prune.py; e.g. init_from = the teacher)
+student_layer_selection = 'even'  # 'even' (DistilBERT) | 'importance' (ShortGPT block influence on train data) | '0,5,10'
 # optimizer
 learning_rate = 1e-3
 max_iters = 1000
@@ -185,7 +188,7 @@ def load_data(cfg):
 
 def setup_models(cfg, rt, meta):
     """(the student as trained: DDP / FSDP / compiled, the bare student, teacher, resume state)."""
-    model, teacher, ckpt, weights = build_models(cfg, meta, rt.ptdtype)  # under FSDP: on the meta device
+    model, teacher, ckpt, weights = build_models(cfg, meta, rt.ptdtype, prune_student)  # under FSDP: on the meta device
     memory.check_run(cfg, model.config, teacher.config if teacher is not None else None)
     trained = wrap(cfg, model, teacher, weights, rt.ptdtype)
     if cfg.world_size > 1:  # the weights are in place: from here on each rank has its own dropout noise

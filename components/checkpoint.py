@@ -37,7 +37,7 @@ from dataclasses import asdict
 import torch
 import torch.distributed as dist
 
-from components import cluster, hf, tokenizer
+from components import cluster, gguf, hf, tokenizer
 from components.hf import model_state
 from components.parallel import on_rank0
 from configurator import UserError
@@ -137,7 +137,7 @@ def is_hub_name(spec):
 
 def vocabulary_fingerprint(tokenizer_spec):
     """tokenizer.tokenizer_fingerprint of a named encoding or a directory here, else None."""
-    if tokenizer_spec in tokenizer.ENCODINGS or os.path.isdir(tokenizer_spec):
+    if tokenizer_spec in tokenizer.ENCODINGS or os.path.isdir(tokenizer_spec) or gguf.is_gguf(tokenizer_spec):
         return tokenizer.tokenizer_fingerprint(tokenizer.get_encoding(tokenizer_spec))
     return None
 
@@ -151,8 +151,12 @@ def load_model(spec, device='cpu', expect_vocab=None, expect_tokenizer=None, dro
 
     expect_vocab: the data's vocabulary. A model with more embedding rows than that (Qwen2.5-7B's
     152,064 rows for 151,665 tokens) gets config.tokenizer_vocab = expect_vocab: the extra rows
-    are padding, outside every logit; fewer rows than tokens is an error."""
-    if (os.path.isdir(spec) and os.path.exists(os.path.join(spec, 'config.json'))) or is_hub_name(spec):
+    are padding, outside every logit; fewer rows than tokens is an error.
+    A GGUF (components/gguf.py: a .gguf path or a packaged name) is read by the gguf package, never torch.load."""
+    if gguf.is_gguf(spec):
+        hf_config, tensors = gguf.read_model(spec, dtype)
+        model, tok = hf.build(hf_config, tensors, None, dropout or 0.0, gguf.resolve(spec)), spec
+    elif (os.path.isdir(spec) and os.path.exists(os.path.join(spec, 'config.json'))) or is_hub_name(spec):
         try:
             path = hf.local_dir(spec)
         except UserError as e:  # 'out/run' of a run not trained yet reads as 'org/name' too
@@ -222,14 +226,18 @@ def load_teacher(cfg, vocab, tok, dtype=None):
     return teacher.requires_grad_(False).eval()
 
 
-def build_models(cfg, meta, ptdtype=None):
+def build_models(cfg, meta, ptdtype=None, prune=None):
     """train.py's student (scratch / checkpoint / HF GPT-2 / resume) and the frozen teacher (a
     Hugging Face one in `ptdtype`). Returns (student, teacher or None, resume state or None,
     weights): `weights` are what parallel.wrap loads into the two models after sharding them
-    (FSDP), else (None, None)."""
+    (FSDP), else (None, None). `prune(cfg, student, ckpt) -> (student, ckpt)` cuts the loaded
+    student down (prune.prune_student: cfg.student_layers of init_from's blocks)."""
     vocab, tok = meta['vocab_size'], meta['tokenizer']
+
+    def student():
+        return (prune or (lambda c, m, k: (m, k)))(cfg, *load_student(cfg, vocab, tok))
     if cfg.parallel != 'fsdp':
-        model, ckpt = load_student(cfg, vocab, tok)
+        model, ckpt = student()
         teacher = load_teacher(cfg, vocab, tok, ptdtype)
         return model.to(cfg.device), teacher.to(cfg.device) if teacher is not None else None, ckpt, (None, None)
     # FSDP: only rank 0 builds the models, on CPU, exactly as one process would (same seed, same
@@ -238,7 +246,7 @@ def build_models(cfg, meta, ptdtype=None):
     # rank 0's CPU RAM does, once. At resume the student's shards come from dcp/ (load_sharded).
     ckpt = load_trainer_state(cfg.out_dir) if cfg.init_from == 'resume' else None
     (model, teacher), weights = models_from_rank0(
-        lambda: (None if ckpt else load_student(cfg, vocab, tok)[0], load_teacher(cfg, vocab, tok, ptdtype)))
+        lambda: (None if ckpt else student()[0], load_teacher(cfg, vocab, tok, ptdtype)))
     if ckpt is not None:
         with torch.device('meta'):
             model = GPT(GPTConfig(**ckpt['model_args']))

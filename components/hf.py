@@ -314,20 +314,26 @@ def local_dir(name_or_dir):
 
 def from_pretrained(name_or_dir, dropout=0.0, dtype=None):
     """A GPT with the weights of a Hugging Face checkpoint (directory or hub name) of any family in
-    FAMILIES, in the checkpoint's dtype (config.json's dtype / torch_dtype) unless `dtype` is given.
-    Built on the meta device, then each tensor is assigned as it is read: one copy of the weights."""
+    FAMILIES, in the checkpoint's dtype (config.json's dtype / torch_dtype) unless `dtype` is given."""
     path = local_dir(name_or_dir)
     hf = read_config(path)
-    config = gpt_config(hf, dropout)
     if dtype is None:
         dtype = DTYPES.get(hf.get('dtype') or hf.get('torch_dtype'))
+    return build(hf, CheckpointFiles(path), dtype, dropout, path)
+
+
+def build(hf, tensors, dtype=None, dropout=0.0, where='the checkpoint'):
+    """A GPT from a config.json (dict) and its tensors under the Hugging Face names (CheckpointFiles;
+    components/gguf.py's GGUFTensors). Built on the meta device, then each tensor is assigned as it
+    is read: one copy of the weights."""
+    config = gpt_config(hf, dropout)
     with torch.device('meta'):
         model = GPT(config)
-    sd = convert_state_dict(CheckpointFiles(path), config, hf['model_type'], list(model.state_dict()), dtype, path)
+    sd = convert_state_dict(tensors, config, hf['model_type'], list(model.state_dict()), dtype, where)
     try:
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e:  # a shape that disagrees with config.json
-        raise CheckpointError(f"{path}: weights do not match its config.json: {str(e).splitlines()[-1].strip()}") from None
+        raise CheckpointError(f"{where}: weights do not match its config.json: {str(e).splitlines()[-1].strip()}") from None
     if config.tie_embeddings:  # assign gives the tied pair two Parameters: one again
         model.transformer.wte.weight = model.lm_head.weight
     return model

@@ -38,7 +38,7 @@ import os
 import re
 from pathlib import Path
 
-from components import tokenizer_hf
+from components import gguf, tokenizer_hf
 from components.bpe import (ENCODINGS, EOT, IM_END, IM_START, BPEEncoding, TokenizerError,  # noqa: F401
                             TokenizerFileError, named_encoding)
 from components.tokenizer_hf import fetch_hub_tokenizer, load_hf_dir
@@ -51,6 +51,8 @@ def get_encoding(spec):
     name ('Qwen/Qwen2.5-0.5B', online only); built once per process."""
     if spec in ENCODINGS:
         return named_encoding(spec)
+    if gguf.is_gguf(spec):  # a .gguf file's own tokenizer (its metadata)
+        return gguf.load_tokenizer(spec)
     if Path(spec).is_dir():
         return load_hf_dir(spec, name=spec)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not Path(spec).exists():
@@ -89,8 +91,8 @@ def check_same_tokenizer(a_name, a_fingerprint, b_name, b_fingerprint, what):
     data/dolly"). A missing fingerprint (meta.json / checkpoints from before fingerprints) is
     computed from a named encoding or a model directory that still exists; when a side still has
     none, the specs themselves must be equal."""
-    def fingerprint(name):  # of a named encoding, or of a model directory that is still there
-        if name in ENCODINGS or (name and Path(name).is_dir()):
+    def fingerprint(name):  # of a named encoding, or of a model directory / GGUF file that is still there
+        if name in ENCODINGS or (name and Path(name).is_dir()) or (gguf.is_gguf(name) and gguf.exists(name)):
             return tokenizer_fingerprint(get_encoding(name))
         return None
 

@@ -237,6 +237,9 @@ def read_chat_template(tokenizer_dir):
     """(template, special tokens) of a Hugging Face model directory: the "chat_template" of its
     tokenizer_config.json (a string, or a list of named templates, of which 'default' is taken),
     else a chat_template.jinja beside it; bos/eos/unk/pad tokens as strings, for the template."""
+    from components.gguf import is_gguf
+    if is_gguf(str(tokenizer_dir)):  # a GGUF's metadata, as the tokenizer directory it reads as
+        tokenizer_dir = get_encoding(str(tokenizer_dir)).source_dir
     path = Path(tokenizer_dir) / "tokenizer_config.json"
     if not path.is_file():
         raise SystemExit(f"--template=chat needs --tokenizer=<model dir> with a tokenizer_config.json; "

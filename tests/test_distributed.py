@@ -41,6 +41,10 @@ CASES = {
     'llamaminillm': ['--method=minillm', '--rollout_size=16', '--ppo_epochs=2', '--max_new_tokens=6',
                      '--gen_temperature=0.0', '--max_iters=6', '--init_from={llama_student}',
                      '--teacher={llama_teacher}'],
+    # a student of 1 of the llama teacher's 2 blocks, chosen by block influence (prune.py): rank 0
+    # builds it under FSDP, every rank under DDP, and all pick the same block
+    'llamaprune': ['--method=kd', '--max_iters=3', '--init_from={llama_teacher}', '--teacher={llama_teacher}',
+                   '--student_layers=1', '--student_layer_selection=importance'],
     # GKD (λ = 0.5: on-policy and gold steps, the coin from the shared data generator) and DistiLLM
     # (φ = 1: fresh and replayed student samples, the buffer gathered over ranks); greedy as above
     'gkd': ['--method=gkd', '--gen_temperature=0.0', '--max_new_tokens=6', '--max_iters=4', '--init_from={student}'],
