@@ -73,13 +73,13 @@ def hub_handler(files, seen):
 @pytest.fixture
 def local_hub(tmp_path):
     """(endpoint URL, served files {name: bytes}, request log); the server stops with the test."""
-    from components import tokenizer_hf
+    from components import tokenizer
     repo = tmp_path / 'repo'
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=64, vocab_size=257)
     transformers.LlamaForCausalLM(cfg).save_pretrained(str(repo))
-    tokenizer_hf.write_hf_tokenizer_files('byte', str(repo))
+    tokenizer.write_hf_tokenizer_files('byte', str(repo))
     files = {p.name: p.read_bytes() for p in repo.iterdir() if p.is_file()}
     seen = []
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), hub_handler(files, seen))
