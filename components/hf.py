@@ -319,6 +319,7 @@ def from_pretrained(name_or_dir, dropout=0.0, dtype=None):
     hf = read_config(path)
     if dtype is None:
         dtype = DTYPES.get(hf.get('dtype') or hf.get('torch_dtype'))
+    gpt_config(hf, dropout)  # what GPT cannot compute is refused before any weight file is opened
     return build(hf, CheckpointFiles(path), dtype, dropout, path)
 
 
