@@ -1,9 +1,10 @@
 """
-Generate from a checkpoint of ours or a Hugging Face GPT-2.
+Generate from a checkpoint of ours, a Hugging Face checkpoint or a GGUF file (components/gguf.py).
 
     python sample.py --init_from=out/toy_teacher --start="Q: add 38 and 45\\nA:"
     python sample.py --init_from=out/toy_teacher --data_dir=data/toy_instruct --num_prompts=5
     python sample.py --init_from=gpt2 --start=FILE:prompts.txt --max_new_tokens=64
+    python sample.py --init_from=smollm2 --top_k=1 --start='<|im_start|>user\\nHi!<|im_end|>\\n<|im_start|>assistant\\n'
 
 SeqKD data (Kim & Rush 2016; the SeqKD baseline of MiniLLM §3.1): replace every response of an
 instruction set by one the teacher samples (tau = 1) and write it as a new data directory:
