@@ -74,7 +74,7 @@ class GGUFError(UserError, ValueError):
 def is_gguf(spec):
     """Whether a model / tokenizer spec names a GGUF: a .gguf path, gguf:<...>, or a PACKAGED name."""
     return isinstance(spec, str) and (spec.lower().endswith('.gguf') or spec.startswith('gguf:')
-                                      or spec.lower() in PACKAGED)
+                                      or (spec.lower() in PACKAGED and not os.path.exists(spec)))
 
 
 def resolve(spec):
