@@ -4,6 +4,7 @@ models, one line each (issue 29; README "Ready for the first GPU"). Run it befor
 
     python scripts/gpu_check.py             # on a CUDA machine; exit status 1 when a check fails
     python scripts/gpu_check.py --dry-run   # the same checks on the CPU (CPU autocast, gloo, aot_eager)
+    python scripts/gpu_check.py --dry-run --inductor   # ... with inductor's CPU build (~30 s more)
 
   decode-{eager,static,compile}  bf16 autocast decoding of a llama-family pair (teacher-mixed, left-padded
                                  prompts): caches in bf16, the cache's tensors never replaced (compiled
@@ -56,10 +57,10 @@ class RecordedCache(sampling.KVCache):
         return [t.data_ptr() for t in self.k + self.v + [self.valid, self.n_valid]]
 
 
-def check_decode(device, dry_run):
+def check_decode(device, dry_run, inductor=False):
     """One line per decode mode; raises AssertionError with what is wrong."""
     compiled = dict(sampling._COMPILED_DECODE)
-    if dry_run:  # dynamo's capture without inductor's C++ build (slow on a CPU)
+    if dry_run and not inductor:  # dynamo's capture without inductor's C++ build (slow on a CPU)
         sampling._COMPILED_DECODE['cpu'] = torch.compile(sampling.decode_forward, dynamic=False,
                                                              backend='aot_eager')
     student, teacher = tiny_llama(device, 0), tiny_llama(device, 1, n_layer=3)
@@ -185,6 +186,7 @@ CHECKS = [check_tf32, check_memory, check_rng, check_teacher_dtype, check_decode
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
     parser.add_argument('--dry-run', action='store_true', help='run the checks on the CPU (no GPU needed)')
+    parser.add_argument('--inductor', action='store_true', help='with --dry-run: compile with inductor, not aot_eager')
     args = parser.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         print("no CUDA device: run with --dry-run for the CPU emulation")
@@ -193,7 +195,8 @@ def main(argv=None):
     failed = 0
     for check in CHECKS:
         try:
-            for line in check(device, args.dry_run):
+            extra = dict(inductor=args.inductor) if check is check_decode else {}
+            for line in check(device, args.dry_run, **extra):
                 print(f"ok    {line}", flush=True)
         except Exception as e:  # every check runs; each failure is one line
             failed += 1
