@@ -47,6 +47,7 @@ from components.checkpoint import load_model
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, split_responses
 from sampling import generate
+from components.precision import enable_tf32
 from components.progress import GenerationProgress
 from components.report import format_stat, summarize, write_report
 from components.tokenizer import get_encoding
@@ -435,6 +436,7 @@ def main(argv):
     gen = dict(max_new_tokens=cfg.max_new_tokens, cap=cfg.max_new_tokens_cap, temperature=cfg.temperature,
                top_p=cfg.top_p, no_repeat_ngram_size=cfg.no_repeat_ngram_size)
     labels = [s.strip() for s in cfg.ece_labels.split(',') if s.strip()] or None
+    enable_tf32(cfg.device)  # fp32 checkpoints and the fp32 parts of bf16 ones: TF32 matmuls on CUDA
     ctx = (torch.autocast('cuda', dtype=getattr(torch, cfg.dtype))
            if cfg.device.startswith('cuda') and cfg.dtype != 'float32' else nullcontext())
     load = functools.partial(load_model, device=cfg.device, expect_vocab=meta['vocab_size'],

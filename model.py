@@ -212,11 +212,11 @@ class CausalSelfAttention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if rope is not None:  # under autocast cos/sin are fp32: rotate in fp32, back to v's (the compute) dtype
+            q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
         if cache is not None:
-            if cache.k[layer].dtype != k.dtype:  # FSDP mixed precision: fp32 weights stored, bf16 computed
-                cache.k[layer], cache.v[layer] = cache.k[layer].to(k.dtype), cache.v[layer].to(k.dtype)
+            if cache.k[layer].dtype != k.dtype or cache.v[layer].dtype != v.dtype:  # a cache made in another dtype
+                cache.k[layer], cache.v[layer] = cache.k[layer].to(k.dtype), cache.v[layer].to(v.dtype)
             if slot is not None:  # sampling.decode_step: a tensor slot and the whole cache, shapes never change
                 cache.k[layer].index_copy_(2, slot, k)
                 cache.v[layer].index_copy_(2, slot, v)
@@ -361,7 +361,7 @@ class GPT(nn.Module):
         pos = (n_before[:, None] + new_valid.long().cumsum(1) - 1).clamp(min=0)
         if cache is not None:
             cache.valid[:, past:past + T] = new_valid
-            cache.n_valid = cache.n_valid + new_valid.long().sum(1)
+            cache.n_valid.add_(new_valid.long().sum(1))  # in place: compiled decoding marked this tensor
             cache.padded = cache.padded or not bool(new_valid.all())
             key_valid = cache.valid[:, :past + T]
         else:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from components.checkpoint import load_model
+from components.precision import enable_tf32
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, left_pad, load_meta, split_responses
 from sampling import generate
@@ -118,6 +119,7 @@ def read_prompts(cfg, enc):
 def main(argv):
     cfg = configure(DEFAULTS, argv)
     torch.manual_seed(cfg.seed)
+    enable_tf32(cfg.device)  # a checkpoint's fp32 weights: TF32 matmuls on CUDA
     expect = load_meta(cfg.data_dir) if cfg.data_dir else None
     model, tok = load_model(cfg.init_from, cfg.device, expect_vocab=expect and expect['vocab_size'],
                             expect_tokenizer=expect and expect['tokenizer'])

@@ -16,6 +16,7 @@ so a caller that keeps a row's uniforms attached to it (`generate` when finished
 batch) draws the same tokens whichever rows share the batch. `generate` decodes with the KV cache
 of model.py, one step at a time, or with `decode_step`, gpt-fast's static-shape step (compiled or not).
 """
+import functools
 import math
 
 import torch
@@ -145,7 +146,43 @@ def repeated_ngram_mask(tokens, real, n, vocab):
     return banned
 
 
+def fsdp_gathered(generate_fn):
+    """generate with the weights of each FSDP2 model (model, mix_model) that parallel.wrap flagged
+    `gather_for_decoding` all-gathered once for the whole generation instead of once per token and
+    block (FSDP's reshard_after_forward), then resharded as training expects (the root unsharded
+    after its forward, the blocks resharded). Collective, like every decoding step under FSDP."""
+    @functools.wraps(generate_fn)
+    def wrapper(model, idx, *args, **kwargs):
+        from torch.distributed.fsdp import FSDPModule
+        roots = [m for m in (model, kwargs.get('mix_model')) if getattr(m, 'gather_for_decoding', False)]
+        for root in roots:
+            root.set_reshard_after_forward(False)
+            for m in root.modules():
+                if isinstance(m, FSDPModule):
+                    m.unshard()  # the registered parameters become the gathered ones: caches in their dtype
+        try:
+            return generate_fn(model, idx, *args, **kwargs)
+        finally:
+            for root in roots:
+                root.set_reshard_after_forward(True)
+                root.set_reshard_after_forward(False, recurse=False)  # FSDP2's own choice for the root
+                for m in root.modules():
+                    if isinstance(m, FSDPModule):
+                        m.reshard()
+    return wrapper
+
+
+def cache_dtype(model, device_type):
+    """The dtype of a model's keys and values: autocast's when it is on (the projections run in it),
+    else its weights'. A cache in any other dtype would be cast at the first step (and its
+    addresses, which compiled decoding marks static, lost)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return next(model.parameters()).dtype
+
+
 @torch.no_grad()
+@fsdp_gathered
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
              attention_mask=None, generator=None, mix_model=None, mix_alpha=0.0, all_done=None,
              no_repeat_ngram_size=0, decode='eager', on_logits=None):
@@ -188,7 +225,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     models = [model, mix_model] if mixing else [model]
     static = decode != 'eager'
     length = min(-(-(T + n) // 128) * 128, model.config.block_size) if static else T + n
-    caches = [KVCache(m.config, B, length, idx.device, next(m.parameters()).dtype) for m in models]
+    caches = [KVCache(m.config, B, length, idx.device, cache_dtype(m, idx.device.type)) for m in models]
     if decode == 'compile' and idx.device.type == 'cuda':  # CUDA graphs replay the cache's own buffers
         for c in caches:
             for t in c.k + c.v + [c.valid, c.n_valid]:

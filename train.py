@@ -33,6 +33,7 @@ from components import cluster, memory
 # into DEFAULTS, which each checkpoint records as its config: imported so that their contents stay as they were
 from components.checkpoint import BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, CheckpointManager, build_models  # noqa: F401
 from components.parallel import rank_mean, runtime, setup_distributed, wrap
+from components.precision import enable_tf32
 from components.progress import Speedometer
 from components.tokenizer import get_encoding
 from components.validation import SELECT_METRICS, improves, rouge_subset, selection_metric, validation_rouge_l
@@ -143,6 +144,7 @@ device = 'cuda' if torch.cuda.is_available() else 'cpu'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float32'
 compile = False
 parallel = 'none'            # 'none' | 'ddp' | 'fsdp' (launch with torchrun)
+dist_timeout = 3600.0        # seconds a collective waits (NCCL's default 10 min < rank 0 loading a 32B teacher)
 fsdp_activation_checkpointing = False  # recompute each student block in backward: keep 1 block's activations, not all
 fsdp_cpu_offload = False     # FSDP2 CPUOffloadPolicy: shards, grads and AdamW in host RAM (CUDA only)
 gpu_memory_gb = 0.0          # > 0: stop at start when the per-GPU estimate (memory.py) does not fit
@@ -325,6 +327,8 @@ def validate(cfg):
         raise UserError("select_metric='rouge_l' needs instruction data and eval_rouge_examples >= the number of ranks")
     if cfg.epochs > 0 and cfg.method == 'pretrain':
         raise UserError("epochs counts passes over instruction examples: give pretrain a max_iters instead")
+    if cfg.dtype == 'float16' and not cfg.device.startswith('cuda'):
+        raise UserError("dtype='float16' needs CUDA (its grad scaler): on a CPU use dtype='bfloat16' or 'float32'")
     if cfg.parallel == 'fsdp' and cfg.dtype == 'float16':
         raise UserError("parallel='fsdp' runs in dtype='bfloat16' or 'float32' (float16 needs a sharded grad scaler)")
     if cfg.max_bad_steps < 1:
@@ -353,6 +357,7 @@ def run_training(cfg, stop, own_group=False):
     """Build, train, evaluate and save; `stop` (cluster.StopSignals) is read between steps. Returns
     the name of the stop signal that ended the run, or None."""
     torch.manual_seed(cfg.seed)
+    enable_tf32(cfg.device)  # fp32 matmuls (the fp32 parts of bf16 runs too) on TF32 tensor cores
     meta = load_meta(cfg.data_dir)
     rt = runtime(cfg, meta, own_group)
     run, iter_num, best = setup(cfg, rt, meta)

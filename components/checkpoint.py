@@ -144,8 +144,8 @@ def vocabulary_fingerprint(tokenizer_spec):
 
 def load_model(spec, device='cpu', expect_vocab=None, expect_tokenizer=None, dropout=None, dtype=None):
     """A GPT from a run directory / .pt of ours, or a Hugging Face checkpoint of any family hf.py
-    reads (a directory with config.json, or a hub name such as 'Qwen/Qwen2.5-0.5B'; that one in
-    `dtype`, None: as stored). Returns (model, tokenizer): ours records it; a Hugging Face directory is its
+    reads (a directory with config.json, or a hub name such as 'Qwen/Qwen2.5-0.5B'), in `dtype`
+    (None: as stored). Returns (model, tokenizer): ours records it; a Hugging Face directory is its
     own tokenizer (tokenizer.get_encoding reads it) when it holds tokenizer files, else None (then
     only the vocabulary is checked).
 
@@ -176,6 +176,8 @@ def load_model(spec, device='cpu', expect_vocab=None, expect_tokenizer=None, dro
             raise UserError(f"checkpoint {ckpt_path(spec)} does not match its own model_args: "
                             f"{str(e).splitlines()[0]}") from None
         tok = ckpt.get('tokenizer')
+        if dtype is not None:
+            model.to(dtype)
     if expect_tokenizer is not None and tok is not None and tok != expect_tokenizer:
         # two names, one vocabulary? ('qwen' and a Qwen2.5 directory: yes)
         tokenizer.check_same_tokenizer(tok, vocabulary_fingerprint(tok), expect_tokenizer,
@@ -188,6 +190,22 @@ def load_model(spec, device='cpu', expect_vocab=None, expect_tokenizer=None, dro
     if expect_vocab is not None and rows > expect_vocab:
         model.config.tokenizer_vocab = expect_vocab
     return model.to(device), tok
+
+
+def torch_rng_state(device):
+    """This process's torch RNG states for a checkpoint: the CPU generator's and, on CUDA, the
+    device's (dropout on a GPU draws from it: without it a resume is not bit-exact)."""
+    state = dict(torch_rng=torch.get_rng_state())
+    if str(device).startswith('cuda'):
+        state['cuda_rng'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_torch_rng_state(state, device):
+    """Restore what torch_rng_state saved (a checkpoint written on CPU has no CUDA state: left as seeded)."""
+    torch.set_rng_state(state['torch_rng'])
+    if str(device).startswith('cuda') and state.get('cuda_rng') is not None:
+        torch.cuda.set_rng_state(state['cuda_rng'], device)
 
 
 def load_student(cfg, vocab, tok):
@@ -215,13 +233,14 @@ def load_student(cfg, vocab, tok):
 
 
 def load_teacher(cfg, vocab, tok, dtype=None):
-    """train.py's frozen teacher on CPU (cfg.teacher), or None when cfg.method uses none; a Hugging
-    Face teacher in `dtype` (the run's compute dtype; None: as stored)."""
+    """train.py's frozen teacher on CPU (cfg.teacher), or None when cfg.method uses none; in `dtype`
+    (the run's compute dtype; None: as stored)."""
     if not (cfg.method in ('kd', 'minillm', 'gkd', 'distillm') or (cfg.method == 'seqkd' and cfg.kd_ratio > 0) or cfg.pt_kd_ratio > 0):
         return None
     if not cfg.teacher:
         raise UserError(f"method '{cfg.method}' needs a teacher: set --teacher=<run dir, HF directory or hub name>")
-    # a Hugging Face teacher in the dtype it computes in (frozen: no fp32 master copy needed)
+    # in the dtype it computes in (frozen: no fp32 master copy needed, and autocast, which caches the casts
+    # of trained weights only, would otherwise cast every teacher weight at every forward)
     teacher, _ = load_model(cfg.teacher, expect_vocab=vocab, expect_tokenizer=tok, dtype=dtype)
     return teacher.requires_grad_(False).eval()
 
@@ -417,8 +436,8 @@ class CheckpointManager:
         model, optimizer   the (unwrapped) student's weights, AdamW's state (FSDP: this rank's shards)
         source             the method's micro-batch source: source.state_dict() (rollout buffer and
                            queue, prompt order; DistiLLM's replay buffer and φ), top-level keys
-        RNG states         data_gen (shared by every rank), sample_gen and torch's own (each rank's:
-                           `ranks` when distributed)
+        RNG states         data_gen (shared by every rank), sample_gen and torch's own, CPU and CUDA
+                           (each rank's: `ranks` when distributed)
         iter_num, best     the step and the best.pt record dict(metric, value, iter)
 
     best.pt (FSDP: dcp_best/) holds the weights with the same step record. `settings` are the
@@ -438,7 +457,7 @@ class CheckpointManager:
     def rng_state(self):
         """The run's random streams: the shared data generator's, and this rank's sampling and torch streams."""
         return dict(data_gen=self.data_gen.get_state(), sample_gen=self.sample_gen.get_state(),
-                    torch_rng=torch.get_rng_state())
+                    **torch_rng_state(self.cfg.device))
 
     def save(self, which, iter_num, best, metrics):
         """which='best': the weights (best.pt from rank 0; FSDP: dcp_best/, shards without AdamW state,
@@ -461,7 +480,7 @@ class CheckpointManager:
         if cfg.world_size > 1:  # each rank's own sampling and dropout streams
             state['ranks'] = [None] * cfg.world_size
             mine = self.rng_state()
-            dist.all_gather_object(state['ranks'], dict(sample_gen=mine['sample_gen'], torch_rng=mine['torch_rng']))
+            dist.all_gather_object(state['ranks'], {k: v for k, v in mine.items() if k != 'data_gen'})
         if self.sharded:
             save_sharded(cfg.out_dir, self.model, self.optimizer, self.tokenizer, **state)
         else:
@@ -493,6 +512,6 @@ class CheckpointManager:
         ranks = ckpt.get('ranks') or [ckpt]  # per-rank RNG streams; on another world size they start afresh
         if len(ranks) == cfg.world_size:
             self.sample_gen.set_state(ranks[cfg.rank]['sample_gen'])
-            torch.set_rng_state(ranks[cfg.rank]['torch_rng'])
+            set_torch_rng_state(ranks[cfg.rank], cfg.device)
         self.last_saved = iter_num
         return iter_num, best

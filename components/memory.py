@@ -15,14 +15,13 @@ of shards: world_size under FSDP, 1 otherwise; b = param dtype bytes, 2 for bf16
     params      fp32 master weights           4 P / S   (FSDP2 keeps the sharded parameters in fp32)
     grads       fp32 gradients                4 P / S   (reduce_dtype fp32: grads are reduce-scattered in fp32)
     optimizer   AdamW exp_avg + exp_avg_sq    8 P / S
-    teacher     frozen teacher weights        b P_t / S under FSDP (stored in the compute dtype);
-                                              4 P_t without (an fp32 replica, autocast in forward)
+    teacher     frozen teacher weights        b P_t / S (stored in the compute dtype: whole without FSDP)
     ddp_buckets DDP's gradient buckets        4 P       (DDP only)
   transient, training step
     unsharded   FSDP: the all-gathered compute copies of the root (embeddings, head, final norm) and
                 of two blocks (the one running and the one prefetched), for student and teacher,
                 with the student's gradients before the reduce-scatter; without FSDP: autocast's
-                b-byte weight copies
+                b-byte copies of the student's weights
     activations what autograd keeps for backward, counted tensor by tensor as Korthikanti et al.
                 2022 (arXiv 2205.05198) §4.1 do for their Eq. 1, for model.py's block with a fused
                 attention kernel (no s^2 score matrices; see `block_activation_bytes`). For
@@ -36,13 +35,17 @@ of shards: world_size under FSDP, 1 otherwise; b = param dtype bytes, 2 for bf16
                 over the real vocabulary (tokenizer_vocab columns)
   transient, MiniLLM rollout phase (not at the same time as a training step)
     kv_cache    2 (k, v) L B_r s n_kv_head head_dim b bytes per model, student and teacher
-                (teacher-mixed sampling)
+                (teacher-mixed sampling): both caches are made in the compute dtype
+    gathered    FSDP: a model kept all-gathered for a whole generation (parallel.wrap decides, by
+                `decode_gathered`, from this estimate) counts whole in b bytes, not its root + 2 blocks
 
 Peak = static + max(training transient, rollout transient). Not counted: the CUDA context
 (~0.5-1 GiB), allocator fragmentation, communication buffers beyond the above; `fits` keeps 10%
 headroom for them. Activations assume the whole forward in the compute dtype (FSDP's bf16
 MixedPrecisionPolicy); under DDP's autocast the fp32 residual stream adds a little.
 """
+
+import torch
 
 from configurator import UserError
 
@@ -161,14 +164,16 @@ def kv_cache_bytes(cfg, rows, seq_len, b=2):
 # ----------------------------------------------------------------------------- a run's peak
 def estimate_memory(student, teacher=None, world_size=1, parallel='fsdp', batch_size=4, seq_len=512,
                     param_bytes=2, activation_checkpointing=False, cpu_offload=False,
-                    rollout_batch_size=0, chunk_size=1024, dropout=0.0, pt_batch_size=0, pt_kd=False):
+                    rollout_batch_size=0, chunk_size=1024, dropout=0.0, pt_batch_size=0, pt_kd=False,
+                    gathered=(False, False)):
     """Per-GPU bytes of each part of a training run (see the module docstring for the model).
 
     student, teacher: GPTConfig-like shapes (teacher None: no teacher). batch_size: sequences per
     GPU per micro-step; seq_len: tokens per sequence; rollout_batch_size: prompts generated at once
     per GPU (0: no rollouts); chunk_size: tokens per chunk of the chunked loss (None: not chunked);
     pt_batch_size: MiniLLM's L_PT sequences per GPU, in the same backward as the policy loss (their
-    activations add up), with the teacher's logits on them when pt_kd (pt_kd_ratio > 0).
+    activations add up), with the teacher's logits on them when pt_kd (pt_kd_ratio > 0). gathered:
+    (student, teacher) kept whole for a rollout's whole generation under FSDP.
     Returns a dict of bytes with 'total' = the estimated peak.
     """
     if parallel not in ('none', 'ddp', 'fsdp'):
@@ -180,13 +185,15 @@ def estimate_memory(student, teacher=None, world_size=1, parallel='fsdp', batch_
     mem = dict(params=on_gpu * 4 * P / S, grads=on_gpu * 4 * P / S, optimizer=on_gpu * 8 * P / S)
     mem['teacher'] = 0.0
     if teacher is not None:
-        mem['teacher'] = on_gpu * param_bytes * count_params(teacher) / S if fsdp else 4 * count_params(teacher)
+        mem['teacher'] = on_gpu * param_bytes * count_params(teacher) / S
     mem['ddp_buckets'] = 4.0 * P if parallel == 'ddp' else 0.0
 
-    def unsharded(shape, with_grads):
+    def unsharded(shape, with_grads, whole=False):
         """What a model needs whole at one time to run: see 'unsharded' in the module docstring."""
         if not fsdp:
-            return param_bytes * count_params(shape) if param_bytes < 4 else 0.0
+            return param_bytes * count_params(shape) if param_bytes < 4 and shape is student else 0.0
+        if whole:
+            return param_bytes * count_params(shape)
         grad = param_bytes + 4 if with_grads else 0   # compute-dtype gradient, then its fp32 copy to reduce
         return root_params(shape) * (param_bytes + grad) + 2 * block_params(shape) * (param_bytes + grad)
 
@@ -202,10 +209,21 @@ def estimate_memory(student, teacher=None, world_size=1, parallel='fsdp', batch_
     if rollout_batch_size:
         for shape in (student, teacher) if teacher is not None else (student,):
             mem['kv_cache'] += kv_cache_bytes(shape, rollout_batch_size, seq_len, param_bytes)
-    rollout = mem['kv_cache'] + unsharded(student, False) + (unsharded(teacher, False) if teacher is not None else 0)
+    rollout = mem['kv_cache'] + unsharded(student, False, gathered[0]) + (
+        unsharded(teacher, False, gathered[1]) if teacher is not None else 0)
     static = sum(mem[k] for k in ('params', 'grads', 'optimizer', 'teacher', 'ddp_buckets'))
     mem['total'] = static + max(train, rollout)
     return mem
+
+
+def device_memory_gb(cfg):
+    """The GPU's size: cfg.gpu_memory_gb when set, else the device's own (torch.cuda.mem_get_info's
+    total); 0 off CUDA (no check)."""
+    if cfg.gpu_memory_gb > 0:
+        return cfg.gpu_memory_gb
+    if not cfg.device.startswith('cuda'):
+        return 0.0
+    return torch.cuda.mem_get_info(cfg.device)[1] / GiB
 
 
 def fits(mem, gpu_memory_gb, headroom=0.9):
@@ -222,7 +240,7 @@ def describe(mem):
 DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
 
 
-def estimate_run(cfg, student, teacher, world_size=None):
+def estimate_run(cfg, student, teacher, world_size=None, gathered=(False, False)):
     """estimate_memory for train.py's config `cfg` at `world_size` GPUs (default cfg.world_size).
     The compute dtype and the chunked loss follow cfg.dtype and cfg.chunked_loss as parallel.runtime
     derives them."""
@@ -236,18 +254,38 @@ def estimate_run(cfg, student, teacher, world_size=None):
                            seq_len=cfg.block_size, param_bytes=param_bytes,
                            activation_checkpointing=cfg.fsdp_activation_checkpointing, cpu_offload=cfg.fsdp_cpu_offload,
                            rollout_batch_size=rollout_rows, chunk_size=cfg.loss_chunk_size if chunked else None,
-                           dropout=cfg.dropout, pt_batch_size=pt_rows, pt_kd=pt_rows > 0 and cfg.pt_kd_ratio > 0)
+                           dropout=cfg.dropout, pt_batch_size=pt_rows, pt_kd=pt_rows > 0 and cfg.pt_kd_ratio > 0,
+                           gathered=gathered)
+
+
+def decode_gathered(cfg, student, teacher, gpu_memory_gb):
+    """FSDP: which of (student, teacher) to keep all-gathered for a whole generation (sampling.generate;
+    else every block is all-gathered again for every token): the student, then the teacher, each when
+    the run's estimated peak with it whole still fits (`fits`) in gpu_memory_gb (0: no limit, CPU).
+    The same on every rank (it reads the config and the device's size only)."""
+    gathered = [False, False]
+    if cfg.parallel != 'fsdp':
+        return tuple(gathered)
+    for i, shape in enumerate((student, teacher)):
+        if shape is None:
+            continue
+        gathered[i] = True
+        if gpu_memory_gb > 0 and not fits(estimate_run(cfg, student, teacher, gathered=tuple(gathered)), gpu_memory_gb):
+            gathered[i] = False
+    return tuple(gathered)
 
 
 def check_run(cfg, student, teacher):
     """train.py's estimate for its config `cfg` (student/teacher: GPTConfigs): printed on rank 0,
-    and a UserError when it does not fit in cfg.gpu_memory_gb (0 = no check)."""
-    est = estimate_run(cfg, student, teacher)
-    if cfg.rank == 0 and (cfg.parallel != 'none' or cfg.gpu_memory_gb > 0):
+    and a UserError when it does not fit in the GPU (device_memory_gb: cfg.gpu_memory_gb, else the
+    device's size; no check on CPU)."""
+    gpu_gb = device_memory_gb(cfg)
+    est = estimate_run(cfg, student, teacher, gathered=decode_gathered(cfg, student, teacher, gpu_gb))
+    if cfg.rank == 0 and (cfg.parallel != 'none' or gpu_gb > 0):
         print(f"memory estimate ({cfg.parallel}, world {cfg.world_size}): {describe(est)}")
-    if cfg.gpu_memory_gb > 0 and not fits(est, cfg.gpu_memory_gb):
+    if gpu_gb > 0 and not fits(est, gpu_gb):
         raise UserError(f"the estimated peak of {est['total'] / GiB:.1f} GiB per GPU does not fit in 90% of "
-                        f"gpu_memory_gb={cfg.gpu_memory_gb:g}: use more GPUs (FSDP divides params, grads and AdamW by "
+                        f"gpu_memory_gb={gpu_gb:g}: use more GPUs (FSDP divides params, grads and AdamW by "
                         f"the world size), fsdp_activation_checkpointing=True, a smaller batch_size with more "
                         f"gradient_accumulation_steps, or fsdp_cpu_offload=True")
     return est

@@ -6,6 +6,7 @@ one process and for many. `Runtime` holds what the loop works out once at start-
 down (autocast, the ranks' agreement, eot, the chunked head loss): the config holds the user's
 settings only.
 """
+import datetime
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from components import memory
+from components.precision import autocast
 from configurator import UserError
 
 
@@ -24,7 +27,7 @@ PTDTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': tor
 class Runtime:
     """What train.py works out once at start-up, from the settings, the launch and the data, and
     passes to whatever needs it; tests build one directly (Runtime(eot=..., chunked=...))."""
-    ctx: object = field(default_factory=nullcontext)  # autocast around forwards (CUDA, half precision, not FSDP)
+    ctx: object = field(default_factory=nullcontext)  # autocast around forwards (CUDA or CPU, half precision, not FSDP)
     ptdtype: torch.dtype = torch.float32  # the dtype models compute in (FSDP's param_dtype, the teacher's storage)
     chunked: bool = False    # the head losses run chunk by chunk, never holding [N, V] logits for backward
     eot: int = None          # the data's end-of-text token
@@ -34,11 +37,12 @@ class Runtime:
 
 def runtime(cfg, meta, own_group=False):
     """The Runtime of config `cfg` on data with `meta` (dataset.load_meta), after setup_distributed."""
-    ptdtype = PTDTYPES[cfg.dtype]
-    on_gpu = cfg.device.startswith('cuda')
-    autocast = on_gpu and cfg.dtype != 'float32' and cfg.parallel != 'fsdp'  # FSDP casts by its MixedPrecisionPolicy
-    return Runtime(ctx=torch.autocast('cuda', dtype=ptdtype) if autocast else nullcontext(), ptdtype=ptdtype,
-                   chunked=meta['vocab_size'] > 8192 if cfg.chunked_loss == 'auto' else bool(cfg.chunked_loss),
+    chunked = meta['vocab_size'] > 8192 if cfg.chunked_loss == 'auto' else bool(cfg.chunked_loss)
+    if chunked and cfg.dtype == 'float16':  # its gradients are cast to fp16 before the grad scaler scales them
+        raise UserError("dtype='float16' with the chunked loss underflows its gradients: use dtype='bfloat16' "
+                        "or chunked_loss=False")
+    # CUDA or CPU autocast (a CPU runs the GPU's bf16 code path); FSDP casts by its MixedPrecisionPolicy
+    return Runtime(ctx=autocast(cfg.device, cfg.dtype, cfg.parallel), ptdtype=PTDTYPES[cfg.dtype], chunked=chunked,
                    eot=meta['eot_token'], all_done=ranks_all_done if cfg.parallel != 'none' else None,
                    own_group=own_group)
 
@@ -69,13 +73,28 @@ def setup_distributed(cfg):
                         f"torchrun --nproc_per_node=N train.py <config>")
     on_gpu = cfg.device.startswith('cuda')
     if on_gpu:
-        cfg.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        cfg.device = local_device(int(os.environ['LOCAL_RANK']))
         torch.cuda.set_device(cfg.device)
     own_group = not dist.is_initialized()
     if own_group:
-        dist.init_process_group('nccl' if on_gpu else 'gloo')
+        dist.init_process_group(backend_for(cfg), timeout=datetime.timedelta(seconds=cfg.dist_timeout))
     cfg.rank, cfg.world_size = dist.get_rank(), dist.get_world_size()
     return own_group
+
+
+def local_device(local_rank):
+    """This rank's GPU: cuda:LOCAL_RANK, or cuda:0 when the launcher shows each task one GPU only
+    (SLURM's --gpus-per-task=1 sets CUDA_VISIBLE_DEVICES per task: LOCAL_RANK 3 sees its GPU as 0)."""
+    return 'cuda:0' if torch.cuda.device_count() == 1 else f"cuda:{local_rank}"
+
+
+def backend_for(cfg):
+    """The process group's backends: nccl on GPU, gloo on CPU, and both with fsdp_cpu_offload (the
+    offloaded shards, the clipped gradient norm and full_tensor() are CPU tensors: NCCL cannot
+    all-reduce them)."""
+    if not cfg.device.startswith('cuda'):
+        return 'gloo'
+    return 'cpu:gloo,cuda:nccl' if cfg.fsdp_cpu_offload else 'nccl'
 
 
 def global_mean(cfg, loss, n_local):
@@ -129,7 +148,10 @@ def wrap(cfg, model, teacher, weights=(None, None), ptdtype=torch.float32):
             from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
             for i, block in enumerate(model.transformer.h):
                 model.transformer.h[i] = checkpoint_wrapper(block)
-        for m, sd in [(m, sd) for m, sd in zip((model, teacher), weights) if m is not None]:
+        gathered = memory.decode_gathered(cfg, model.config, teacher.config if teacher is not None else None,
+                                          memory.device_memory_gb(cfg))
+        for m, sd, whole in [t for t in zip((model, teacher), weights, gathered) if t[0] is not None]:
+            m.gather_for_decoding = whole  # sampling.fsdp_gathered: gathered once per generation, not per token
             if m is teacher:
                 m.to(ptdtype)  # frozen: stored in the dtype it computes in, half the memory of fp32
             for block in m.transformer.h:
