@@ -18,8 +18,9 @@ A tokenizer without a chat template gets a plain transcript ("A: ...\nB: ...\nB:
 The split is by conversation, shuffled by --seed: no conversation gives examples to two splits.
 Valid and test take one example from each of their conversations (a turn drawn by --seed, with at
 least one turn of context); train takes every turn of its conversations, then at most --max_train
-of them (drawn by --seed). Examples whose prompt exceeds --max_prompt_tokens or whose reply exceeds
---max_response_tokens tokens (or is empty) are dropped from every split, before the draws.
+of them (drawn by --seed: turns in a random order, the first max_train that pass the length filter).
+Examples whose prompt exceeds --max_prompt_tokens or whose reply exceeds --max_response_tokens tokens
+(or is empty) are dropped from every split, before the draws.
 """
 
 import argparse
@@ -100,19 +101,26 @@ def build_splits(conversations, enc, render, special, args):
         raise SystemExit(f"only {len(conversations)} conversations: lower --n_valid / --n_test")
     groups = {"valid": order[:args.n_valid], "test": order[args.n_valid:n_eval], "train": order[n_eval:]}
     splits, dropped_all = {}, {}
+    lead = "" if special else " "
     for split, members in groups.items():
-        examples = []
-        for i in members:
-            cid, turns = conversations[i]
-            examples += examples_of(cid, turns, range(1, len(turns)), args.context_turns, render,
-                                  "" if special else " ")
-        kept, dropped = filter_lengths(examples, enc, args.max_prompt_tokens, min_response_tokens=1,
+        turns_of = [(conversations[i][0], conversations[i][1], t) for i in members for t in range(1, len(conversations[i][1]))]
+        if split == "train":  # a random order, kept in turn until max_train pass the length filters
+            turns_of = [turns_of[j] for j in rng.permutation(len(turns_of))]
+        kept, dropped, start = [], {}, 0
+        while start < len(turns_of) and not (split == "train" and args.max_train and len(kept) >= args.max_train):
+            chunk = turns_of[start:start + 4096]
+            start += len(chunk)
+            examples = [examples_of(cid, turns, [t], args.context_turns, render, lead)[0] for cid, turns, t in chunk]
+            more, why = filter_lengths(examples, enc, args.max_prompt_tokens, min_response_tokens=1,
                                        max_response_tokens=args.max_response_tokens, prompt_special=special)
+            kept += more
+            for k, n in why.items():
+                dropped[k] = dropped.get(k, 0) + n
         for why, n in dropped.items():
             dropped_all[f"{split}: {why}"] = n
         if split == "train":
-            pick = rng.permutation(len(kept))[:args.max_train] if args.max_train else range(len(kept))
-            splits[split] = [kept[j] for j in sorted(pick)]
+            kept = kept[:args.max_train] if args.max_train else kept
+            splits[split] = sorted(kept, key=lambda ex: (ex["conversation"], ex["turn"]))
         else:  # one turn per conversation, drawn among the kept ones
             by_conv = {}
             for ex in kept:
