@@ -14,6 +14,7 @@ import ast
 import difflib
 import os
 import sys
+import traceback
 from types import SimpleNamespace
 
 CONFIG_TYPES = (int, float, bool, str, tuple, list, type(None))
@@ -57,9 +58,7 @@ def configure(defaults, argv):
             if not os.path.isfile(arg):
                 raise UserError(f"config file {arg} not found (configs live in config/)")
             scope = dict(cfg)
-            with open(arg) as f:
-                code = compile(f.read(), arg, 'exec')
-            exec(code, scope)
+            run_config_file(arg, scope)
             for key, value in scope.items():
                 if key.startswith('_') or key == '__builtins__' or not isinstance(value, CONFIG_TYPES):
                     continue  # imports, helper functions
@@ -77,7 +76,84 @@ def configure(defaults, argv):
             if isinstance(defaults.get(key), str) and not isinstance(value, str):
                 value = text  # --out_dir=123 is still a path
             cfg[key] = _check(key, value, defaults, f'--{key}')
-    return SimpleNamespace(**cfg)
+    cfg = SimpleNamespace(**cfg)
+    check_values(cfg)
+    return cfg
+
+
+def run_config_file(path, scope):
+    """exec a config file in `scope`; a syntax error or an exception it raises is one line naming the
+    file and line."""
+    try:
+        with open(path) as f:
+            code = compile(f.read(), path, 'exec')
+    except SyntaxError as e:
+        raise UserError(f"{path}, line {e.lineno}: syntax error: {e.msg}") from None
+    try:
+        exec(code, scope)
+    except Exception as e:
+        lines = [fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path]
+        where = f", line {lines[-1]}" if lines else ''
+        raise UserError(f"{path}{where}: {type(e).__name__}: {e}") from None
+
+
+# What each config key may hold, by name, for whichever entry point (train.py, sample.py, evaluate.py)
+# declares it: checked once, before any work, so that a bad value is one line rather than a traceback
+# (or a silent surprise) minutes later.
+POSITIVE = ('batch_size', 'eval_interval', 'log_interval', 'eval_iters', 'gradient_accumulation_steps', 'block_size',
+            'n_layer', 'n_head', 'n_embd', 'rollout_size', 'rollout_batch_size', 'ppo_epochs', 'pt_batch_size',
+            'loss_chunk_size', 'distillm_capacity', 'num_prompts', 'num_samples', 'max_new_tokens_cap',
+            'kd_temperature', 'clip_eps', 'dist_timeout')
+NON_NEGATIVE = ('max_iters', 'epochs', 'warmup_iters', 'lr_decay_iters', 'eval_rouge_interval', 'eval_rouge_examples',
+                'n_kv_head', 'intermediate_size', 'max_examples', 'seqkd_max_train', 'gen_top_k', 'top_k',
+                'no_repeat_ngram_size', 'max_new_tokens', 'learning_rate', 'min_lr', 'weight_decay', 'grad_clip',
+                'reward_scale', 'reward_clip', 'pt_weight', 'gpu_memory_gb', 'peak_flops', 'teacher_logits_cache_gb',
+                'temperature', 'gen_temperature', 'atkd_lambda', 'skew_alpha')
+UNIT = ('kd_ratio', 'pt_kd_ratio', 'teacher_mix_alpha', 'gamma')  # [0, 1]
+BELOW_ONE = ('dropout', 'beta1', 'beta2')                         # [0, 1)
+PROBABILITY_MASS = ('top_p', 'gen_top_p')                         # (0, 1]
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def check_values(cfg):
+    """One UserError for the first config value outside its range (POSITIVE, ...), a dtype name that is
+    none of DTYPES, a device this machine lacks, or a dtype the device cannot compute in."""
+    have = vars(cfg)
+    for keys, ok, what in ((POSITIVE, lambda v: v > 0, '> 0'), (NON_NEGATIVE, lambda v: v >= 0, '>= 0'),
+                           (UNIT, lambda v: 0 <= v <= 1, 'in [0, 1]'), (BELOW_ONE, lambda v: 0 <= v < 1, 'in [0, 1)'),
+                           (PROBABILITY_MASS, lambda v: 0 < v <= 1, 'in (0, 1]')):
+        for key in keys:
+            value = have.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+                raise UserError(f"{key} must be {what} (got {value})")
+    if 'dtype' in have and have['dtype'] not in DTYPES:
+        raise UserError(f"unknown dtype '{have['dtype']}': pick {', '.join(DTYPES)}")
+    if 'device' in have:
+        check_device(have['device'], have.get('dtype', 'float32'))
+
+
+def check_device(device, dtype='float32'):
+    """A device that exists here, and a dtype it computes in: float16 needs CUDA (on CPU it would
+    train in float32 with no word); bfloat16 on CUDA needs a GPU that has it (CPU: autocast)."""
+    import torch
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device '{device}': use cpu, cuda, cuda:N or mps") from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{device}' asked for but this machine has no CUDA GPU (or torch was built "
+                            f"without CUDA): use --device=cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+        if dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
+            raise UserError(f"this GPU has no bfloat16: use --dtype=float16 or float32")
+    elif dev.type == 'mps' and not torch.backends.mps.is_available():
+        raise UserError(f"device '{device}' asked for but MPS is not available here: use --device=cpu")
+    elif dev.type not in ('cpu', 'cuda', 'mps'):
+        raise UserError(f"unknown device '{device}': use cpu, cuda, cuda:N or mps")
+    if dtype == 'float16' and dev.type == 'cpu':
+        raise UserError("dtype float16 needs a GPU: on CPU use --dtype=bfloat16 (autocast) or float32")
 
 
 def run(main):

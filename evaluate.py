@@ -43,11 +43,11 @@ from contextlib import nullcontext
 import torch
 
 import kl
-from components.checkpoint import load_model
+from components.checkpoint import check_model_spec, check_writable, load_model
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, split_responses
 from sampling import generate
-from components.precision import enable_tf32
+from components.precision import autocast, enable_tf32
 from components.progress import GenerationProgress
 from components.report import format_stat, summarize, write_report
 from components.tokenizer import get_encoding
@@ -71,7 +71,7 @@ ece_labels = ''              # ece='label': comma-separated label words; '' = ro
 batch_size = 256             # prompts per batch; scoring holds 2 x batch x new tokens x vocab floats
 exaccerr_lengths = (4, 8, 16)  # the table's ExAccErr(l) columns; the .json has the whole curve
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
-dtype = 'float32'            # 'bfloat16' autocasts the forward passes on CUDA; metrics stay fp32
+dtype = 'float32'            # 'bfloat16' autocasts the forward passes (CUDA or CPU; float16: CUDA only); metrics stay fp32
 out = 'out/results'          # writes out/results.md, .json, .png
 DEFAULTS = defaults_from(globals())
 # -----------------------------------------------------------------------------
@@ -428,6 +428,9 @@ def main(argv):
         raise UserError(f"dtype must be float32, bfloat16 or float16 (got '{cfg.dtype}'), ece token or label "
                         f"(got '{cfg.ece}')")
     specs = parse_models(cfg.models)
+    for spec in [*specs.values(), cfg.teacher] if cfg.teacher else specs.values():
+        check_model_spec(spec)  # a wrong path fails now, not after the teacher's sampling
+    check_writable(os.path.dirname(os.path.abspath(cfg.out)), f"{cfg.out}.md / .json / .png")
     sets = load_test_sets(cfg)
     meta = next(iter(sets.values()))[0].meta
     enc = get_encoding(meta['tokenizer'])
@@ -437,8 +440,7 @@ def main(argv):
                top_p=cfg.top_p, no_repeat_ngram_size=cfg.no_repeat_ngram_size)
     labels = [s.strip() for s in cfg.ece_labels.split(',') if s.strip()] or None
     enable_tf32(cfg.device)  # fp32 checkpoints and the fp32 parts of bf16 ones: TF32 matmuls on CUDA
-    ctx = (torch.autocast('cuda', dtype=getattr(torch, cfg.dtype))
-           if cfg.device.startswith('cuda') and cfg.dtype != 'float32' else nullcontext())
+    ctx = autocast(cfg.device, cfg.dtype)  # CUDA or CPU (bfloat16; float16 on CPU is refused by configure)
     load = functools.partial(load_model, device=cfg.device, expect_vocab=meta['vocab_size'],
                              expect_tokenizer=meta['tokenizer'])
     t_model, t_rollouts = None, {}
@@ -469,7 +471,11 @@ def main(argv):
                   + (f", teacher NLL {summarize(r['teacher_nll'])['mean']:.3f}" if t_model is not None else '')
                   + f" ({time.time() - t0:.1f}s)", flush=True)
         del model
-    write_report(cfg, {s: (path, len(ix)) for s, (_, ix, _, path) in sets.items()}, specs, results, lengths)
+    try:
+        write_report(cfg, {s: (path, len(ix)) for s, (_, ix, _, path) in sets.items()}, specs, results, lengths)
+    except OSError as e:
+        raise UserError(f"could not write {e.filename or cfg.out} ({e.strerror or e}): the results are printed "
+                        f"above; free space and run again") from None
     return results
 
 

@@ -25,8 +25,9 @@ ones, or on gold data (`sgo_choice`). Fresh samples become rarer as training goe
 which is where the method saves generation time over on-policy KD.
 
 Under DDP / FSDP every decision (the coins, which rows a replay batch takes) comes from the data
-generator that every rank shares, so all ranks pick the same branch and generate in lockstep
-(parallel.Runtime.all_done), and the replay buffer holds every rank's rows in rank order: the same buffer on
+generator that every rank shares, so all ranks pick the same branch and generate together (under
+FSDP in lockstep, parallel.Runtime.all_done: sampling.generate), and the replay buffer holds every
+rank's rows in rank order: the same buffer on
 every rank and in a one-process run with the global batch.
 """
 import torch

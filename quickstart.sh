@@ -3,7 +3,8 @@
 # data -> teacher -> common student init -> SFT, KD, ATKD, SeqKD, GKD, DistiLLM, MiniLLM (+ ablations) -> evaluation.
 #   bash quickstart.sh             # one training seed (about 12 minutes on 2 CPU cores)
 #   bash quickstart.sh --seeds=3   # 3 training seeds of every student: mean ± std across them (about 30 minutes)
-#   bash quickstart.sh --fast      # a smoke run of every step (about 2 minutes; --fast --seeds=2 works too)
+#   bash quickstart.sh --fast      # a smoke test of every step into out/quickstart_fast/ (4-6 minutes on a loaded
+#                                  # 2-core machine; its numbers are not results; --fast --seeds=2 works too)
 #   --teacher_seed=S               # train the teacher with --seed=S (default 1337), into out/quickstart_teacherS
 # The teacher trains once. For each training seed s (1337, 1338, ...; 1337 = train.py's default) the
 # common init, every student and SeqKD's teacher sampling run with --seed=s into $OUT/seed<s>/, and

@@ -19,7 +19,7 @@ import shutil
 import numpy as np
 import torch
 
-from components.checkpoint import load_model
+from components.checkpoint import check_writable, load_model
 from components.precision import enable_tf32
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, left_pad, load_meta, split_responses
@@ -128,7 +128,13 @@ def main(argv):
     if cfg.seqkd_out:
         if not cfg.data_dir:
             raise UserError("--seqkd_out needs --data_dir, the instruction set whose prompts the teacher answers")
-        return write_seqkd(model, cfg, enc)
+        check_writable(os.path.dirname(os.path.abspath(cfg.seqkd_out.rstrip('/'))), cfg.seqkd_out)
+        try:
+            return write_seqkd(model, cfg, enc)
+        except OSError as e:
+            shutil.rmtree(cfg.seqkd_out.rstrip('/') + '.tmp', ignore_errors=True)
+            raise UserError(f"could not write {e.filename or cfg.seqkd_out} ({e.strerror or e}): "
+                            f"{cfg.seqkd_out} is as it was; free space and run again") from None
     texts = read_prompts(cfg, enc)
     prompts = [enc.encode(t, allowed_special='all') for t in texts for _ in range(cfg.num_samples)]
     longest = max(len(p) for p in prompts)

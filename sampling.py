@@ -17,6 +17,7 @@ batch) draws the same tokens whichever rows share the batch. `generate` decodes 
 of model.py, one step at a time, or with `decode_step`, gpt-fast's static-shape step (compiled or not).
 """
 import functools
+import itertools
 import math
 
 import torch
@@ -189,8 +190,14 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     """Sample up to `max_new_tokens` after each (left-padded) prompt, with a KV cache.
 
     Returns [B, T + n] token ids; a row that emitted `eos_id` is filled with `eos_id` after it.
-    `temperature=0` is greedy. `all_done(done) -> bool` decides when to stop early; under FSDP it
-    must agree across ranks, since every decoding step all-gathers parameters. With `mix_model` and
+    `temperature=0` is greedy. `all_done(finished, step) -> bool` (parallel.decoding_agreement,
+    under FSDP) makes the ranks agree on the number of forwards: a decoding step all-gathers each
+    model's parameters (unless fsdp_gathered holds them for the whole generation), so every rank must
+    run as many forwards as every other, whatever its rows sample, its prompt width or its token
+    budget. It is called by every rank before every step with this rank's `finished` (all its rows
+    emitted eos_id, or its budget is spent) and returns True when every rank is finished; until then
+    a finished rank keeps stepping with a one-token forward of each model whose output it drops
+    (`_idle_forwards`). With `mix_model` and
     `mix_alpha` > 0, tokens are drawn from p~ = alpha * softmax(mix_model) + (1 - alpha) *
     softmax(model): MiniLLM §2.2, teacher-mixed sampling, Eq. p~(y_t|y<t,x) = alpha p(y_t|y<t,x) +
     (1 - alpha) q_theta(y_t|y<t,x), by composition (sampling.sample_next): a row's lm_head is
@@ -239,7 +246,17 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     rows = torch.arange(B, device=idx.device)  # the row of `out` each row of the decoding batch fills
     by_composition = mixing and temperature > 0  # greedy mixing needs both distributions in full
     step_in, step_mask = idx, attention_mask
-    for t in range(n):
+    t, left = 0, B  # the response position the next step fills; rows still decoding
+    for step in itertools.count():  # steps: t, plus the idle ones of a rank waiting for the others
+        finished = t >= n or left == 0
+        if all_done is not None:
+            if all_done(finished, step):
+                break
+            if finished:
+                _idle_forwards(models, idx)
+                continue
+        elif finished:
+            break
         u = draw_uniforms(B, idx.device, generator)[rows]
         from_mix = u[:, 0] < mix_alpha if by_composition else None
         picks = [None] * len(models) if from_mix is None else [~from_mix, from_mix]
@@ -267,20 +284,23 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
             done[rows] = done[rows] | (nxt == eos_id)
         out[rows, T + t] = nxt
         step_in = nxt[:, None]
+        t += 1
         if eos_id is None:
             continue
-        finished = int(done[rows].sum())
-        if finished == len(rows) and (all_done(done) if all_done else True):
-            return out[:, :T + t + 1]
-        if finished and not static:  # finished rows leave the batch and both caches
+        left = int((~done).sum())  # the step's one host sync
+        if 0 < left < len(rows) and not static:  # finished rows leave the batch and both caches
             keep = (~done[rows]).nonzero().squeeze(1)
-            if keep.numel() == 0:  # other ranks still decode (all_done): keep stepping one row of eos
-                keep = keep.new_zeros(1)
-            if keep.numel() < len(rows):
-                rows, step_in = rows[keep], step_in[keep]
-                for c in caches:
-                    c.keep_rows(keep)
-    return out
+            rows, step_in = rows[keep], step_in[keep]
+            for c in caches:
+                c.keep_rows(keep)
+    return out[:, :T + t]
+
+
+def _idle_forwards(models, idx):
+    """One decoding step's collectives without its work: a forward of one token through each model
+    (under FSDP each all-gathers its blocks' parameters, as a real step does), output dropped."""
+    for m in models:
+        m(idx[:1, -1:])
 
 
 def _next_logits(model, cache, idx, attention_mask, pick, decode):

@@ -32,7 +32,8 @@ from components import cluster, memory
 # DCP_BEST_DIR is not used here, but defaults_from(globals()) below takes every upper-case constant
 # into DEFAULTS, which each checkpoint records as its config: imported so that their contents stay as they were
 from components.checkpoint import BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, CheckpointManager, build_models  # noqa: F401
-from components.parallel import rank_mean, runtime, setup_distributed, wrap
+from components.checkpoint import append_log, claim_out_dir
+from components.parallel import on_rank0, rank_mean, runtime, setup_distributed, wrap
 from components.precision import enable_tf32
 from components.progress import Speedometer
 from components.tokenizer import get_encoding
@@ -49,6 +50,7 @@ from supervised import PretrainSource, SupervisedSource
 # I/O
 out_dir = 'out/toy_sft'
 init_from = 'scratch'        # 'scratch' | 'resume' (out_dir's ckpt.pt) | a run dir (its best.pt), <run>/last, a .pt | HF dir or name
+overwrite = False            # a fresh run into an out_dir holding another run's checkpoints: refused unless True (then replaced)
 eval_interval = 100
 eval_iters = 10              # validation batches per evaluation
 eval_rouge_interval = 0      # validation Rouge-L every N steps (0 = at every eval_interval), not for pretrain
@@ -247,8 +249,7 @@ class RunLog:
                       if cfg.rank == 0 and cfg.wandb_log else None)
 
     def write(self, record):
-        with open(self.path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+        append_log(self.path, json.dumps(record))  # a failed write: one line, the checkpoints whole
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != 'iter'}, step=record['iter'])
 
@@ -306,6 +307,8 @@ def validate(cfg):
     if cfg.atkd_split not in ('sequence', 'batch') or not 0 <= cfg.atkd_hard_fraction <= 1:
         raise UserError(f"atkd_split must be 'sequence' or 'batch' (got '{cfg.atkd_split}') and atkd_hard_fraction "
                         f"in [0, 1] (got {cfg.atkd_hard_fraction})")
+    if cfg.atkd and cfg.divergence not in ('', 'forward_kl', 'reverse_kl'):  # kl.atkd_parts has these two forms
+        raise UserError(f"atkd=True takes divergence forward_kl or reverse_kl (got '{cfg.divergence}')")
     if cfg.returns_mode not in ('paper', 'reference'):
         raise UserError(f"unknown returns_mode '{cfg.returns_mode}': pick paper or reference")
     if cfg.method == 'minillm' and cfg.teacher_mix_alpha > 0 and (cfg.gen_top_k or cfg.gen_top_p < 1):
@@ -347,9 +350,10 @@ def main(argv):
     own_group = setup_distributed(cfg)
     validate(cfg)
     with cluster.StopSignals() as stop, cluster.run_lock(cfg):
+        on_rank0(cfg, lambda: claim_out_dir(cfg.out_dir, cfg.init_from, cfg.overwrite))  # never replace a run unasked
         stopped_by = run_training(cfg, stop, own_group)
     if stopped_by:
-        raise SystemExit(cluster.PREEMPTED_EXIT)
+        raise SystemExit(cluster.stopped(cfg, argv))
     return cfg
 
 

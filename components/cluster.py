@@ -6,7 +6,11 @@ What a training run needs on a shared cluster, besides the training itself (trai
   turns both into a flag; train.py checks it between steps, agreed over the ranks by an
   all-reduce (so every rank saves at the same step), writes the resumable last state (ckpt.pt,
   FSDP: dcp/) and exits with PREEMPTED_EXIT = 75, EX_TEMPFAIL of sysexits.h ("temporary failure,
-  retry"): the job script requeues on that status and the next start resumes.
+  retry"): the job script requeues on that status and the next start resumes. Ctrl-C (SIGINT)
+  does the same: the step in progress finishes, the last state is saved and the command that
+  resumes is printed (`stopped`); a second Ctrl-C ends the process at once.
+- Ranks never outlive their launcher (`die_with_launcher`), and a collective that waits on a rank
+  that failed or hangs raises after dist_timeout (parallel.setup_distributed).
 - One run per out_dir. `run_lock` writes out_dir/run.lock (host, pid, SLURM job) at the start; a
   second run refuses with a message naming the holder. A lock left by a dead process on this host,
   or by an earlier start of the same (requeued) SLURM job, is taken over.
@@ -16,11 +20,14 @@ What a training run needs on a shared cluster, besides the training itself (trai
 - Watching. `start_wandb` mirrors log.jsonl to Weights & Biases when wandb_log=True.
 """
 import contextlib
+import ctypes
 import glob
 import json
 import os
+import shlex
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -31,24 +38,35 @@ from configurator import UserError
 from components.parallel import on_rank0
 
 PREEMPTED_EXIT = 75  # sysexits.h EX_TEMPFAIL: the job script requeues on it
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+LAUNCHER_PID = os.getppid()  # the parent when this process started (torchrun's agent for a rank)
 LOCK_NAME = 'run.lock'
 
 
 class StopSignals:
-    """While entered, SIGTERM and SIGUSR1 set `received` (the signal's name) instead of ending the
-    process; on exit the previous handlers come back. Handlers live in the main thread only (a
-    run started from another thread keeps the default behaviour)."""
+    """While entered, SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) set `received` (the signal's name) instead
+    of ending the process; on exit the previous handlers come back. After the first Ctrl-C, SIGINT
+    gets the system's default action back, so a second one ends the process at once (even inside a
+    collective, where no Python handler runs). Handlers live in the main thread only (a run started
+    from another thread keeps the default behaviour). Under torchrun, entering also ties the process's
+    life to the launcher's (`die_with_launcher`)."""
 
     def __enter__(self):
         self.received, self._previous = None, {}
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        if 'TORCHELASTIC_RUN_ID' in os.environ:  # a torchrun worker (a plain run's parent may be a shell)
+            die_with_launcher()
         return self
 
     def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
+        self.received = self.received or signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            print("Ctrl-C: finishing the step, then saving the last state (Ctrl-C again to abort at once)",
+                  file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -62,6 +80,28 @@ class StopSignals:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             code = int(flag.item())
         return signal.Signals(code).name if code else None
+
+
+def stopped(cfg, argv, script='train.py'):
+    """After a run stopped by a signal: print (rank 0) the command that resumes it and return the exit
+    status, PREEMPTED_EXIT (the job script requeues on it, whatever the signal)."""
+    if cfg.rank == 0:
+        args = [a for a in argv if not a.startswith(('--init_from=', '--overwrite='))] + ['--init_from=resume']
+        launch = f"torchrun --nproc_per_node={cfg.world_size}" if cfg.world_size > 1 else "python"
+        print(f"resume with: {launch} {script} {' '.join(shlex.quote(a) for a in args)}", flush=True)
+    return PREEMPTED_EXIT
+
+
+def die_with_launcher():
+    """Linux: the kernel kills this process (SIGKILL) when its parent, the launcher (torchrun), exits, so
+    that a rank whose launcher was killed never stays behind waiting in a collective. Elsewhere a no-op."""
+    if not sys.platform.startswith('linux'):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    if os.getppid() != LAUNCHER_PID:  # the launcher died before the request: nobody is left to wait for
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def nonfinite_terms(cfg, terms):
@@ -128,11 +168,18 @@ def _create_whole(tmp, path):
 
 def _take_lock(out_dir):
     created = not os.path.isdir(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     path, me = os.path.join(out_dir, LOCK_NAME), dict(_identity(), created=created)
     tmp = f"{path}.{me['host']}.{me['pid']}"
-    with open(tmp, 'w') as f:
-        json.dump(me, f)
+    try:  # the run's first write: a read-only, full or missing place fails here, before any work
+        os.makedirs(out_dir, exist_ok=True)
+        with open(tmp, 'w') as f:
+            json.dump(me, f)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise UserError(f"cannot write in {out_dir} ({e.strerror or e}: {e.filename or out_dir}): nothing was "
+                        f"written and what it holds is as it was; pick another --out_dir, free space or fix "
+                        f"permissions") from None
     try:
         for _ in range(3):
             try:

@@ -23,6 +23,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import urllib.parse
 
 import torch
 
@@ -301,7 +303,16 @@ def local_dir(name_or_dir):
         raise CheckpointError(f"{name_or_dir!r} is neither a directory nor a Hugging Face hub name (org/name)")
     from components.tokenizer_hf import TOKENIZER_FILES
     try:
-        from huggingface_hub import list_repo_files, snapshot_download
+        from huggingface_hub import snapshot_download
+        return snapshot_download(name_or_dir, local_files_only=True)  # downloaded before: no network
+    except Exception:
+        pass
+    if not hub_reachable():  # fail at once, not after the hub client's minute of retries and their log lines
+        raise CheckpointError(f"cannot download {name_or_dir!r}: it is not in the local Hugging Face cache and "
+                              f"the hub is unreachable (offline?): pass a local directory, or download it on "
+                              f"a machine with network")
+    try:
+        from huggingface_hub import list_repo_files
         files = list_repo_files(name_or_dir)
         weights = (['*.safetensors', 'model.safetensors.index.json'] if any(f.endswith('.safetensors') for f in files)
                    else ['pytorch_model*.bin', 'pytorch_model.bin.index.json'])
@@ -310,6 +321,18 @@ def local_dir(name_or_dir):
     except Exception as e:  # offline, unknown repo, gated model without a token
         raise CheckpointError(f"cannot download {name_or_dir!r} from the Hugging Face hub ({type(e).__name__}): "
                               f"check the name and the network, or pass a local directory") from None
+
+
+def hub_reachable(timeout=3.0):
+    """False when HF_HUB_OFFLINE is set or the hub's host (HF_ENDPOINT) takes no TCP connection."""
+    if os.environ.get('HF_HUB_OFFLINE', '0').lower() in ('1', 'true', 'yes'):
+        return False
+    url = urllib.parse.urlparse(os.environ.get('HF_ENDPOINT', 'https://huggingface.co'))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == 'https' else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def from_pretrained(name_or_dir, dropout=0.0, dtype=None):

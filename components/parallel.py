@@ -31,7 +31,8 @@ class Runtime:
     ptdtype: torch.dtype = torch.float32  # the dtype models compute in (FSDP's param_dtype, the teacher's storage)
     chunked: bool = False    # the head losses run chunk by chunk, never holding [N, V] logits for backward
     eot: int = None          # the data's end-of-text token
-    all_done: object = None  # ranks_all_done under torchrun: every rank decodes the same number of steps
+    all_done: object = None  # decoding_agreement under FSDP: every rank runs the same number of forwards
+                             # (DDP decodes with the unwrapped student: no collective to agree on)
     own_group: bool = False  # setup_distributed made the process group, so the run tears it down
 
 
@@ -43,7 +44,7 @@ def runtime(cfg, meta, own_group=False):
                         "or chunked_loss=False")
     # CUDA or CPU autocast (a CPU runs the GPU's bf16 code path); FSDP casts by its MixedPrecisionPolicy
     return Runtime(ctx=autocast(cfg.device, cfg.dtype, cfg.parallel), ptdtype=PTDTYPES[cfg.dtype], chunked=chunked,
-                   eot=meta['eot_token'], all_done=ranks_all_done if cfg.parallel != 'none' else None,
+                   eot=meta['eot_token'], all_done=decoding_agreement(cfg.device, cfg.rank) if cfg.parallel == 'fsdp' else None,
                    own_group=own_group)
 
 
@@ -53,12 +54,21 @@ def unwrap(model):
     return model.module if hasattr(model, 'module') else getattr(model, '_orig_mod', model)
 
 
-def ranks_all_done(done):
-    """generate's all_done under torchrun: True when every rank's rows are finished, so that every
-    rank takes the same number of decoding steps (FSDP all-gathers weights in each)."""
-    flag = torch.tensor([float(done.all())], device=done.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+def decoding_agreement(device, rank, group=None):
+    """sampling.generate's `all_done(finished, step)` under FSDP: True when every rank is finished
+    (a MIN all-reduce of the flags). Every rank calls it before every decoding step, so the ranks run
+    the same number of forwards (each all-gathers parameters) whatever their rows sample; a rank
+    that never arrives (it failed, or hangs) becomes one error naming the step after dist_timeout."""
+    def all_done(finished, step):
+        flag = torch.tensor([float(bool(finished))], device=device)
+        try:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+        except RuntimeError as e:  # gloo / nccl timeouts (DistBackendError is a RuntimeError)
+            raise UserError(f"rank {rank}: the ranks did not agree at decoding step {step} "
+                            f"({(str(e).splitlines() or [''])[0][:160]}): another rank failed or hangs, "
+                            f"see its output") from None
+        return bool(flag.item())
+    return all_done
 
 
 def setup_distributed(cfg):

@@ -118,6 +118,15 @@ def worker(paths):
     run('fsdpllamahalf_llamakd', '--parallel=fsdp', '--dropout=0.1', '--max_iters=2')
     run('fsdpllamahalf_llamakd', '--parallel=fsdp', '--dropout=0.1', '--max_iters=4', '--init_from=resume')
     run('bf16_minillm', '--parallel=fsdp', '--dtype=bfloat16', '--max_iters=2')
+    report['generation'] = generation_over_ranks()
+    # the real generation settings (tau 1, top-p 1) with models whose rows end at scattered steps:
+    # validation Rouge-L (kd, DDP and FSDP), MiniLLM rollouts with teacher mixing, GKD samples (FSDP)
+    sampled = ['--gen_temperature=1.0', '--max_new_tokens=20', f"--init_from={paths['eos_student']}",
+               f"--teacher={paths['eos_teacher']}", '--max_iters=1', '--eval_interval=1', '--eval_rouge_examples=12']
+    for parallel in ('ddp', 'fsdp'):
+        run(f'{parallel}rouge_kd', f'--parallel={parallel}', *sampled)
+    run('fsdpsampled_minillm', '--parallel=fsdp', *sampled, '--rollout_size=8', '--rollout_batch_size=2', '--ppo_epochs=1')
+    run('fsdpsampled_gkd', '--parallel=fsdp', *sampled, '--gkd_lambda=1.0')
     try:
         run('offload_kd', '--parallel=fsdp', '--fsdp_cpu_offload=True')
     except UserError as e:
@@ -144,6 +153,48 @@ def worker(paths):
             json.dump(reports, f)
     dist.barrier()  # as train.main does: a rank that tears gloo down first can abort the other (seen on CPU)
     dist.destroy_process_group()
+
+
+def generation_over_ranks():
+    """sampling.generate under FSDP at tau 1, top-p 1, with and without teacher mixing, on ranks that
+    disagree on everything a step count depends on: rank 0 has 3 prompts of width 6 and a budget of
+    20 tokens, rank 1 has 5 prompts of width 11 and a budget of 12, and the rows (eos_prone_gpt) end
+    at scattered steps. Each rank's tokens must equal one process's generate of the same rows with
+    the same generator, and both ranks must run the same number of forwards."""
+    import copy
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from components.parallel import decoding_agreement
+    from sampling import generate
+    rank = dist.get_rank()
+    student, teacher = eos_prone_gpt(5), eos_prone_gpt(6)
+    idx = torch.randint(0, 256, (3 + 2 * rank, 6 + 5 * rank), generator=torch.Generator().manual_seed(rank))
+    budget = 20 - 8 * rank
+    sharded = [copy.deepcopy(m) for m in (student, teacher)]
+    for m in sharded:
+        for block in m.transformer.h:
+            fully_shard(block)
+        fully_shard(m)
+    forwards = [0]
+    sharded[0].register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    out = {}
+    for alpha in (0.0, 0.2):
+        def sample(s, t, **kw):
+            return generate(s, idx, budget, temperature=1.0, top_p=1.0, eos_id=256, mix_model=t, mix_alpha=alpha,
+                            generator=torch.Generator().manual_seed(10 + rank), **kw)
+        ref, got = sample(student, teacher), sample(*sharded, all_done=decoding_agreement('cpu', rank))
+        ends = [(row == 256).nonzero()[0].item() if (row == 256).any() else -1 for row in ref[:, idx.shape[1]:]]
+        out[str(alpha)] = dict(equal=torch.equal(ref, got), ends=ends, forwards=forwards[0])
+        forwards[0] = 0
+    # a rank that never arrives (here rank 1 skips the step) is an error naming the step, not a hang
+    import datetime
+    impatient = dist.new_group(backend='gloo', timeout=datetime.timedelta(seconds=2))
+    if rank == 0:
+        try:
+            decoding_agreement('cpu', rank, impatient)(False, 7)
+        except UserError as e:
+            out['timeout'] = str(e)
+    return out
 
 
 def atkd_losses_over_ranks(paths):
@@ -177,6 +228,25 @@ def random_checkpoint(path, seed, **shape):
     return path
 
 
+def eos_prone_gpt(seed, eos=256, **shape):
+    """A random GPT whose eos logit is about 4.5 above the rest (P(eos) ~ 1/4 per step at tau 1):
+    sampled rows end at scattered steps, as a trained model's do."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=32, vocab_size=257, **(shape or dict(n_layer=2, n_head=2, n_embd=32))))
+    with torch.no_grad():
+        b = torch.randn(model.config.n_embd)
+        b /= b.norm()
+        model.transformer.ln_f.weight.mul_(0.1)
+        model.transformer.ln_f.bias.copy_(b)
+        model.lm_head.weight[eos] = 4.5 * b
+    return model
+
+
+def eos_prone_checkpoint(path, seed):
+    atomic_save(checkpoint_payload(eos_prone_gpt(seed), 'byte'), os.path.join(path, 'ckpt.pt'))
+    return path
+
+
 def hf_llama(path, seed, rows):
     """A tiny random Llama checkpoint written by transformers (the test reference)."""
     transformers = pytest.importorskip('transformers')
@@ -195,7 +265,9 @@ def runs(tiny_instruct, tmp_path_factory):
                  teacher=random_checkpoint(str(root / 'teacher'), 1, n_layer=2, n_head=2, n_embd=32),
                  student=random_checkpoint(str(root / 'student'), 2, n_layer=2, n_head=2, n_embd=32),
                  llama_student=hf_llama(str(root / 'llama_student'), 3, rows=264),
-                 llama_teacher=hf_llama(str(root / 'llama_teacher'), 4, rows=300))
+                 llama_teacher=hf_llama(str(root / 'llama_teacher'), 4, rows=300),
+                 eos_student=eos_prone_checkpoint(str(root / 'eos_student'), 5),
+                 eos_teacher=eos_prone_checkpoint(str(root / 'eos_teacher'), 6))
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     # --standalone: torchrun binds a free port itself (picking one here and passing it on would race
     # with anything else that binds a port before torchrun does)
@@ -346,3 +418,27 @@ def test_atkd_per_sequence_loss_is_the_same_for_world_sizes_1_and_2(runs):
 
 if __name__ == '__main__':
     worker(json.loads(sys.argv[1]))
+
+
+def test_fsdp_generation_runs_one_step_count_on_every_rank_and_samples_as_one_process(runs):
+    """The ranks' rows end at different steps and their prompt widths and budgets differ; they still
+    run the same number of forwards (the longest rank's), each drawing the tokens one process draws."""
+    _, reports = runs
+    for alpha in ('0.0', '0.2'):
+        ranks = [r['generation'][alpha] for r in reports]
+        steps = [20 - 8 * rank if -1 in r['ends'] else max(r['ends']) + 1 for rank, r in enumerate(ranks)]
+        assert steps[0] != steps[1] and len({e for r in ranks for e in r['ends']}) >= 3, (alpha, ranks)
+        assert all(r['equal'] for r in ranks), alpha
+        assert ranks[0]['forwards'] == ranks[1]['forwards'] == max(steps), (alpha, ranks, steps)
+    assert reports[0]['generation']['timeout'].startswith("rank 0: the ranks did not agree at decoding step 7 (")
+    assert reports[0]['generation']['timeout'].endswith("): another rank failed or hangs, see its output")
+
+
+def test_training_generates_at_tau_1_under_ddp_and_fsdp(runs):
+    """Validation Rouge-L, MiniLLM rollouts and GKD samples at tau 1 with rows ending at scattered
+    steps finish under both wrappings; DDP and FSDP measure the same Rouge-L (same weights, seeds)."""
+    paths, _ = runs
+    rouge = {p: losses(f"{paths['out']}/{p}rouge_kd", 'rouge_l') for p in ('ddp', 'fsdp')}
+    assert len(rouge['ddp']) == 2 and rouge['fsdp'] == pytest.approx(rouge['ddp'], abs=1e-6)
+    assert len(losses(f"{paths['out']}/fsdpsampled_minillm")) == 1
+    assert losses(f"{paths['out']}/fsdpsampled_gkd", 'on_policy') == [1.0]

@@ -257,7 +257,8 @@ def _run_project(setting, seeds, solutions, out_dir, reuse, exercises, out):
         if reuse:
             raise ProjectError(f"--reuse={reuse} holds no trained teacher ({teacher}/best.pt): run bash quickstart.sh")
         out(f"teacher: python train.py config/toy_teacher.py --out_dir={teacher}")
-        train(["config/toy_teacher.py", f"--out_dir={teacher}", f"--data_dir={data_dir}", "--device=cpu"]
+        train(["config/toy_teacher.py", f"--out_dir={teacher}", f"--data_dir={data_dir}", "--device=cpu",
+               "--overwrite=True"]  # no finished teacher there: what an interrupted one left is replaced
               + flags["teacher"], os.path.join(logs, "teacher.log"))
     per_seed = {}
     for s in seeds:
@@ -267,7 +268,7 @@ def _run_project(setting, seeds, solutions, out_dir, reuse, exercises, out):
             init = os.path.join(d, "init")
             out(f"seed {s}: student init (config/toy_student_init.py)")
             train(["config/toy_student_init.py", f"--out_dir={init}", f"--data_dir={data_dir}", f"--seed={s}",
-                   "--device=cpu"] + flags["init"], os.path.join(logs, f"seed{s}_init.log"))
+                   "--device=cpu", "--overwrite=True"] + flags["init"], os.path.join(logs, f"seed{s}_init.log"))
         common = [f"--init_from={init}", f"--teacher={teacher}", f"--data_dir={data_dir}", f"--seed={s}",
                   "--device=cpu"]
         models = {}
