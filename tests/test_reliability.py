@@ -26,6 +26,7 @@ import onpolicy
 import train
 from components import checkpoint, cluster
 from components.checkpoint import atomic_save, checkpoint_payload, load_checkpoint, truncate_log
+from components.parallel import Runtime
 from configurator import UserError, configure
 from dataset import InstructSet
 from model import GPT, GPTConfig
@@ -343,9 +344,9 @@ def test_every_divergence_and_temperature_reaches_every_methods_loss(tiny_instru
                 cfg = configure(train.DEFAULTS, [f'--method={method}', f'--divergence={divergence}', f'--atkd={atkd}',
                                                  f'--kd_temperature={tau}', '--atkd_split=batch', '--gkd_beta=0.3',
                                                  '--skew_alpha=0.2', '--device=cpu'])
-                cfg.chunked, cfg.world_size, cfg.eot = chunked, 1, 256
+                cfg.world_size, rt = 1, Runtime(chunked=chunked, eot=256)
                 ratio = 1.0 if method in ('gkd', 'distillm') else cfg.kd_ratio
-                got = supervised_loss(cfg, student, teacher, x, y, ratio).item()
+                got = supervised_loss(cfg, rt, student, teacher, x, y, ratio).item()
                 want = word_level_reference(cfg, student, teacher, x, y, ratio).item()
                 assert got == pytest.approx(want, rel=2e-5, abs=1e-7), (method, divergence, atkd, tau, chunked)
                 seen[method, divergence, atkd, chunked, tau] = got
@@ -357,12 +358,12 @@ def test_every_divergence_and_temperature_reaches_every_methods_loss(tiny_instru
 def test_every_checkpoint_records_the_best_evaluation_so_far(tiny_instruct, tmp_path, monkeypatch):
     """Evaluations at every step: each ckpt.pt and best.pt written carries the best record of all the
     evaluations up to its iteration (never one behind), and best.pt holds that iteration's weights."""
-    written, save = [], train.atomic_save
+    written, save = [], checkpoint.atomic_save
 
     def recording(obj, path):
         written.append((os.path.basename(path), obj['iter_num'], obj['best']))
         return save(obj, path)
-    monkeypatch.setattr(train, 'atomic_save', recording)
+    monkeypatch.setattr(checkpoint, 'atomic_save', recording)
     out = str(tmp_path / 'run')
     train.main(SMALL + [f'--data_dir={tiny_instruct}', f'--out_dir={out}', '--max_iters=6', '--eval_interval=1',
                         '--select_metric=val_loss', '--learning_rate=3e-2', '--lr_schedule=constant'])
@@ -383,10 +384,10 @@ def test_every_checkpoint_records_the_best_evaluation_so_far(tiny_instruct, tmp_
 def test_gkd_takes_student_samples_with_probability_lambda(lam, monkeypatch):
     """GKD, Algorithm 1: u ~ U(0, 1), on-policy when u <= λ. 4000 coins of the data generator: the
     on-policy share is λ within 4.5 standard deviations (1 - λ, the inverted coin, is 7 away)."""
-    monkeypatch.setattr(onpolicy, 'sample_responses', lambda cfg, model, *a: model)
+    monkeypatch.setattr(onpolicy, 'sample_responses', lambda cfg, rt, model, *a: model)
     cfg = configure(train.DEFAULTS, ['--method=gkd', f'--gkd_lambda={lam}', '--device=cpu'])
     gen, n = torch.Generator().manual_seed(0), 4000
-    on = [onpolicy.gkd_responses(cfg, 'student', 'teacher', None, None, gen, None) for _ in range(n)]
+    on = [onpolicy.gkd_responses(cfg, Runtime(), 'student', 'teacher', None, None, gen, None) for _ in range(n)]
     assert all(r == ('student', True) or r == (None, False) for r in on)
     share = sum(p for _, p in on) / n
     assert abs(share - lam) < 4.5 * (lam * (1 - lam) / n) ** 0.5, share
