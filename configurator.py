@@ -147,7 +147,7 @@ def check_device(device, dtype='float32'):
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UserError(f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
         if dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
-            raise UserError(f"this GPU has no bfloat16: use --dtype=float16 or float32")
+            raise UserError("this GPU has no bfloat16: use --dtype=float16 or float32")
     elif dev.type == 'mps' and not torch.backends.mps.is_available():
         raise UserError(f"device '{device}' asked for but MPS is not available here: use --device=cpu")
     elif dev.type not in ('cpu', 'cuda', 'mps'):

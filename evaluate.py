@@ -43,7 +43,8 @@ from contextlib import nullcontext
 import torch
 
 import kl
-from components.checkpoint import check_model_spec, check_writable, load_model
+from components.checkpoint import check_model_spec, load_model
+from components.rundir import check_writable
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, split_responses
 from sampling import generate

@@ -19,8 +19,9 @@ import shutil
 import numpy as np
 import torch
 
-from components.checkpoint import check_writable, load_model
+from components.checkpoint import load_model
 from components.precision import enable_tf32
+from components.rundir import check_writable
 from configurator import UserError, configure, defaults_from, run
 from dataset import InstructSet, left_pad, load_meta, split_responses
 from sampling import generate

@@ -25,7 +25,9 @@ import kl
 import onpolicy
 import train
 from components import checkpoint, cluster
-from components.checkpoint import atomic_save, checkpoint_payload, load_checkpoint, truncate_log
+from components import rundir
+from components.checkpoint import atomic_save, checkpoint_payload, load_checkpoint
+from components.rundir import truncate_log
 from components.parallel import Runtime
 from configurator import UserError, configure
 from dataset import InstructSet
@@ -161,9 +163,9 @@ def test_overwrite_replaces_the_run_and_keeps_nothing_of_it(tiny_instruct, tmp_p
 
 def test_resume_refusal_names_only_the_keys_that_differ():
     with pytest.raises(UserError, match=r"was trained with n_embd=64 but this config has n_embd=32: resume"):
-        checkpoint.check_resume(dict(method='kd', n_embd=32, learning_rate=1.0), dict(method='kd', n_embd=64,
+        rundir.check_resume(dict(method='kd', n_embd=32, learning_rate=1.0), dict(method='kd', n_embd=64,
                                                                                         learning_rate=2.0), 'out/x')
-    checkpoint.check_resume(dict(method='kd', learning_rate=1.0), dict(method='kd', learning_rate=2.0), 'out/x')
+    rundir.check_resume(dict(method='kd', learning_rate=1.0), dict(method='kd', learning_rate=2.0), 'out/x')
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
@@ -218,7 +220,7 @@ def test_a_failed_log_write_is_one_line_naming_the_file(tmp_path):
     blocker.write_text('')
     with pytest.raises(UserError, match=f"could not append to {blocker}/log.jsonl \\(Not a directory\\): the "
                                         f"checkpoints in {blocker} are whole"):
-        checkpoint.append_log(str(blocker / 'log.jsonl'), '{}')
+        rundir.append_log(str(blocker / 'log.jsonl'), '{}')
 
 
 # ----------------------------------------------------------------------------- a full filesystem, for real
