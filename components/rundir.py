@@ -25,7 +25,7 @@ def file_kind(path):
     if not head:
         return "an empty file"
     if head.startswith(b'GGUF'):
-        return "a GGUF file (llama.cpp's format)"
+        return "a GGUF file (llama.cpp's format: give its path a .gguf suffix and it loads as one)"
     if head.startswith(b'\x89HDF'):
         return "an HDF5 file (Keras / TensorFlow weights)"
     if len(head) >= 8 and int.from_bytes(head[:8], 'little') < (1 << 28) and head[8:9] == b'{':

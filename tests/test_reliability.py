@@ -66,7 +66,7 @@ def bad_inputs(tmp, data, run):
         f.write("max_iters = 10\nbatch_size = = 4\n")
     with open(name_error, 'w') as f:
         f.write("max_iters = 10\nbatch_size = undefined_name\n")
-    text_ckpt, gguf = os.path.join(tmp, 'text', 'ckpt.pt'), os.path.join(tmp, 'model.gguf')
+    text_ckpt, gguf = os.path.join(tmp, 'text', 'ckpt.pt'), os.path.join(tmp, 'model.pt')  # a GGUF under a .pt name
     os.makedirs(os.path.dirname(text_ckpt), exist_ok=True)
     with open(text_ckpt, 'w') as f:
         f.write("these are my notes, not a checkpoint\n")
@@ -95,7 +95,7 @@ def bad_inputs(tmp, data, run):
          f"--init_from=resume: {run} was trained with method='sft', n_layer=1 but this config has method='kd', n_layer=2"),
         ('a text file named ckpt.pt', base + [f'--init_from={text_ckpt}'],
          f"{text_ckpt} is not a PyTorch checkpoint: it is a text file (it starts with 'these are my notes"),
-        ('a GGUF file', base + [f'--init_from={gguf}'], f"{gguf} is not a PyTorch checkpoint: it is a GGUF file"),
+        ('a GGUF file named .pt', base + [f'--init_from={gguf}'], f"{gguf} is not a PyTorch checkpoint: it is a GGUF file"),
         ('an out_dir below a file', SMALL + [f'--data_dir={data}', f'--out_dir={blocker}/run'],
          f"cannot write in {blocker}/run (Not a directory"),
         ('atkd with a divergence it has no form of', base + ['--method=kd', '--atkd=True', '--divergence=jsd'],
