@@ -116,8 +116,9 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 def check_values(cfg):
-    """One UserError for the first config value outside its range (POSITIVE, ...), a dtype name that is
-    none of DTYPES, a device this machine lacks, or a dtype the device cannot compute in."""
+    """One UserError for the first config value outside its range (POSITIVE, ...) or a dtype name that is
+    none of DTYPES. The device is checked by each entry point before it is used (check_device): a
+    config for another machine may still be built and inspected here."""
     have = vars(cfg)
     for keys, ok, what in ((POSITIVE, lambda v: v > 0, '> 0'), (NON_NEGATIVE, lambda v: v >= 0, '>= 0'),
                            (UNIT, lambda v: 0 <= v <= 1, 'in [0, 1]'), (BELOW_ONE, lambda v: 0 <= v < 1, 'in [0, 1)'),
@@ -128,8 +129,6 @@ def check_values(cfg):
                 raise UserError(f"{key} must be {what} (got {value})")
     if 'dtype' in have and have['dtype'] not in DTYPES:
         raise UserError(f"unknown dtype '{have['dtype']}': pick {', '.join(DTYPES)}")
-    if 'device' in have:
-        check_device(have['device'], have.get('dtype', 'float32'))
 
 
 def check_device(device, dtype='float32'):
@@ -153,7 +152,8 @@ def check_device(device, dtype='float32'):
     elif dev.type not in ('cpu', 'cuda', 'mps'):
         raise UserError(f"unknown device '{device}': use cpu, cuda, cuda:N or mps")
     if dtype == 'float16' and dev.type == 'cpu':
-        raise UserError("dtype float16 needs a GPU: on CPU use --dtype=bfloat16 (autocast) or float32")
+        raise UserError("dtype='float16' needs CUDA (on a CPU it would compute in float32, with no grad scaler): "
+                        "on a CPU use dtype='bfloat16' or 'float32'")
 
 
 def run(main):

@@ -45,7 +45,7 @@ import torch
 import kl
 from components.checkpoint import check_model_spec, load_model
 from components.rundir import check_writable
-from configurator import UserError, configure, defaults_from, run
+from configurator import UserError, check_device, configure, defaults_from, run
 from dataset import InstructSet, split_responses
 from sampling import generate
 from components.precision import autocast, enable_tf32
@@ -421,6 +421,7 @@ def load_test_sets(cfg):
 
 def main(argv):
     cfg = configure(DEFAULTS, argv)
+    check_device(cfg.device, cfg.dtype)
     cfg.seeds = list(cfg.seeds)
     if not cfg.seeds or cfg.max_new_tokens < 0 or cfg.max_new_tokens_cap < 1 or cfg.batch_size < 1:
         raise UserError("seeds must be non-empty, max_new_tokens >= 0 (0 = the space left), "

@@ -22,7 +22,7 @@ import torch
 from components.checkpoint import load_model
 from components.precision import enable_tf32
 from components.rundir import check_writable
-from configurator import UserError, configure, defaults_from, run
+from configurator import UserError, check_device, configure, defaults_from, run
 from dataset import InstructSet, left_pad, load_meta, split_responses
 from sampling import generate
 from components.progress import GenerationProgress
@@ -119,6 +119,7 @@ def read_prompts(cfg, enc):
 
 def main(argv):
     cfg = configure(DEFAULTS, argv)
+    check_device(cfg.device)
     torch.manual_seed(cfg.seed)
     enable_tf32(cfg.device)  # a checkpoint's fp32 weights: TF32 matmuls on CUDA
     expect = load_meta(cfg.data_dir) if cfg.data_dir else None

@@ -38,7 +38,7 @@ from components.precision import enable_tf32
 from components.progress import Speedometer
 from components.tokenizer import get_encoding
 from components.validation import SELECT_METRICS, improves, rouge_subset, selection_metric, validation_rouge_l
-from configurator import UserError, configure, defaults_from, run
+from configurator import UserError, check_device, configure, defaults_from, run
 from dataset import InstructSet, LMStream, load_meta
 from model import DECODE_MODES
 from onpolicy import DistiLLMSource, GKDSource
@@ -347,6 +347,7 @@ def main(argv):
     after the step in progress, every rank together, with the last state saved (ckpt.pt / dcp/):
     exit status cluster.PREEMPTED_EXIT (75), and `--init_from=resume` continues as if never stopped."""
     cfg = configure(DEFAULTS, argv)
+    check_device(cfg.device, cfg.dtype)  # before setup_distributed picks this rank's GPU
     own_group = setup_distributed(cfg)
     validate(cfg)
     with cluster.StopSignals() as stop, cluster.run_lock(cfg):

@@ -77,7 +77,7 @@ def bad_inputs(tmp, data, run):
     base = SMALL + [f'--data_dir={data}', f'--out_dir={tmp}/new', '--max_iters=2']
     table = [
         ('--dtype=float8', base + ['--dtype=float8'], "unknown dtype 'float8': pick float32, bfloat16, float16"),
-        ('--dtype=float16 on CPU', base + ['--dtype=float16'], "dtype float16 needs a GPU"),
+        ('--dtype=float16 on CPU', base + ['--dtype=float16'], "dtype='float16' needs CUDA"),
         ('--batch_size=0', base + ['--batch_size=0'], "batch_size must be > 0 (got 0)"),
         ('--eval_interval=0', base + ['--eval_interval=0'], "eval_interval must be > 0 (got 0)"),
         ('--max_iters=-5', base + ['--max_iters=-5'], "max_iters must be >= 0 (got -5)"),
