@@ -147,7 +147,8 @@ def collect_rollouts(cfg, rt, model, teacher, prompts, prompt_order, sample_gen)
                 top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=prompts.eot,
                 attention_mask=p_mask.to(cfg.device), generator=sample_gen,
                 mix_model=teacher, mix_alpha=cfg.teacher_mix_alpha, all_done=rt.all_done, decode=cfg.gen_decode,
-                on_logits=decoding_scores(cfg, recorder, len(ids), cache, s) if from_decoding else None)
+                on_logits=decoding_scores(cfg, recorder, len(ids), cache, s) if from_decoding else None,
+                kv_dtype=rt.ptdtype if cfg.parallel == 'fsdp' else None)  # FSDP2 computes in ptdtype
         chunk = list(zip([prompts.prompt(i) for i in ids], split_responses(out.cpu(), p_idx.shape[1], prompts.eot)))
         seq, amask, Tp, rmask = rollout_batch(chunk, prompts.eot, cfg.device)
         Tr, tokens = rmask.shape[1], seq[:, Tp:]
@@ -325,11 +326,17 @@ class MiniLLMSource:
     fills a buffer from rollout_size prompts (PromptOrder, every rank's rows gathered), queues
     ppo_epochs shuffled passes over it in global PPO minibatches, and each micro-step trains on this
     rank's share of the next one, plus pt_weight x L_PT on the pre-training stream `pt_data` (None: off).
-    The checkpoint keeps the buffer, the queue and the prompt order (state_dict)."""
+    The checkpoint keeps the buffer, the queue and the prompt order (state_dict).
 
-    def __init__(self, cfg, rt, model, teacher, data, pt_data, data_gen, sample_gen):
+    `backward(loss)`: the loop's backward (scaled as it scales its own). Given, the policy loss takes it
+    before L_PT's forward and loss() returns the policy loss detached plus L_PT: FSDP2 reduce-scatters a
+    block's gradient only when the backward of its first forward is done, so two forwards before one
+    backward hold the whole student's bf16 gradients at once (scripts/dryrun.py: 71 GiB instead of 49
+    per GPU for the 14.8B student on 8 GPUs), for one more reduce-scatter per micro-step."""
+
+    def __init__(self, cfg, rt, model, teacher, data, pt_data, data_gen, sample_gen, backward=None):
         self.cfg, self.rt, self.model, self.teacher, self.data, self.pt_data = cfg, rt, model, teacher, data, pt_data
-        self.data_gen, self.sample_gen = data_gen, sample_gen
+        self.data_gen, self.sample_gen, self.backward = data_gen, sample_gen, backward
         self.prompt_order = PromptOrder(len(data), cfg.seed)  # epoch by epoch
         self.buffer, self.queue = None, []
 
@@ -349,6 +356,9 @@ class MiniLLMSource:
         loss = global_mean(cfg, loss, n_tok)
         tokens = n_tok.item()
         if self.pt_data is not None:  # L_PT (MiniLLM §2.3): LM loss (or word-level KD) on pre-training text
+            if self.backward is not None:  # the policy loss's backward first (see the class docstring)
+                self.backward(loss)
+                loss = loss.detach()
             x, y = self.pt_data.batch(cfg.pt_batch_size, cfg.block_size, self.data_gen, cfg.rank, cfg.world_size)
             x, y = x.to(cfg.device), y.to(cfg.device)
             with rt.ctx:

@@ -186,7 +186,7 @@ def cache_dtype(model, device_type):
 @fsdp_gathered
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
              attention_mask=None, generator=None, mix_model=None, mix_alpha=0.0, all_done=None,
-             no_repeat_ngram_size=0, decode='eager', on_logits=None):
+             no_repeat_ngram_size=0, decode='eager', on_logits=None, kv_dtype=None):
     """Sample up to `max_new_tokens` after each (left-padded) prompt, with a KV cache.
 
     Returns [B, T + n] token ids; a row that emitted `eos_id` is filled with `eos_id` after it.
@@ -214,6 +214,10 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     three give the same tokens for the same generator, up to float rounding of batch-size-dependent
     kernels.
 
+    `kv_dtype`: the KV caches' dtype (default: `cache_dtype`'s). An FSDP2 model that is not gathered
+    for the generation stores fp32 shards and computes in its MixedPrecisionPolicy's dtype, which its
+    caller passes: a cache made in fp32 holds twice the bytes until its first write converts it.
+
     `on_logits(rows, t, logits, tokens)`, called after each step, receives the rows of `out` still
     decoding, the response position t, each model's fp32 logits [len(rows), V] for all those rows
     (the distribution's, after any n-gram ban) and the tokens drawn: a caller can read the log-probs
@@ -232,7 +236,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     models = [model, mix_model] if mixing else [model]
     static = decode != 'eager'
     length = min(-(-(T + n) // 128) * 128, model.config.block_size) if static else T + n
-    caches = [KVCache(m.config, B, length, idx.device, cache_dtype(m, idx.device.type)) for m in models]
+    caches = [KVCache(m.config, B, length, idx.device, kv_dtype or cache_dtype(m, idx.device.type)) for m in models]
     if decode == 'compile' and idx.device.type == 'cuda':  # CUDA graphs replay the cache's own buffers
         for c in caches:
             for t in c.k + c.v + [c.valid, c.n_valid]:

@@ -210,9 +210,10 @@ def make_optimizer(cfg, model):
                              fused=cfg.parallel != 'fsdp')  # fused: one kernel, not one per tensor
 
 
-def make_source(cfg, rt, model, teacher, train_data, pt_data, data_gen, sample_gen):
+def make_source(cfg, rt, model, teacher, train_data, pt_data, data_gen, sample_gen, backward=None):
     """The method's source of micro-step losses: an object with loss(step) -> (loss, tokens, stats),
-    state_dict() and load_state_dict(), in the method's own file."""
+    state_dict() and load_state_dict(), in the method's own file. `backward`: the loop's backward
+    (MiniLLM's policy loss takes its own before L_PT's forward)."""
     if cfg.method == 'pretrain':
         return PretrainSource(cfg, rt, model, teacher, train_data, data_gen)
     if cfg.method in ('sft', 'kd', 'seqkd'):
@@ -221,7 +222,7 @@ def make_source(cfg, rt, model, teacher, train_data, pt_data, data_gen, sample_g
         return GKDSource(cfg, rt, model, teacher, train_data, data_gen, sample_gen)
     if cfg.method == 'distillm':  # replay buffer, SGO probability
         return DistiLLMSource(cfg, rt, model, teacher, train_data, data_gen, sample_gen)
-    return MiniLLMSource(cfg, rt, model, teacher, train_data, pt_data, data_gen, sample_gen)
+    return MiniLLMSource(cfg, rt, model, teacher, train_data, pt_data, data_gen, sample_gen, backward)
 
 
 @dataclass
@@ -269,7 +270,8 @@ def setup(cfg, rt, meta):
     scaler = torch.amp.GradScaler('cuda', enabled=cfg.dtype == 'float16' and cfg.device.startswith('cuda'))
     data_gen = torch.Generator().manual_seed(cfg.seed)  # the same on every rank: it draws the global batch
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 1 + cfg.rank)
-    source = make_source(cfg, rt, model, teacher, train_data, pt_data, data_gen, sample_gen)
+    source = make_source(cfg, rt, model, teacher, train_data, pt_data, data_gen, sample_gen,
+                         backward=lambda loss: scaler.scale(loss / cfg.gradient_accumulation_steps).backward())
     checkpoints = CheckpointManager(cfg, raw_model, optimizer, source, meta['tokenizer'], data_gen, sample_gen,
                                     {k: v for k, v in vars(cfg).items() if k in DEFAULTS})
     iter_num, best = checkpoints.restore(ckpt, select) if ckpt is not None else (0, None)  # best: dict(metric, value, iter)

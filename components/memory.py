@@ -13,15 +13,30 @@ of shards: world_size under FSDP, 1 otherwise; b = param dtype bytes, 2 for bf16
 
   static (alive for the whole run)
     params      fp32 master weights           4 P / S   (FSDP2 keeps the sharded parameters in fp32)
-    grads       fp32 gradients                4 P / S   (reduce_dtype fp32: grads are reduce-scattered in fp32)
+    grads       fp32 gradients                4 P / S   (reduce_dtype fp32: grads are reduce-scattered in fp32);
+                                              under FSDP with one micro-step per optimizer step only from
+                                              the backward on (zero_grad frees them)
     optimizer   AdamW exp_avg + exp_avg_sq    8 P / S
-    teacher     frozen teacher weights        b P_t / S (stored in the compute dtype: whole without FSDP)
+    teacher     frozen teacher weights        b P_t / S (stored in the compute dtype: whole without FSDP);
+                                              under FSDP plus its root whole (b R_t): FSDP2 never reshards a
+                                              root module after its forward (its parameters would be
+                                              all-gathered again for backward), and the teacher has no backward
     ddp_buckets DDP's gradient buckets        4 P       (DDP only)
   transient, training step
-    unsharded   FSDP: the all-gathered compute copies of the root (embeddings, head, final norm) and
-                of two blocks (the one running and the one prefetched), for student and teacher,
-                with the student's gradients before the reduce-scatter; without FSDP: autocast's
-                b-byte copies of the student's weights
+    unsharded   FSDP2's all-gathered compute copies, as scripts/dryrun.py tracks them (R = root
+                parameters: embeddings, head, final norm; B = one block's). The student's root is
+                whole from its forward to the end of its backward. Inside the blocks: b R + (3 b + 4) B
+                (the block running and the one prefetched, one block's b-byte gradients and the fp32
+                copy that is being reduce-scattered); at the end of the backward the root's turn:
+                (b + 4) R (its fp32 copy); the larger counts. The teacher's forward is over before
+                the student's and needs 4 b B_t (the running and the prefetched block, each as its
+                flat all-gather buffer and its copied-out parameters: FSDP2 keeps the last buffer
+                until the next copy-out), its logits filling.
+                (Two forwards of the student before one backward would keep the b-byte gradients
+                of the whole student at once: FSDP2 reduce-scatters a block's gradient only when
+                the backward of its first forward is done; rollout.MiniLLMSource gives the policy
+                loss its own backward before L_PT's forward.) Without FSDP: autocast's b-byte
+                copies of the student's weights
     activations what autograd keeps for backward, counted tensor by tensor as Korthikanti et al.
                 2022 (arXiv 2205.05198) §4.1 do for their Eq. 1, for model.py's block with a fused
                 attention kernel (no s^2 score matrices; see `block_activation_bytes`). For
@@ -29,17 +44,23 @@ of shards: world_size under FSDP, 1 otherwise; b = param dtype bytes, 2 for bf16
                 without the 5 a s^2 B score terms) plus LayerNorm's statistics and the kernel's
                 log-sum-exp ((16 + 4 a) s B bytes). With activation checkpointing each layer keeps
                 only its input (b s B h) and one layer is recomputed at a time. MiniLLM's L_PT
-                batch shares the policy loss's backward: its tokens count too.
+                batch has its forward and backward after the policy loss's: the larger pass counts.
     logits      the loss head: fp32 student logits, their softmax and gradient for min(B s,
-                chunk) tokens (the chunked loss) + the teacher's b-byte logits for B s tokens,
+                chunk) tokens (the chunked loss; MiniLLM's also computes the head's gradient [V, d]
+                in fp32 during its forward, the dry runs find it at its peak) + the teacher's
+                b-byte logits for B s tokens,
                 over the real vocabulary (tokenizer_vocab columns)
+  transient, optimizer step (FSDP: AdamW's foreach kernels over DTensors)
+    step        sqrt(exp_avg_sq) of every local parameter before the update, 4 P / S, with all gradients
   transient, MiniLLM rollout phase (not at the same time as a training step)
     kv_cache    2 (k, v) L B_r s n_kv_head head_dim b bytes per model, student and teacher
-                (teacher-mixed sampling): both caches are made in the compute dtype
+                (teacher-mixed sampling), both made in the compute dtype, with one model's forward at
+                a time: b (R + 4 B) for the student, or its root (whole until its next backward) and
+                4 b B_t for the teacher
     gathered    FSDP: a model kept all-gathered for a whole generation (parallel.wrap decides, by
-                `decode_gathered`, from this estimate) counts whole in b bytes, not its root + 2 blocks
+                `decode_gathered`, from this estimate) counts whole in b bytes instead
 
-Peak = static + max(training transient, rollout transient). Not counted: the CUDA context
+Peak = static + max(training step, optimizer step, rollout phase). Not counted: the CUDA context
 (~0.5-1 GiB), allocator fragmentation, communication buffers beyond the above; `fits` keeps 10%
 headroom for them. Activations assume the whole forward in the compute dtype (FSDP's bf16
 MixedPrecisionPolicy); under DDP's autocast the fp32 residual stream adds a little.
@@ -165,16 +186,18 @@ def kv_cache_bytes(cfg, rows, seq_len, b=2):
 def estimate_memory(student, teacher=None, world_size=1, parallel='fsdp', batch_size=4, seq_len=512,
                     param_bytes=2, activation_checkpointing=False, cpu_offload=False,
                     rollout_batch_size=0, chunk_size=1024, dropout=0.0, pt_batch_size=0, pt_kd=False,
-                    gathered=(False, False)):
+                    accumulation=1, gathered=(False, False)):
     """Per-GPU bytes of each part of a training run (see the module docstring for the model).
 
     student, teacher: GPTConfig-like shapes (teacher None: no teacher). batch_size: sequences per
     GPU per micro-step; seq_len: tokens per sequence; rollout_batch_size: prompts generated at once
     per GPU (0: no rollouts); chunk_size: tokens per chunk of the chunked loss (None: not chunked);
-    pt_batch_size: MiniLLM's L_PT sequences per GPU, in the same backward as the policy loss (their
-    activations add up), with the teacher's logits on them when pt_kd (pt_kd_ratio > 0). gathered:
+    pt_batch_size: MiniLLM's L_PT sequences per GPU, forward and backward after the policy loss's
+    (the larger of the two passes counts), with the teacher's logits on them when pt_kd (pt_kd_ratio > 0).
+    accumulation: micro-steps per optimizer step (> 1: the gradients outlive each micro-step). gathered:
     (student, teacher) kept whole for a rollout's whole generation under FSDP.
-    Returns a dict of bytes with 'total' = the estimated peak.
+    Returns a dict of bytes with 'total' = the estimated peak, the larger of 'train_peak' (a training
+    micro-step) and 'rollout_peak' (MiniLLM's rollout phase; 0 without rollouts).
     """
     if parallel not in ('none', 'ddp', 'fsdp'):
         raise ValueError(f"parallel must be none, ddp or fsdp, got {parallel!r}")
@@ -185,34 +208,68 @@ def estimate_memory(student, teacher=None, world_size=1, parallel='fsdp', batch_
     mem = dict(params=on_gpu * 4 * P / S, grads=on_gpu * 4 * P / S, optimizer=on_gpu * 8 * P / S)
     mem['teacher'] = 0.0
     if teacher is not None:
-        mem['teacher'] = on_gpu * param_bytes * count_params(teacher) / S
+        mem['teacher'] = on_gpu * param_bytes * count_params(teacher) / S + (param_bytes * root_params(teacher) if fsdp else 0)
     mem['ddp_buckets'] = 4.0 * P if parallel == 'ddp' else 0.0
 
-    def unsharded(shape, with_grads, whole=False):
-        """What a model needs whole at one time to run: see 'unsharded' in the module docstring."""
+    def forward_copies(shape, root=True):
+        """FSDP2 running a model without gradients: its root whole (root=False: counted elsewhere)
+        and four blocks (the running and the prefetched one, each as its flat all-gather buffer and
+        its copied-out parameters: FSDP2 keeps the last buffer until the next copy-out); without
+        FSDP autocast's b-byte copy of every weight."""
         if not fsdp:
             return param_bytes * count_params(shape) if param_bytes < 4 and shape is student else 0.0
-        if whole:
-            return param_bytes * count_params(shape)
-        grad = param_bytes + 4 if with_grads else 0   # compute-dtype gradient, then its fp32 copy to reduce
-        return root_params(shape) * (param_bytes + grad) + 2 * block_params(shape) * (param_bytes + grad)
+        return param_bytes * ((root_params(shape) if root else 0) + 4 * block_params(shape))
 
-    tokens, pt_tokens = batch_size * seq_len, pt_batch_size * seq_len
-    mem['activations'] = float(activation_bytes(student, tokens + pt_tokens, param_bytes, dropout,
-                                                activation_checkpointing))
-    mem['logits'] = 3 * 4 * min(tokens, chunk_size or tokens) * logit_vocab(student)
-    if teacher is not None:
-        mem['logits'] += param_bytes * (tokens + (pt_tokens if pt_kd else 0)) * logit_vocab(teacher)
-    mem['unsharded'] = unsharded(student, True) + (unsharded(teacher, False) if teacher is not None else 0)
-    train = mem['unsharded'] + mem['activations'] + mem['logits']
+    def student_copies():
+        """FSDP2 in the student's forward and backward: (the blocks' part, the root's reduce-scatter
+        at the end of the backward); see 'unsharded' in the module docstring."""
+        if not fsdp:
+            return forward_copies(student), 0.0
+        R, B, b = root_params(student), block_params(student), param_bytes
+        return b * R + (3 * b + 4) * B, (b + 4) * R
+
+    def training_pass(n, with_teacher, policy=False):
+        """(activations, logits) of one forward and backward over n tokens (policy: MiniLLM's loss)."""
+        act = float(activation_bytes(student, n, param_bytes, dropout, activation_checkpointing))
+        logits = 3 * 4 * min(n, chunk_size or n) * logit_vocab(student)
+        if chunk_size and policy:  # chunked_minillm_loss: the head's fp32 gradient, made in its forward
+            logits += 4 * logit_vocab(student) * student.n_embd
+        if teacher is not None and with_teacher:
+            logits += param_bytes * n * logit_vocab(teacher)
+        return act, logits
+
+    passes = [training_pass(batch_size * seq_len, True, policy=rollout_batch_size > 0)]
+    if pt_batch_size:
+        passes.append(training_pass(pt_batch_size * seq_len, pt_kd))
+    mem['activations'], mem['logits'] = max(passes, key=sum)
+    blocks, root_end = student_copies()
+    mem['unsharded'] = max(blocks, root_end)
+    # FSDP: with one micro-step per optimizer step there are no gradients before the backward (zero_grad
+    # frees them), so the forward's peak (loss head) has none; the backward ends with all of them
+    grads = mem['grads'] if not fsdp or accumulation > 1 else 0.0
+    train = max(grads + blocks + mem['activations'] + mem['logits'], mem['grads'] + root_end)
+    if fsdp:  # AdamW's step (foreach over DTensors: train.py fuses it only without FSDP): sqrt(exp_avg_sq)
+        train = max(train, mem['grads'] + mem['optimizer'] / 2)   # of every local parameter, 4 P / S
+    if teacher is not None and fsdp:  # the teacher's forward, with its logits (over before the student's)
+        train = max(train, grads + forward_copies(teacher, root=False)
+                    + param_bytes * batch_size * seq_len * logit_vocab(teacher))
     mem['kv_cache'] = 0.0
     if rollout_batch_size:
         for shape in (student, teacher) if teacher is not None else (student,):
             mem['kv_cache'] += kv_cache_bytes(shape, rollout_batch_size, seq_len, param_bytes)
-    rollout = mem['kv_cache'] + unsharded(student, False, gathered[0]) + (
-        unsharded(teacher, False, gathered[1]) if teacher is not None else 0)
-    static = sum(mem[k] for k in ('params', 'grads', 'optimizer', 'teacher', 'ddp_buckets'))
-    mem['total'] = static + max(train, rollout)
+    # the models decode one after the other: the student's root stays whole, the blocks are one model's,
+    # but a gathered model is whole for the whole generation
+    rollout = mem['kv_cache']
+    if not fsdp:
+        rollout += forward_copies(student)
+    else:
+        blocks = [(shape, whole) for shape, whole in zip((student, teacher), gathered) if shape is not None]
+        rollout += param_bytes * root_params(student) + sum(
+            param_bytes * (count_params(shape) - root_params(shape)) for shape, whole in blocks if whole)
+        rollout += max([forward_copies(shape, root=False) for shape, whole in blocks if not whole] or [0.0])
+    static = sum(mem[k] for k in ('params', 'optimizer', 'teacher', 'ddp_buckets'))
+    mem['train_peak'], mem['rollout_peak'] = static + train, static + rollout if rollout_batch_size else 0.0
+    mem['total'] = max(mem['train_peak'], mem['rollout_peak'])
     return mem
 
 
@@ -233,7 +290,7 @@ def fits(mem, gpu_memory_gb, headroom=0.9):
 
 def describe(mem):
     """One line: the peak and its largest parts, in GiB."""
-    parts = ', '.join(f"{k} {v / GiB:.1f}" for k, v in mem.items() if k != 'total' and v > 0)
+    parts = ', '.join(f"{k} {v / GiB:.1f}" for k, v in mem.items() if k != 'total' and not k.endswith('_peak') and v > 0)
     return f"~{mem['total'] / GiB:.1f} GiB per GPU ({parts})"
 
 
@@ -255,7 +312,7 @@ def estimate_run(cfg, student, teacher, world_size=None, gathered=(False, False)
                            activation_checkpointing=cfg.fsdp_activation_checkpointing, cpu_offload=cfg.fsdp_cpu_offload,
                            rollout_batch_size=rollout_rows, chunk_size=cfg.loss_chunk_size if chunked else None,
                            dropout=cfg.dropout, pt_batch_size=pt_rows, pt_kd=pt_rows > 0 and cfg.pt_kd_ratio > 0,
-                           gathered=gathered)
+                           accumulation=cfg.gradient_accumulation_steps, gathered=gathered)
 
 
 def decode_gathered(cfg, student, teacher, gpu_memory_gb):

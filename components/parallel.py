@@ -141,11 +141,12 @@ def gather_rollouts(cfg, buf):
     return out
 
 
-def wrap(cfg, model, teacher, weights=(None, None), ptdtype=torch.float32):
+def wrap(cfg, model, teacher, weights=(None, None), ptdtype=torch.float32, mesh=None):
     """DDP: replicate the student and average its gradients. FSDP2: shard student and teacher per
     block + root (`fully_shard`), all-gathering each block's weights in `ptdtype` just for its
     forward/backward and reduce-scattering gradients in fp32; then allocate this rank's shards and
-    fill them from rank 0's `weights` (build_models)."""
+    fill them from rank 0's `weights` (build_models). `mesh`: the ranks to shard over (default: the
+    whole process group; scripts/dryrun.py makes its fake one before entering FakeTensorMode)."""
     if cfg.parallel == 'ddp':
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[cfg.device] if cfg.device.startswith('cuda') else None)
@@ -165,8 +166,8 @@ def wrap(cfg, model, teacher, weights=(None, None), ptdtype=torch.float32):
             if m is teacher:
                 m.to(ptdtype)  # frozen: stored in the dtype it computes in, half the memory of fp32
             for block in m.transformer.h:
-                fully_shard(block, mp_policy=mp, offload_policy=offload)
-            fully_shard(m, mp_policy=mp, offload_policy=offload)
+                fully_shard(block, mesh=mesh, mp_policy=mp, offload_policy=offload)
+            fully_shard(m, mesh=mesh, mp_policy=mp, offload_policy=offload)
             m.to_empty(device='cpu' if cfg.fsdp_cpu_offload else cfg.device)
             if sd is not None:
                 set_model_state_dict(m, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
