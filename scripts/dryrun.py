@@ -51,11 +51,11 @@ import numpy as np  # noqa: E402
 import rollout  # noqa: E402
 import supervised  # noqa: E402
 import train  # noqa: E402
-from components.memory import GiB, estimate_run  # noqa: E402
+from components.memory import GiB, decode_gathered, device_memory_gb, estimate_run  # noqa: E402
 from components.parallel import runtime, setup_distributed, wrap  # noqa: E402
 from dataset import LMStream  # noqa: E402
 from model import GPT, KVCache  # noqa: E402
-from sampling import _next_logits  # noqa: E402
+from sampling import _next_logits, fsdp_gathered  # noqa: E402
 from scripts.memory_table import TABLE_RUNS, on_gpus, table_run  # noqa: E402
 
 # every FSDP config of config/ (the MiniLLM pairs and the SFT of each model they train or teach)
@@ -224,30 +224,36 @@ def tokens(rows, length, vocab):
 
 
 def rollout_phase(cfg, rt, student, teacher, rows, counter):
-    """A MiniLLM rollout batch of `rows` prompts (rollout.collect_rollouts): sampling.generate's KV
-    caches for both models (allocated whole, block_size tokens, in the dtype collect_rollouts asks for),
-    the prefill of block_size - max_new_tokens prompt tokens and one decoding step through
-    generate's own _next_logits (every later step holds the same caches), then the scoring forwards
-    of the student and the teacher (rollout.response_scores). Returns the caches' bytes and the
-    collectives of each part ({'prefill', 'decoding step', 'scoring'}: counter.take())."""
+    """A MiniLLM rollout batch of `rows` prompts (rollout.collect_rollouts): inside sampling.fsdp_gathered,
+    as `generate` runs (a model that parallel.wrap flagged gather_for_decoding is all-gathered whole
+    for the generation), both models' KV caches (allocated whole, block_size tokens, in the dtype
+    collect_rollouts asks for), the prefill of block_size - max_new_tokens prompt tokens and one
+    decoding step through generate's own _next_logits (every later step holds the same caches);
+    then the scoring forwards of the student and the teacher (rollout.response_scores). Returns the
+    caches' bytes and the collectives of each part ({'prefill', 'decoding step', 'scoring'})."""
     Tp, V = cfg.block_size - cfg.max_new_tokens, student.config.vocab_size
-    models = [student] + ([teacher] if teacher is not None and cfg.teacher_mix_alpha > 0 else [])
+    mixing = teacher is not None and cfg.teacher_mix_alpha > 0
     prompt, amask = tokens(rows, Tp, V), torch.ones(rows, Tp, dtype=torch.long)
     parts = {}
-    with torch.no_grad():
+
+    @fsdp_gathered
+    def decode(model, idx, mix_model=None):
+        models = [model] + ([mix_model] if mix_model is not None else [])
         caches = [KVCache(m.config, rows, Tp + cfg.max_new_tokens, 'cpu', rt.ptdtype) for m in models]
         for m, c in zip(models, caches):
-            _next_logits(m, c, prompt, amask, None, 'eager')
+            _next_logits(m, c, idx, amask, None, 'eager')
         parts['prefill'] = counter.take()
         step = tokens(rows, 1, V)
         for m, c in zip(models, caches):
             _next_logits(m, c, step, None, None, 'eager')
         parts['decoding step'] = counter.take()
-        kv = sum(t.untyped_storage().nbytes() for c in caches for t in c.k + c.v)
-        del caches
+        return sum(t.untyped_storage().nbytes() for c in caches for t in c.k + c.v)
+
+    with torch.no_grad():
+        kv = decode(student, prompt, mix_model=teacher if mixing else None)  # prefill: with the gathering's
         seq = tokens(rows, cfg.block_size, V)
         full = torch.ones_like(seq)
-        for m in models:
+        for m in [student] + ([teacher] if mixing else []):
             rollout.response_scores(cfg, rt, m, seq, full, Tp, seq[:, Tp:])
         parts['scoring'] = counter.take()
     return kv, parts
@@ -368,7 +374,9 @@ def dry_run(cfg, student_shape, teacher_shape, world_size, track_propagation=Fal
         out['train'] = dict(categories(snap, teacher_bytes), kv_cache=0, at=t.peak_at)
         out['collectives']['train'] = counter.take()
     dist.destroy_process_group()
-    out['estimate'] = estimate_run(cfg, student_shape, teacher_shape, world_size)
+    # the estimate parallel.wrap decided the gathering with (memory.decode_gathered, from gpu_memory_gb)
+    out['gathered'] = decode_gathered(cfg, student_shape, teacher_shape, device_memory_gb(cfg))
+    out['estimate'] = estimate_run(cfg, student_shape, teacher_shape, world_size, gathered=out['gathered'])
     out['seconds'] = time.time() - t0
     return out
 
@@ -397,7 +405,7 @@ def describe(result):
     for phase, kinds in result['collectives'].items():
         lines.append(f"collectives, {phase}: " + ', '.join(
             f"{n} {kind}s {b / GiB:.2f} GiB" for kind, (n, b) in sorted(kinds.items())))
-    lines.append(f"{result['seconds']:.1f} s")
+    lines.append(f"gathered for the whole generation (student, teacher): {result['gathered']}; {result['seconds']:.1f} s")
     return '\n'.join(lines)
 
 

@@ -38,9 +38,10 @@ def small_run(cfg, fake_mode):
 
 
 def fsdp_cfg():
+    """train.py's defaults under FSDP2 on the fake ranks (no activation checkpointing, no offload)."""
     from types import SimpleNamespace
-    return SimpleNamespace(parallel='fsdp', fsdp_cpu_offload=False,
-                           fsdp_activation_checkpointing=False, device='cpu', compile=False)
+    import train
+    return SimpleNamespace(**dict(train.DEFAULTS, parallel='fsdp', device='cpu', rank=0, world_size=W))
 
 
 @pytest.mark.parametrize('tracked', [True, False])
