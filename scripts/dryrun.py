@@ -404,7 +404,7 @@ def describe(result):
                          f"estimated {est[p + '_peak'] / GiB:.2f} GiB")
     for phase, kinds in result['collectives'].items():
         lines.append(f"collectives, {phase}: " + ', '.join(
-            f"{n} {kind}s {b / GiB:.2f} GiB" for kind, (n, b) in sorted(kinds.items())))
+            f"{n} {kind}s {b / GiB:.2f} GiB" for kind, (n, b) in sorted(kinds.items())) or "none")
     lines.append(f"gathered for the whole generation (student, teacher): {result['gathered']}; {result['seconds']:.1f} s")
     return '\n'.join(lines)
 
@@ -425,7 +425,7 @@ def table_line(student, teacher, name, world_size, r):
     g = lambda x: f"{x / GiB:.1f}"  # noqa: E731
     est, coll = r['estimate'], r['collectives']
     rollout = f"{g(r['rollout']['total'])} / {g(est['rollout_peak'])}" if 'rollout' in r else '-'
-    per_token = g(coll['rollout decoding step']['all-gather'][1]) if 'rollout' in r else '-'
+    per_token = g(coll['rollout decoding step'].get('all-gather', (0, 0))[1]) if 'rollout' in r else '-'
     diff = (est['total'] - peak(r)) / peak(r)
     return (f"| {student} | {teacher or '-'} | `{name}` | {world_size} | {g(r['train']['total'])} / {g(est['train_peak'])} "
             f"| {rollout} | {g(peak(r))} / {g(est['total'])} ({diff:+.0%}) "
