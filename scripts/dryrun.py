@@ -1,13 +1,14 @@
 """
 Dry runs of the real multi-GPU configs on this CPU, at any world size: the student and teacher of
 a config are built on fake tensors (FakeTensorMode: shapes and dtypes, no memory, no arithmetic),
-sharded by components/parallel.py's own `wrap` over a fake process group (torch.testing's FakeStore,
-backend "fake": every collective returns at once), and rank 0 runs what one step of the config's
-method allocates: for MiniLLM a rollout batch (both models' KV caches, the prompts' prefill, a
-decoding step, the scoring forwards), then one micro-step of the method's own loss (rollout.py's
-minillm_micro_loss + L_PT, or supervised.py's supervised_loss), backward, gradient clipping and
-AdamW. PyTorch's FSDPMemTracker (what torchtitan's memory estimation runs on) records rank 0's
-peak by category, a dispatch mode counts the collectives, and both are printed beside
+and rank 0 of a fake process group (torch.testing's FakeStore, backend "fake": every collective
+returns at once) runs the loop's own code on them: parallel.setup_distributed, runtime and wrap
+(FSDP2), train.make_optimizer; for MiniLLM a rollout batch inside sampling.fsdp_gathered (both
+models' KV caches, the prompts' prefill, a decoding step, the scoring forwards); then one micro-step
+of the method's source (rollout.MiniLLMSource.loss: policy loss, its backward, L_PT; or
+supervised.supervised_loss), its backward and train.step_optimizer (clip, non-finite check, AdamW).
+PyTorch's FSDPMemTracker (what torchtitan's memory estimation runs on) records rank 0's peak by
+category, a dispatch mode counts the collectives, and both are printed beside
 components/memory.py's estimate for the same config and world size.
 
     python scripts/dryrun.py config/minillm_13b_fsdp.py --world=64      # one config of DRY_RUNS
@@ -15,9 +16,9 @@ components/memory.py's estimate for the same config and world size.
 
 No tensor holds a number, so where the code reads one the dry run takes the worst case
 (`WorstCase`): every target position carries a loss (a mask's nonzero() is every position), no
-row finishes early, no check fails. The rank is treated as a GPU: the loss chunks are loss_chunk_size rows as on
-CUDA (rollout.chunk_rows limits them on CPU) and AdamW runs its foreach kernels as it does on CUDA
-for FSDP's DTensor parameters (on CPU it would default to one tensor at a time).
+row finishes early, no check fails. The rank is treated as a GPU: the loss chunks are
+loss_chunk_size rows as on CUDA (rollout.chunk_rows limits them on CPU) and AdamW runs its foreach
+kernels as it does on CUDA for FSDP's DTensor parameters (on CPU it goes one tensor at a time).
 
 The optimizer puzzle (issue 28): run as-is under FakeTensorMode, the tracker reports AdamW's state
 as 3 x 4 P bytes of the *unsharded* model (167.65 GiB per rank for the 14.77B student at 64 ranks).
@@ -28,7 +29,7 @@ global-shape stand-ins. A foreach op over all parameters keeps three such lists 
 (the arguments and the output). On a GPU there is no outer fake mode and nothing is counted.
 `tracked_dtensor_propagation(False)` gives the propagation a fake mode of its own; what remains is
 real: exp_avg and exp_avg_sq (8 P / S) and, for the step, foreach AdamW's sqrt(exp_avg_sq)
-temporary (4 P / S), tests/test_dryrun.py checks both to the byte.
+temporary (4 P / S); tests/test_dryrun.py checks both to the byte.
 """
 import argparse
 import dataclasses
@@ -40,13 +41,12 @@ from contextlib import contextmanager
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run as a script
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch._subclasses.fake_tensor import DataDependentOutputException  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 import rollout  # noqa: E402
 import supervised  # noqa: E402
