@@ -6,7 +6,7 @@ import json
 import pytest
 
 from data.common import read_instruct_split
-from test_data import CHATML
+from test_data import write_chat_model_dir
 
 
 def write_dataset(path, n_conv=12, turns=5):
@@ -26,17 +26,7 @@ def write_dataset(path, n_conv=12, turns=5):
 
 
 def chat_model_dir(tmp_path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["conv turn says hi hello how are you"] * 20, trainer)
-    d = tmp_path / "chat_model"
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                            chat_template=CHATML).save_pretrained(str(d))
-    return str(d)
+    return write_chat_model_dir(tmp_path / "chat_model", "conv turn says hi hello how are you")
 
 
 def test_chitchat_split_by_conversation_with_the_chat_template(tmp_path):

@@ -403,6 +403,21 @@ LLAMA3 = ("{{ bos_token }}{% for message in messages %}"
           "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
 
 
+def write_chat_model_dir(path, text):
+    """A Hugging Face tokenizer directory with CHATML as its chat template: a byte-level BPE of 400
+    ids trained on `text`, <|im_end|> its eos."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text] * 20, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                            chat_template=CHATML).save_pretrained(str(path))
+    return str(path)
+
+
 def write_tokenizer_config(path, template, **extra):
     path.mkdir(parents=True, exist_ok=True)
     (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, **extra}))
@@ -456,17 +471,9 @@ def test_chat_template_is_sandboxed_and_errors_are_one_line(tmp_path):
 def test_chat_template_prepare_gives_transformers_ids(tmp_path):
     """--template=chat --tokenizer=<HF dir>: the prompt tokens of the written split equal
     transformers' apply_chat_template(add_generation_prompt=True, tokenize=True) on the same dir."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["Task one: say something. Some input, a reply."] * 20, trainer)
-    model_dir = tmp_path / "chat_model"
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                            chat_template=CHATML).save_pretrained(str(model_dir))
+    model_dir = write_chat_model_dir(tmp_path / "chat_model", "Task one: say something. Some input, a reply.")
     from data.vicuna import prepare as vicuna
     records = [ref_record(1), ref_record(2, with_prompt=False, input_text="Some input.")]
     out = tmp_path / "out"
