@@ -108,8 +108,19 @@ def log_softmax_(x):
     return x.sub_(torch.logsumexp(x, -1, keepdim=True))
 
 
-def softmax_and_log_softmax_(z):
-    """(softmax(z), log_softmax(z)) over the last axis from one exp pass; the log-softmax in z's buffer."""
+def log_softmax_as(z, dtype):
+    """log_softmax(z) over the last axis in `dtype` (the loss dtype): in z's own buffer when z is in
+    it already (log_softmax_), else one fused kernel that reads the half-precision z and writes the
+    result (bf16 logits: no separate upcast pass over [C, V], and no more buffers than the upcast)."""
+    return log_softmax_(z) if z.dtype == dtype else torch.log_softmax(z, -1, dtype=dtype)
+
+
+def softmax_and_log_softmax_(z, dtype=None):
+    """(softmax(z), log_softmax(z)) over the last axis from one exp pass; the log-softmax in z's buffer,
+    or, when z is not in `dtype` (bf16 logits, fp32 losses), in a new `dtype` buffer by log_softmax_as."""
+    if dtype is not None and z.dtype != dtype:
+        log_z = log_softmax_as(z, dtype)
+        return log_z.exp(), log_z
     z = z.sub_(z.amax(-1, keepdim=True))
     q = z.exp()
     total = q.sum(-1, keepdim=True)

@@ -332,14 +332,16 @@ def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
     The same value as _chunk_loss with fewer [C, V] buffers and passes than autograd; `logits`
     must be a buffer the caller no longer needs (it is overwritten).
     """
-    tau, ce_weights, kd_weights = spec['temperature'], weights['ce'], weights.get('kd')
-    loss, grad = logits.new_zeros(()), None
+    tau, ce_weights, kd_weights, dtype = spec['temperature'], weights['ce'], weights.get('kd'), spec['loss_dtype']
+    if tau != 1 and kd_weights is not None:
+        logits = logits.to(dtype)  # z / τ in the loss dtype, not in bf16
+    loss, grad = logits.new_zeros((), dtype=dtype), None
     if kd_weights is not None:
-        # in place, unless CE still needs the logits at τ = 1 below
+        # in place, unless CE still needs the logits at τ = 1 below (bf16 logits: upcast into a new buffer)
         scaled = logits / tau if ce_weights is not None else logits.div_(tau) if tau != 1 else logits
-        log_q = chunked.log_softmax_(scaled)
-        teacher = teacher_logits.to(logits.dtype) / tau
-        log_p = chunked.log_softmax_(teacher)
+        log_q = chunked.log_softmax_as(scaled, dtype)
+        # a new buffer either way (teacher_logits may be a view of the caller's logits)
+        log_p = torch.log_softmax(teacher_logits / tau if tau != 1 else teacher_logits, -1, dtype=dtype)
         if spec['divergence'] == 'forward_kl':
             p = log_p.exp()
             diff = log_p.sub_(log_q).masked_fill_(p == 0, 0)  # 0·log 0 = 0
@@ -355,7 +357,7 @@ def _closed_form_chunk(logits, teacher_logits, targets, weights, spec):
         loss = loss + _weighted_sum(kl * scale, kd_weights)
         grad.mul_((kd_weights * (scale / tau))[:, None])
     if ce_weights is not None:  # CE at temperature 1, whatever the KD temperature
-        log_q_unit = chunked.log_softmax_(logits)
+        log_q_unit = chunked.log_softmax_as(logits, dtype)
         loss = loss + _weighted_sum(-log_q_unit.gather(-1, targets[:, None]).squeeze(-1), ce_weights)
         grad_ce = log_q_unit.exp_()
         grad_ce.scatter_add_(-1, targets[:, None], -torch.ones_like(grad_ce[:, :1]))
@@ -374,12 +376,12 @@ def _chunk_grad(teacher_chunk, targets, weights, spec, loss):
         if not want_grad:
             loss.add_(_chunk_loss(logits, teacher_logits, chunk_targets, chunk_weights, spec))
             return None
-        logits = logits.to(spec['loss_dtype'])
-        if spec['closed_form']:
+        if spec['closed_form']:  # it upcasts half-precision logits itself, inside its first log-softmax
             part, grad = _closed_form_chunk(logits, teacher_logits, chunk_targets, chunk_weights, spec)
         else:
             part, grad = chunked.autograd_chunk(
-                lambda z: _chunk_loss(z, teacher_logits, chunk_targets, chunk_weights, spec), logits)
+                lambda z: _chunk_loss(z, teacher_logits, chunk_targets, chunk_weights, spec),
+                logits.to(spec['loss_dtype']))
         loss.add_(part.detach())
         return grad
     return chunk_grad

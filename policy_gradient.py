@@ -462,11 +462,12 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
     def closed_form(z, rows):
         """(∂ chunk loss / ∂z) by the formula above, reusing z's buffer (3 [C, V] buffers in all)."""
         y, a = at['y'][rows, None], kl_w[rows, None] / n
-        q, log_q = chunked.softmax_and_log_softmax_(z)
+        q, log_q = chunked.softmax_and_log_softmax_(z, loss_dtype)
         long, g = long_term(log_q.gather(-1, y).squeeze(-1), rows)
         parts['long'] += long
         if single_step:
-            kl, diff = chunked.reverse_kl_(q, log_q, chunked.log_softmax_(teacher_chunk(rows)))
+            # teacher_at's rows are a copy or a fresh matmul: its log-softmax may take their buffer
+            kl, diff = chunked.reverse_kl_(q, log_q, chunked.log_softmax_as(teacher_at(rows), loss_dtype))
             parts['single'] += (a.squeeze(1) * kl).sum()
             grad = diff.sub_(kl[:, None]).mul_(a).sub_(g[:, None]).mul_(q)
         else:
@@ -485,7 +486,8 @@ def chunked_minillm_loss(hidden, head_weight, tokens, logp_old, logp_teacher, ma
             return torch.autograd.grad(long + single, z)[0]
 
     def chunk_grad(z, rows, want_grad):
-        return (by_autograd if policy is not None else closed_form)(z.to(loss_dtype), rows)
+        # the closed form upcasts bf16 logits inside its first log-softmax (one pass less over [C, V])
+        return by_autograd(z.to(loss_dtype), rows) if policy is not None else closed_form(z, rows)
 
     def total():
         return torch.as_tensor(parts['long'] + parts['single'], dtype=loss_dtype, device=hidden.device)

@@ -43,6 +43,11 @@ PRESETS = {
                          vocab_size=128256, block_size=131072, norm_eps=1e-5, tie_embeddings=True,
                          rope_theta=500000.0, rope_scaling=dict(rope_type='llama3', factor=32.0, low_freq_factor=1.0,
                          high_freq_factor=4.0, original_max_position_embeddings=8192)),              # 1.24B
+    # HuggingFaceTB/SmolLM2-135M(-Instruct): 30 narrow blocks, GQA 9/3, tied 49152-row head (bench_real.py's
+    # shapes; a 6-block student is the same with n_layer=6, 49.6M)
+    'smollm2-135m': dict(FAMILIES['llama'], n_layer=30, n_head=9, n_kv_head=3, n_embd=576, intermediate_size=1536,
+                         vocab_size=49152, block_size=8192, norm_eps=1e-5, rope_theta=100000.0,
+                         tie_embeddings=True),                                    # 134.5M
     # Qwen/Qwen2.5-*: q/k/v biases, theta 1e6; 151936 rows (tied) up to 1.5B, 152064 (untied) from 7B;
     # one tokenizer of 151665 tokens (copies: citsjtu2020/LLM-Prof sglang/Model_Config.md)
     'qwen2.5-0.5b': dict(FAMILIES['qwen2'], n_layer=24, n_head=14, n_kv_head=2, n_embd=896, intermediate_size=4864,

@@ -110,6 +110,7 @@ PUBLISHED = {
                             rope_scaling=dict(LLAMA3, factor=8.0)), 8.03),
     'llama-3.2-1b': (_llama(16, 32, 2048, 8192, 131072, 1e-5, V=128256, kv=8, tie=True, head_dim=64,
                             rope_theta=500000.0, rope_scaling=dict(LLAMA3, factor=32.0)), 1.24),
+    'smollm2-135m': (_llama(30, 9, 576, 1536, 8192, 1e-5, V=49152, kv=3, tie=True, rope_theta=100000.0), 0.135),
     'qwen2.5-0.5b': (_qwen('qwen2', 24, 14, 2, 896, 4864, 151936, 32768, 1e-6, True), 0.49),
     'qwen2.5-1.5b': (_qwen('qwen2', 28, 12, 2, 1536, 8960, 151936, 131072, 1e-6, True), 1.54),
     'qwen2.5-7b': (_qwen('qwen2', 28, 28, 4, 3584, 18944, 152064, 131072, 1e-6, False), 7.62),
