@@ -4,10 +4,10 @@ weights, AdamW state and losses in fp32. The chunked KD and MiniLLM losses of a 
 model in bf16 lie within stated tolerances of the same losses in fp32 on the same batch; a train.py
 run with dtype=bfloat16 keeps its weights and optimizer state in fp32.
 
-Tolerances: bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2%); a 2-block model's logits
-carry a few such errors, so the losses agree to 1% and the gradients point the same way (cosine
-> 0.99). A loss computed in bf16 end to end (no fp32 softmax) would not: its log-softmax over 512
-classes alone is off by ~1e-2 absolute.
+Tolerances: bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2%). The logits' rounding
+errors average out in the fp32 log-softmax and token mean, so the losses agree to 0.2% (measured:
+5e-6 for KD, 4e-4 for MiniLLM) and the gradients point the same way (cosine > 0.99). A loss rounded
+to bf16 (a log-softmax or a loss accumulated in bf16) is off by its own 2^-9 and fails the bound.
 """
 import os
 
@@ -42,13 +42,13 @@ def assert_close_to_fp32(model, loss_fn):
     loss16, g16 = grads_and_loss(model, loss_fn, bf16=True)
     assert loss16.dtype == torch.float32  # the loss is accumulated in fp32 under autocast
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
-    assert abs(loss16.item() - loss32.item()) < 0.01 * abs(loss32.item()), (loss16.item(), loss32.item())
+    assert abs(loss16.item() - loss32.item()) < 2e-3 * abs(loss32.item()), (loss16.item(), loss32.item())
     assert torch.cosine_similarity(g16, g32, dim=0) > 0.99
     return loss32, loss16
 
 
 @pytest.mark.parametrize('divergence', ['forward_kl', 'reverse_kl'])
-def test_bf16_kd_loss_is_within_1pct_of_fp32(divergence):
+def test_bf16_kd_loss_is_within_0_2pct_of_fp32(divergence):
     """0.5 CE + 0.5 KD through the chunked head (kl.chunked_kd_loss), teacher logits in bf16 as a
     bf16 teacher gives them, vs everything in fp32."""
     student, teacher = tiny_llama(), tiny_llama(n_layer=3, seed=1)
@@ -68,7 +68,7 @@ def test_bf16_kd_loss_is_within_1pct_of_fp32(divergence):
     assert_close_to_fp32(student, loss_fn)
 
 
-def test_bf16_minillm_loss_is_within_1pct_of_fp32():
+def test_bf16_minillm_loss_is_within_0_2pct_of_fp32():
     """policy_gradient.chunked_minillm_loss (L_Long + L_Single), the teacher given by hidden states
     and head (bf16 chunk matmuls under autocast), vs fp32."""
     student, teacher = tiny_llama(), tiny_llama(n_layer=3, seed=1)
