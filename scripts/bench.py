@@ -9,7 +9,8 @@ Sections (one config below for all): here loss (plain vs chunked KD loss) and ge
 vs recompute vs Hugging Face `generate`); in bench_train.py train (a step of sft / kd / minillm,
 minillm split into rollout and update), distributed (DDP / FSDP with 1 and 2 processes, through
 torchrun) and onpolicy (a GKD, a DistiLLM and a MiniLLM step, each named by where its responses
-came from); in bench_minillm.py trl, update and decode. What matters are ratios: the
+came from); in bench_minillm.py trl, update and decode; in bench_real.py real (SmolLM2-135M's
+shapes, fp32 and bf16, against the matmul ceilings and transformers). What matters are ratios: the
 variants of a section run in one process, interleaved A B C, C B A, A B C, ..., and the median of
 each is kept, so load from other programs lands on all of them alike. Each table is written
 between `<!-- bench:NAME -->` markers; the prose around the markers is left as it is.
@@ -38,7 +39,8 @@ from scripts.timing import MALLOC_ENV, VERDICT, interleaved, med, memory_mib, re
 SECTIONS = {'loss': '1. Divergence loss: plain vs chunked', 'generate': '2. Generation: KV cache, recompute, transformers',
             'train': '3. One training step: sft, kd, minillm', 'distributed': '4. DDP and FSDP on CPU',
             'onpolicy': '5. On-policy steps: GKD, DistiLLM, MiniLLM', 'trl': '6. A MiniLLM step against TRL',
-            'update': '7. MiniLLM update loss: plain vs chunked', 'decode': '8. Decoding: eager, static, compiled'}
+            'update': '7. MiniLLM update loss: plain vs chunked', 'decode': '8. Decoding: eager, static, compiled',
+            'real': '9. Real shapes: SmolLM2-135M and a 6-block student, fp32 and bf16'}
 
 # ----------------------------------------------------------------------------- config
 only = 'loss,generate,train,distributed,onpolicy'
@@ -110,6 +112,21 @@ decode_prompt_len = 16
 decode_new_tokens = 256
 decode_modes = 'eager,static,compile'
 decode_repeats = 3
+# 9. real shapes (bench_real.py): SmolLM2-135M's shape and a 6-block student, random weights
+real_threads = 1                  # 2 (the issue's) only on an idle machine: on a shared one every OpenMP
+#                                   region of a small decoding matmul waits ~12-24 ms for its second thread
+real_methods = 'sft,kd,minillm,gkd,distillm'   # '' = no training steps
+real_student_layers = 6
+real_batch = 8
+real_prompt_tokens = 95
+real_response_tokens = 32         # sft / kd rows: prompt + response + eot = 128 tokens
+real_new_tokens = 32              # on-policy methods: sampled tokens per prompt
+real_iters = 3                    # steps per run; the first is not timed
+real_repeats = 1
+real_gen_batch_sizes = (1, 16, 64)  # () = no generation comparison
+real_gen_prompt_tokens = 48
+real_gen_new_tokens = 32
+real_gen_repeats = 2
 DEFAULTS = defaults_from(globals())
 # -----------------------------------------------------------------------------
 
@@ -317,10 +334,11 @@ def main(argv):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     path = os.path.join(ROOT, cfg.out_file)  # an absolute out_file stays as it is
-    from scripts import bench_minillm, bench_train
+    from scripts import bench_minillm, bench_real, bench_train
     bench = dict(loss=bench_loss, generate=bench_generate, train=bench_train.bench_train,
                  distributed=bench_train.bench_distributed, onpolicy=bench_train.bench_onpolicy,
-                 trl=bench_minillm.bench_trl, update=bench_minillm.bench_update_loss, decode=bench_minillm.bench_decode)
+                 trl=bench_minillm.bench_trl, update=bench_minillm.bench_update_loss, decode=bench_minillm.bench_decode,
+                 real=bench_real.bench_real)
     for name in (s for s in SECTIONS if s in chosen):
         print(f"== {name}")
         head = header(name, argv)
