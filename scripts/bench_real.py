@@ -22,7 +22,6 @@ teacher and a 6-block student of the same shape (49.6M), random weights, on this
 """
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -208,7 +207,6 @@ def bench_real_generate(cfg, tmp):
             if B == 16:
                 verdicts.append(f"- {name}, batch 16: {ratio:.2f}x transformers (target ≥ 1.5x): "
                                 f"{'**PASS**' if ratio >= 1.5 else '**MISS**'}")
-        del ours, theirs
     return '\n'.join([
         f"The 30-block model, random weights, {cfg.real_gen_prompt_tokens} random prompt tokens per row, exactly {n} "
         f"new tokens at τ = 1 (full vocabulary) on both sides; transformers {transformers.__version__} "
