@@ -61,16 +61,18 @@ def matmul_weights(model):
     return sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and '.h.' in n) + model.head_weight().numel()
 
 
-def write_setup(cfg, tmp):
-    """Random teacher (30 blocks) and student (6 blocks) as our checkpoints, and instruction data of
-    random token ids: prompts of real_prompt_tokens, responses of real_response_tokens."""
+def write_setup(cfg, tmp, overrides=None):
+    """Random teacher (30 blocks) and student (real_student_layers) as our checkpoints, and instruction
+    data of random token ids: prompts of real_prompt_tokens, responses of real_response_tokens.
+    `overrides`: GPTConfig fields over the preset for both (bench_gpu.py's dry run: tiny shapes)."""
     from components.checkpoint import atomic_save, checkpoint_payload
     from components.presets import preset_config
     from model import GPT
-    dirs = {}
-    for name, layers, seed in (('teacher', 30, cfg.seed + 1), ('student', cfg.real_student_layers, cfg.seed)):
+    dirs, teacher = {}, preset_config(PRESET, **{'block_size': 1024, **(overrides or {})})
+    vocab = teacher.vocab_size
+    for name, layers, seed in (('teacher', teacher.n_layer, cfg.seed + 1), ('student', cfg.real_student_layers, cfg.seed)):
         torch.manual_seed(seed)
-        model = GPT(preset_config(PRESET, n_layer=layers, block_size=1024))
+        model = GPT(preset_config(PRESET, **{**vars(teacher), 'n_layer': layers}))
         dirs[name] = os.path.join(tmp, name)
         os.makedirs(dirs[name])
         atomic_save(checkpoint_payload(model, 'byte'), os.path.join(dirs[name], 'ckpt.pt'))
@@ -80,14 +82,14 @@ def write_setup(cfg, tmp):
     rng = np.random.default_rng(cfg.seed)
     P, R = cfg.real_prompt_tokens, cfg.real_response_tokens
     for split, n in (('train', 256), ('valid', 16)):
-        toks = rng.integers(1, 49152, (n, P + R + 1)).astype(np.uint16)
+        toks = rng.integers(1, vocab, (n, P + R + 1)).astype(np.uint16)
         toks[:, -1] = EOT
         toks.tofile(os.path.join(d, f'{split}.tokens.bin'))
         np.save(os.path.join(d, f'{split}.idx.npy'), np.array([(i * (P + R + 1), P, R + 1) for i in range(n)], dtype=np.int64))
         with open(os.path.join(d, f'{split}.jsonl'), 'w') as f:
             f.writelines(json.dumps(dict(prompt='', response='', references=[''])) + '\n' for _ in range(n))
     with open(os.path.join(d, 'meta.json'), 'w') as f:
-        json.dump(dict(kind='instruct', tokenizer='byte', vocab_size=49152, eot_token=EOT, dtype='uint16'), f)
+        json.dump(dict(kind='instruct', tokenizer='byte', vocab_size=vocab, eot_token=EOT, dtype='uint16'), f)
     return dirs
 
 
