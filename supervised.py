@@ -13,6 +13,7 @@ saves with the run's other random streams.
 """
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 import kl
 from components.parallel import global_mean
@@ -61,9 +62,10 @@ def loss_divergence(cfg):
 def kd_head_fn(cfg, rt, targets, teacher_logits, ce_weight, kd_weight, segments=None):
     """The loss applied to the student's hidden states inside its forward (so FSDP/DDP keep
     control of lm_head). CE and KD share one pass over the response tokens only; chunk by chunk
-    when rt.chunked (rt: parallel.Runtime)."""
+    when rt.chunked (rt: parallel.Runtime). teacher_logits [K, V]: the teacher's at the K response
+    positions (response_positions' order), or None."""
     keep, tgt = response_positions(targets)
-    t_logits = teacher_logits.reshape(-1, teacher_logits.size(-1))[keep] if teacher_logits is not None else None
+    t_logits = teacher_logits  # [K, V]: at the response positions already (supervised_loss)
     loss_fn = kl.chunked_kd_loss if rt.chunked else kl.plain_kd_loss
     split, kd_scale = atkd_sequences(cfg, targets, keep, tgt, segments, rt.eot) if t_logits is not None else ({}, 1.0)
     divergence, div_kwargs = loss_divergence(cfg)
@@ -87,8 +89,9 @@ def supervised_loss(cfg, rt, model, teacher, x, y, kd_ratio=0.0, segments=None):
         if not rt.chunked:
             return model(x, y, segments=segments)[1]
         return model(x, head_fn=kd_head_fn(cfg, rt, y, None, 1.0, 0.0), segments=segments)
-    with torch.no_grad():
-        t_logits = teacher(x, segments=segments)
+    keep = response_positions(y)[0]
+    with torch.no_grad():  # the teacher's head at the response positions only: the loss reads no others
+        t_logits = teacher(x, segments=segments, head_fn=lambda h, w: F.linear(h.reshape(-1, h.size(-1))[keep], w))
     return model(x, head_fn=kd_head_fn(cfg, rt, y, t_logits, 1.0 - kd_ratio, kd_ratio, segments), segments=segments)
 
 

@@ -12,9 +12,10 @@ teacher and a 6-block student of the same shape (49.6M), random weights, on this
    in fp32 and with dtype=bfloat16 (CPU autocast: bf16 matmuls, fp32 weights, AdamW and losses),
    the dtypes alternating run by run. Model FLOPs count the weight matmuls only, 2 per weight per
    token forward and 4 backward (PaLM appendix B without the attention scores: under 3% at 128
-   tokens): sft 6 N_s L, kd (6 N_s + 2 N_t) L, gkd / distillm (on-policy batches) (2 N_s + 2 N_t + 6 N_s) L,
-   minillm with α = 0.2 (2 N_s + 2 N_t while sampling + 2 N_t scoring + 6 N_s updating) L, where L is
-   the step's tokens (rows x (prompt + response)) and N the weights a token passes (head included).
+   tokens), the blocks at every position and the 28.3M-weight head only where its logits are used
+   (the loss's positions; the sampled ones): sft 6 F_s, kd 6 F_s + 2 F_t, gkd / distillm (on-policy
+   batches) 2 F_s sampling + 2 F_t scoring + 6 F_s updating, minillm with α = 0.2 the same + 2 F_t
+   (the teacher mixed into sampling), F = blocks x positions + head x used positions.
 3. Generation with the 30-block model at batch 1 / 16 / 64 against transformers' LlamaForCausalLM
    holding the same weights (components/hf.py export), both in fp32 and both in bf16 weights,
    τ = 1 sampling over the full vocabulary (top-k 0, top-p 1), the same random prompts and exactly
@@ -56,9 +57,9 @@ def mm_ceiling(dtype, n=2048, repeats=5):
     return 2 * n ** 3 / min(times)
 
 
-def matmul_weights(model):
-    """The weights a token passes through in matmuls: every 2-D block weight and the head."""
-    return sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and '.h.' in n) + model.head_weight().numel()
+def block_weights(model):
+    """The weights a token passes through in the blocks' matmuls (every 2-D block weight)."""
+    return sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and '.h.' in n)
 
 
 def write_setup(cfg, tmp, overrides=None):
@@ -76,7 +77,7 @@ def write_setup(cfg, tmp, overrides=None):
         dirs[name] = os.path.join(tmp, name)
         os.makedirs(dirs[name])
         atomic_save(checkpoint_payload(model, 'byte'), os.path.join(dirs[name], 'ckpt.pt'))
-        dirs[name + '_weights'] = matmul_weights(model)
+        dirs[name + '_blocks'], dirs['head'] = block_weights(model), model.head_weight().numel()
     dirs['data'] = d = os.path.join(tmp, 'data')
     os.makedirs(d)
     rng = np.random.default_rng(cfg.seed)
@@ -105,15 +106,17 @@ def method_argv(cfg, dirs, method, dtype, out_dir):
             f'--max_iters={cfg.real_iters}', f'--out_dir={out_dir}', *on_policy]
 
 
-def step_flops(cfg, method, n_s, n_t):
-    """The model FLOPs of one step (the module docstring's counts)."""
-    B = cfg.real_batch
+def step_flops(cfg, method, dirs):
+    """The model FLOPs of one step (the module docstring's counts): the blocks at every position,
+    the head at the positions whose logits are used (the loss's, or the sampled ones)."""
+    B, s, t, head = cfg.real_batch, dirs['student_blocks'], dirs['teacher_blocks'], dirs['head']
     if method in ('sft', 'kd'):
-        L = B * (cfg.real_prompt_tokens + cfg.real_response_tokens + 1)
-        return (6 * n_s + (2 * n_t if method == 'kd' else 0)) * L
-    L = B * (cfg.real_prompt_tokens + cfg.real_new_tokens)
-    per_token = 2 * n_s + 2 * n_t + 6 * n_s + (2 * n_t if method == 'minillm' else 0)
-    return per_token * L
+        every, used = B * (cfg.real_prompt_tokens + cfg.real_response_tokens), B * (cfg.real_response_tokens + 1)
+        return 6 * (s * every + head * used) + (2 * (t * every + head * used) if method == 'kd' else 0)
+    every, used = B * (cfg.real_prompt_tokens + cfg.real_new_tokens), B * cfg.real_new_tokens
+    forward = {name: 2 * (blocks * every + head * used) for name, blocks in (('s', s), ('t', t))}
+    # sampling (minillm: the teacher too, for α > 0), the teacher's scores, the student's update
+    return forward['s'] + (forward['t'] if method == 'minillm' else 0) + forward['t'] + 3 * forward['s']
 
 
 def bench_real_train(cfg, dirs, ceilings):
@@ -138,7 +141,7 @@ def bench_real_train(cfg, dirs, ceilings):
             '| of the bf16 mm ceiling | bf16 vs fp32 | of which sampling |', '|---|---|---|---|---|---|---|---|---|']
     verdicts = []
     for m in methods:
-        flops = step_flops(cfg, m, dirs['student_weights'], dirs['teacher_weights'])
+        flops = step_flops(cfg, m, dirs)
         for dt in dtypes:
             t = med(steps[m, dt])
             speed = '' if dt == 'float32' else f"{med(steps[m, 'float32']) / t:.2f}x"
@@ -153,8 +156,8 @@ def bench_real_train(cfg, dirs, ceilings):
         f"Ceilings (torch.mm 2048², the best of {len(ceilings['float32'])} measurements of 5 products each, taken "
         f"between the runs; medians fp32 {med(ceilings['float32']) / 1e9:.0f}, bf16 {med(ceilings['bfloat16']) / 1e9:.0f} GFLOP/s): "
         f"fp32 {peak['float32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s "
-        f"({peak['bfloat16'] / peak['float32']:.1f}x). Student {dirs['student_weights'] / 1e6:.1f}M / teacher "
-        f"{dirs['teacher_weights'] / 1e6:.1f}M matmul weights; {cfg.real_batch} rows of {cfg.real_prompt_tokens} "
+        f"({peak['bfloat16'] / peak['float32']:.1f}x). Student {dirs['student_blocks'] / 1e6:.1f}M / teacher "
+        f"{dirs['teacher_blocks'] / 1e6:.1f}M block weights, head {dirs['head'] / 1e6:.1f}M; {cfg.real_batch} rows of {cfg.real_prompt_tokens} "
         f"prompt tokens + {cfg.real_response_tokens} response tokens + eot (sft, kd; unpacked) or "
         f"{cfg.real_new_tokens} sampled tokens (minillm: {ON_POLICY['minillm']}; gkd: {ON_POLICY['gkd']}; "
         f"distillm: {ON_POLICY['distillm']}); {cfg.real_iters - 1} timed steps per run, {cfg.real_repeats} run(s) "
