@@ -188,6 +188,21 @@ def apply_rope(x, cos, sin):
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+def single_query_attention(q, k, v, mask=None):
+    """softmax(q Kᵀ / sqrt(d) + mask) V (Vaswani et al. §3.2.1, Eq. 1) for one query per row, q [B, H, 1, d],
+    k / v [B, H_kv, S, d], mask None or bool [B, 1, 1, S] (True: attend): the n_head / n_kv_head query heads
+    of each key/value head are the rows of one matmul (grouped-query attention without repeating the
+    cache, Ainslie et al. §2.2); softmax in fp32. Two small batched matmuls: on CPU a fraction of
+    SDPA's flash kernel at decoding (bench_real.py: a quarter of a batch-16 step)."""
+    B, H, _, d = q.shape
+    n_kv = k.shape[1]
+    scores = q.reshape(B, n_kv, H // n_kv, d) @ k.transpose(-1, -2)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * (1.0 / math.sqrt(d))  # bf16: fp32
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float('-inf'))
+    return (scores.softmax(-1).to(v.dtype) @ v).reshape(B, H, 1, d)
+
+
 class CausalSelfAttention(nn.Module):
     """Causal multi-head attention, softmax(Q Kᵀ / sqrt(d_k) + mask) V per head (Vaswani et al., arXiv
     1706.03762, §3.2.1, Eq. 1); with n_kv_head < n_head each key/value head serves n_head / n_kv_head
@@ -229,6 +244,8 @@ class CausalSelfAttention(nn.Module):
         gqa = self.n_kv_head != self.n_head  # query head i reads key/value head i // (n_head / n_kv_head)
         if slot is not None:  # one query per row: the math kernel's scores are [B, H, 1, S], no need to expand k/v
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        elif cache is not None and T == 1:  # a decoding step: SDPA's CPU flash kernel tiles for long queries
+            y = single_query_attention(q, k, v, None if isinstance(mask, str) else mask)
         elif isinstance(mask, str):  # 'causal' or 'none': let SDPA pick its fastest kernel
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=mask == 'causal', enable_gqa=gqa)
         else:

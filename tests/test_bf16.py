@@ -110,3 +110,20 @@ def test_bf16_run_keeps_fp32_master_weights_and_adamw_state(tiny_instruct, tmp_p
 def test_cpu_bf16_detection_reads_the_cpu_flags():
     flags = open('/proc/cpuinfo').read() if os.path.exists('/proc/cpuinfo') else ''
     assert cpu_has_bf16_matmul() == ('avx512_bf16' in flags or 'amx_bf16' in flags)
+
+
+@pytest.mark.parametrize('masked', [False, True])
+def test_single_query_attention_equals_sdpa(masked):
+    """model.single_query_attention (decoding steps) against SDPA with the key/value heads repeated."""
+    import torch.nn.functional as F
+    from model import single_query_attention
+    g = torch.Generator().manual_seed(0)
+    B, H, Hkv, S, d = 3, 6, 2, 11, 8
+    q, k, v = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in
+               ((B, H, 1, d), (B, Hkv, S, d), (B, Hkv, S, d)))
+    mask = torch.rand(B, 1, 1, S, generator=g) < 0.6 if masked else None
+    if masked:
+        mask[..., -1] = True  # a row's own key
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1),
+                                         attn_mask=mask)
+    torch.testing.assert_close(single_query_attention(q, k, v, mask), ref, rtol=1e-12, atol=1e-12)
