@@ -223,7 +223,7 @@ def bench_real_generate(cfg, tmp):
 def bench_real(cfg):
     if cfg.real_threads:
         torch.set_num_threads(cfg.real_threads)
-    from components.parallel import cpu_has_bf16_matmul
+    from components.precision import cpu_has_bf16_matmul
     ceilings = {'float32': [mm_ceiling(torch.float32)], 'bfloat16': [mm_ceiling(torch.bfloat16)]}
     parts = [f"{torch.get_num_threads()} threads; native bf16 matmuls (AVX512_BF16 / AMX): {cpu_has_bf16_matmul()}; "
              f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}.", '']

@@ -17,7 +17,7 @@ import torch
 import kl
 import policy_gradient as pg
 import train
-from components.parallel import cpu_has_bf16_matmul
+from components.precision import cpu_has_bf16_matmul
 from model import FAMILIES, GPT, GPTConfig
 
 V, B, T = 512, 4, 24
