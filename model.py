@@ -192,8 +192,8 @@ def single_query_attention(q, k, v, mask=None):
     """softmax(q Kᵀ / sqrt(d) + mask) V (Vaswani et al. §3.2.1, Eq. 1) for one query per row, q [B, H, 1, d],
     k / v [B, H_kv, S, d], mask None or bool [B, 1, 1, S] (True: attend): the n_head / n_kv_head query heads
     of each key/value head are the rows of one matmul (grouped-query attention without repeating the
-    cache, Ainslie et al. §2.2); softmax in fp32. Two small batched matmuls: on CPU a fraction of
-    SDPA's flash kernel at decoding (bench_real.py: a quarter of a batch-16 step)."""
+    cache, Ainslie et al. §2.2); softmax in fp32. Two small batched matmuls: on CPU SDPA's flash kernel
+    (tiled for long queries) took 26% of a SmolLM2-135M decoding step at batch 16 in bf16, these 4%."""
     B, H, _, d = q.shape
     n_kv = k.shape[1]
     scores = q.reshape(B, n_kv, H // n_kv, d) @ k.transpose(-1, -2)
