@@ -100,6 +100,7 @@ def method_argv(cfg, dirs, method, dtype, out_dir):
          f'--rollout_size={cfg.real_batch}', f'--rollout_batch_size={cfg.real_batch}'] if method in ON_POLICY else [])
     return [f'--method={method}', f"--init_from={dirs['student']}", f"--data_dir={dirs['data']}",
             *([f"--teacher={dirs['teacher']}"] if method != 'sft' else []), f'--batch_size={cfg.real_batch}',
+            f'--block_size={cfg.real_prompt_tokens + max(cfg.real_response_tokens, cfg.real_new_tokens) + 1}',
             '--pack=False', '--device=cpu', f'--dtype={dtype}', f'--seed={cfg.seed}', '--eval_interval=1000000',
             '--eval_iters=1', '--eval_rouge_examples=0', '--log_interval=1000000', '--warmup_iters=0',
             '--lr_schedule=constant', '--learning_rate=1e-5', '--always_save_checkpoint=False',
@@ -130,6 +131,10 @@ def bench_real_train(cfg, dirs, ceilings):
                 for dt in (dtypes if r % 2 == 0 else dtypes[::-1]):
                     with StepClock() as clock:
                         quiet_train(method_argv(cfg, dirs, m, dt, os.path.join(runs, f'{m}_{dt}_{r}')))
+                    for s in clock.intervals():  # every row whole: the FLOP count's tokens are the ones trained
+                        if m in ('sft', 'kd') and s.get('supervised tokens') != cfg.real_batch * (cfg.real_response_tokens + 1):
+                            raise RuntimeError(f"{m}: {s.get('supervised tokens')} loss tokens in a step, not "
+                                               f"{cfg.real_batch} x {cfg.real_response_tokens + 1}")
                     steps[m, dt] += [s['wall'] for s in clock.intervals()]
                     sampling[m, dt] += [s.get('generate', [0.0])[0] for s in clock.intervals()]
                     for c in ceilings:
