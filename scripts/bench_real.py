@@ -10,7 +10,7 @@ teacher and a 6-block student of the same shape (49.6M), random weights, on this
    of the same section (the best of them is what the steps are divided by).
 2. One optimizer step of every method through train.py (timing.StepClock, the first step untimed),
    in fp32 and with dtype=bfloat16 (CPU autocast: bf16 matmuls, fp32 weights, AdamW and losses),
-   the dtypes alternating run by run. Model FLOPs count the weight matmuls only, 2 per weight per
+   the dtypes alternating run by run; CPU time of the one thread, steps and ceilings alike. Model FLOPs count the weight matmuls only, 2 per weight per
    token forward and 4 backward (PaLM appendix B without the attention scores: under 3% at 128
    tokens), the blocks at every position and the 28.3M-weight head only where its logits are used
    (the loss's positions; the sampled ones): sft 6 F_s, kd 6 F_s + 2 F_t, gkd / distillm (on-policy
@@ -50,10 +50,10 @@ def mm_ceiling(dtype, n=2048, repeats=5):
     a, b = (torch.randn(n, n).to(dtype) for _ in range(2))
     torch.mm(a, b)
     times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+    for _ in range(repeats):  # CPU time: the time the product held a core (one thread), as the steps'
+        t = time.process_time()
         torch.mm(a, b)
-        times.append(time.perf_counter() - t)
+        times.append(time.process_time() - t)
     return 2 * n ** 3 / min(times)
 
 
@@ -135,14 +135,14 @@ def bench_real_train(cfg, dirs, ceilings):
                         if m in ('sft', 'kd') and s.get('supervised tokens') != cfg.real_batch * (cfg.real_response_tokens + 1):
                             raise RuntimeError(f"{m}: {s.get('supervised tokens')} loss tokens in a step, not "
                                                f"{cfg.real_batch} x {cfg.real_response_tokens + 1}")
-                    steps[m, dt] += [s['wall'] for s in clock.intervals()]
-                    sampling[m, dt] += [s.get('generate', [0.0])[0] for s in clock.intervals()]
+                    steps[m, dt] += [s['cpu'] for s in clock.intervals()]
+                    sampling[m, dt] += [s.get('generate', [0.0, 0.0])[1] for s in clock.intervals()]
                     for c in ceilings:
                         ceilings[c].append(mm_ceiling(getattr(torch, c)))
                     print(f"  {m} {dt}: {' '.join(f'{s:.2f}' for s in steps[m, dt])} s; "
                           f"mm {ceilings[dt][-1] / 1e9:.0f} GFLOP/s", flush=True)
     peak = {c: max(v) for c, v in ceilings.items()}  # the conservative ceiling: the best measured
-    rows = ['| method | dtype | step: median (min–max) | model FLOPs / step | model FLOP/s | of the fp32 mm ceiling '
+    rows = ['| method | dtype | step, CPU time: median (min–max) | model FLOPs / step | model FLOP/s | of the fp32 mm ceiling '
             '| of the bf16 mm ceiling | bf16 vs fp32 | of which sampling |', '|---|---|---|---|---|---|---|---|---|']
     verdicts = []
     for m in methods:
@@ -166,7 +166,8 @@ def bench_real_train(cfg, dirs, ceilings):
         f"prompt tokens + {cfg.real_response_tokens} response tokens + eot (sft, kd; unpacked) or "
         f"{cfg.real_new_tokens} sampled tokens (minillm: {ON_POLICY['minillm']}; gkd: {ON_POLICY['gkd']}; "
         f"distillm: {ON_POLICY['distillm']}); {cfg.real_iters - 1} timed steps per run, {cfg.real_repeats} run(s) "
-        f"per method and dtype.", '', *rows, '', *verdicts])
+        f"per method and dtype. Times are CPU time (one thread: the time the work held a core; on this shared "
+        f"machine wall time is mostly the wait for one), steps and ceilings alike.", '', *rows, '', *verdicts])
 
 
 def gen_models(dtype, tmp, seed):
