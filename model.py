@@ -244,7 +244,7 @@ class CausalSelfAttention(nn.Module):
         gqa = self.n_kv_head != self.n_head  # query head i reads key/value head i // (n_head / n_kv_head)
         if slot is not None:  # one query per row: the math kernel's scores are [B, H, 1, S], no need to expand k/v
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        elif cache is not None and T == 1:  # a decoding step: SDPA's CPU flash kernel tiles for long queries
+        elif cache is not None and T == 1 and not dropout:  # a decoding step: SDPA's CPU flash kernel tiles for long queries
             y = single_query_attention(q, k, v, None if isinstance(mask, str) else mask)
         elif isinstance(mask, str):  # 'causal' or 'none': let SDPA pick its fastest kernel
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=mask == 'causal', enable_gqa=gqa)
