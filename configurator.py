@@ -25,9 +25,10 @@ class UserError(Exception):
 
 
 def defaults_from(namespace):
-    """The config globals of a script: public names bound to plain values."""
+    """The config globals of a script: public lower-case names bound to plain values (upper-case
+    names are the script's constants, its own or imported, never settings)."""
     return {k: v for k, v in namespace.items()
-            if not k.startswith('_') and isinstance(v, CONFIG_TYPES) and not callable(v)}
+            if not k.startswith('_') and not k.isupper() and isinstance(v, CONFIG_TYPES) and not callable(v)}
 
 
 def _check(key, value, defaults, where):

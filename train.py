@@ -29,9 +29,7 @@ import torch.distributed as dist
 
 import kl
 from components import cluster, memory
-# DCP_BEST_DIR is not used here, but defaults_from(globals()) below takes every upper-case constant
-# into DEFAULTS, which each checkpoint records as its config: imported so that their contents stay as they were
-from components.checkpoint import BEST_NAME, CKPT_NAME, DCP_BEST_DIR, DCP_DIR, CheckpointManager, build_models  # noqa: F401
+from components.checkpoint import BEST_NAME, CKPT_NAME, DCP_DIR, CheckpointManager, build_models
 from components.rundir import append_log, claim_out_dir
 from components.parallel import on_rank0, rank_mean, runtime, setup_distributed, wrap
 from components.precision import enable_tf32
