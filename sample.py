@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from components.checkpoint import load_model
-from components.precision import enable_tf32
+from components.precision import autocast, enable_tf32
 from components.rundir import check_writable
 from configurator import UserError, check_device, configure, defaults_from, run
 from dataset import InstructSet, left_pad, load_meta, split_responses
@@ -42,6 +42,7 @@ top_p = 1.0
 batch_size = 256
 seed = 1337
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
+dtype = 'float32'              # 'bfloat16' autocasts the forward passes (CUDA or CPU); float16: CUDA only
 seqkd_out = ''                 # write a SeqKD copy of data_dir with teacher-sampled responses
 seqkd_max_train = 0            # > 0: only the first N training prompts (quick runs); 0 = all
 DEFAULTS = defaults_from(globals())
@@ -119,7 +120,9 @@ def read_prompts(cfg, enc):
 
 def main(argv):
     cfg = configure(DEFAULTS, argv)
-    check_device(cfg.device)
+    check_device(cfg.device, cfg.dtype)
+    if cfg.dtype not in ('float32', 'bfloat16', 'float16'):
+        raise UserError(f"dtype must be float32, bfloat16 or float16 (got '{cfg.dtype}')")
     torch.manual_seed(cfg.seed)
     enable_tf32(cfg.device)  # a checkpoint's fp32 weights: TF32 matmuls on CUDA
     expect = load_meta(cfg.data_dir) if cfg.data_dir else None
@@ -127,6 +130,11 @@ def main(argv):
                             expect_tokenizer=expect and expect['tokenizer'])
     model.eval()
     enc = get_encoding(tok or (expect['tokenizer'] if expect else 'gpt2'))  # an HF dir without tokenizer files: the data's
+    with autocast(cfg.device, cfg.dtype):
+        return sample_or_write(model, tok, expect, enc, cfg)
+
+
+def sample_or_write(model, tok, expect, enc, cfg):
     if cfg.seqkd_out:
         if not cfg.data_dir:
             raise UserError("--seqkd_out needs --data_dir, the instruction set whose prompts the teacher answers")

@@ -17,3 +17,5 @@ eval_rouge_examples = 64        # validation Rouge-L on 64 of the 200 validation
 max_new_tokens = 48             # a reply (the data drops longer ones)
 log_interval = 10
 device = 'cpu'
+dtype = 'bfloat16'              # bf16 autocast, fp32 master weights and AdamW: 2-4x the fp32 speed where the CPU
+                                # has bf16 matmuls (AVX-512 BF16 / AMX); same config, same numbers on any machine
