@@ -7,21 +7,22 @@ gives. Writes the replies side by side as markdown; exits 1 if any reply differs
     python scripts/compare_greedy.py --models=teacher=out/hf/teacher,kd=out/hf/kd \\
         --data_dir=data/chitchat_smollm2 --num_prompts=3 --max_new_tokens=48 --out=examples.md
 """
+import contextlib
+import io
 import os
 import re
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script
 
 import torch  # noqa: E402
 
+import sample  # noqa: E402
 from configurator import UserError, configure, defaults_from, run  # noqa: E402
 from dataset import InstructSet, load_meta  # noqa: E402
 from evaluate import parse_pairs  # noqa: E402
 from components.tokenizer import get_encoding  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEPARATOR = '-' * 40
 
 # ----------------------------------------------------------------------------- config
@@ -36,14 +37,13 @@ DEFAULTS = defaults_from(globals())
 
 
 def ours(path, cfg):
-    """sample.py's printed texts (prompt + greedy reply), one per prompt."""
-    cmd = [sys.executable, os.path.join(ROOT, 'sample.py'), f'--init_from={path}', f'--data_dir={cfg.data_dir}',
-           f'--split={cfg.split}', f'--num_prompts={cfg.num_prompts}', '--top_k=1', '--batch_size=1',
-           f'--max_new_tokens={cfg.max_new_tokens}', '--device=cpu', '--dtype=float32']
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if res.returncode:
-        raise UserError(f"sample.py failed on {path}: {res.stderr.strip().splitlines()[-1:]}")
-    return [t.lstrip('\n') for t in res.stdout.split(SEPARATOR + '\n')[:-1]]
+    """sample.py's printed texts (prompt + greedy reply), one per prompt: its main, as the command runs it."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        sample.main([f'--init_from={path}', f'--data_dir={cfg.data_dir}', f'--split={cfg.split}',
+                     f'--num_prompts={cfg.num_prompts}', '--top_k=1', '--batch_size=1',
+                     f'--max_new_tokens={cfg.max_new_tokens}', '--device=cpu', '--dtype=float32'])
+    return [t.lstrip('\n') for t in printed.getvalue().split(SEPARATOR + '\n')[:-1]]
 
 
 def theirs(path, prompts, eot, enc, cfg):
