@@ -145,8 +145,8 @@ def ours_child(argv, report):
 
 
 def trl_child(spec, report):
-    """One TRL trainer run on the spec's models and prompts; step times, generated tokens and the dtypes
-    of both models' logits (what autocast made of them) to `report`. bfloat16: the student in fp32 under
+    """One TRL trainer run on the spec's models and prompts; step times, generated tokens, the dtypes
+    that both models' matmuls gave (what autocast made of them) and the student's weights to `report`. bfloat16: the student in fp32 under
     TrainingArguments' bf16=True (accelerate's CPU autocast), the frozen teacher loaded in bf16, as ours."""
     sys.path[:0] = spec['paths']
     os.environ.setdefault('TRL_EXPERIMENTAL_SILENCE', '1')
@@ -166,18 +166,21 @@ def trl_child(spec, report):
     student = transformers.AutoModelForCausalLM.from_pretrained(spec['student'], dtype=torch.float32)
     teacher = transformers.AutoModelForCausalLM.from_pretrained(spec['teacher'],
                                                                 dtype=torch.bfloat16 if bf16 else torch.float32)
-    logits = {'student': set(), 'teacher': set()}
+    matmuls = {'student': set(), 'teacher': set()}  # the output dtype of each model's first Linear (block 0)
     for name, m in (('student', student), ('teacher', teacher)):
-        m.get_output_embeddings().register_forward_hook(
-            lambda mod, args, out, name=name: logits[name].add(str(out.dtype).removeprefix('torch.')))
+        next(x for x in m.modules() if isinstance(x, torch.nn.Linear)).register_forward_hook(
+            lambda mod, args, out, name=name: matmuls[name].add(str(out.dtype).removeprefix('torch.')))
     generated = []
     original = transformers.GenerationMixin.generate
 
-    def counting_generate(self, *args, **kwargs):
+    def counting_generate(self, *args, **kwargs):  # sampled tokens, each row's up to its first eos (included)
         out = original(self, *args, **kwargs)
         seqs = out if torch.is_tensor(out) else out.sequences
         prompt = kwargs.get('input_ids', args[0] if args else None)
-        generated.append(int(seqs.shape[0] * (seqs.shape[1] - (prompt.shape[1] if prompt is not None else 0))))
+        new = seqs[:, prompt.shape[1] if prompt is not None else 0:]
+        is_eos = (new == tok.eos_token_id).int()
+        ended = is_eos.any(1)
+        generated.append(int(torch.where(ended, is_eos.argmax(1) + 1, new.shape[1]).sum()))
         return out
     transformers.GenerationMixin.generate = counting_generate
     common = dict(output_dir=spec['out_dir'], per_device_train_batch_size=spec['batch'], learning_rate=1e-5,
@@ -206,7 +209,7 @@ def trl_child(spec, report):
     with open(report, 'w') as f:
         json.dump(dict(steps=intervals(marks), version=f'trl {trl.__version__} (transformers {transformers.__version__})',
                        generated=generated, threads=torch.get_num_threads(),
-                       logits={k: sorted(v) for k, v in logits.items()},
+                       matmuls={k: sorted(v) for k, v in matmuls.items()},
                        weights=sorted({str(p.dtype).removeprefix('torch.') for p in student.parameters()})), f)
 
 
@@ -253,10 +256,11 @@ def step_times(results):
 
 
 def tokens_per_step(report_runs, ours):
-    """Tokens sampled per step: our rollout's count, TRL's from its generate calls."""
+    """Tokens sampled per step, each row's up to its first eos (included): our rollout's or sampler's
+    count (timing.StepClock), TRL's from its generate calls (per call: the first step's included)."""
     from scripts.timing import med
     if ours:
-        return f"{med([s.get('rollout tokens', 0) for x in report_runs for s in x['steps'] if 'rollout' in s] or [0]):.0f}"
+        return f"{med([s.get('rollout tokens', s.get('sample tokens', 0)) for x in report_runs for s in x['steps']]):.0f}"
     gen = report_runs[0].get('generated')
     return f"{med(gen):.0f}" if gen else ''
 

@@ -24,8 +24,9 @@ dtype (`trl_dtype`, both sides alike): float32, or bfloat16 = fp32 master weight
 autocast for the student (ours: --dtype=bfloat16; TRL: TrainingArguments(bf16=True, use_cpu=True),
 which transformers allows on CPU and accelerate turns into torch.autocast('cpu', torch.bfloat16)) and
 the frozen teacher loaded in bf16 (ours loads it in the compute dtype; TRL's documented way is
-teacher_model_init_kwargs dtype=bfloat16, here the model it is handed). The table shows the dtypes
-of both models' logits as TRL computed them, which says whether autocast really ran.
+teacher_model_init_kwargs dtype=bfloat16, here the model it is handed). For TRL the table shows
+the output dtype of each model's first Linear and the student's weights at the end, which says
+whether autocast really ran and the master weights stayed fp32.
 
 `trl_real_tiny=True` checks the whole section in about a minute: a random 4-block llama of d 64 with
 the smollm2 vocabulary as the teacher, 2 of its blocks as the student, 4 new tokens, 2 steps, 1 round.
@@ -163,7 +164,7 @@ def bench_trl_real(cfg):
     ok, wall, cpu = step_times(results)
     theirs = [n for n in names if by_name[n][1][0] == 'trl' and n in wall]
     rows = ['| trainer | version | s / step, wall: median (min–max) | CPU s / step | tokens generated / step | '
-            'logits (student / teacher) | ' + ''.join(f'{t} / this: wall (CPU) | ' for t in theirs) + 'what runs |',
+            'matmuls: student / teacher (student weights) | ' + ''.join(f'{t} / this: wall (CPU) | ' for t in theirs) + 'what runs |',
             '|---|---|---|---|---|---|' + '---|' * len(theirs) + '---|']
     for n in names:
         if n not in wall:
@@ -172,9 +173,10 @@ def bench_trl_real(cfg):
                         f" {by_name[n][2]} |")
             continue
         mine = by_name[n][1][0] == 'ours'
-        seen = ok[n][0].get('logits')
-        dtypes = (' / '.join(','.join(seen[k]) or '-' for k in ('student', 'teacher')) if seen else
-                  'autocast' if cfg.trl_dtype == 'bfloat16' else 'float32')
+        seen = ok[n][0].get('matmuls')
+        dtypes = (' / '.join(','.join(seen[k]) or '-' for k in ('student', 'teacher')) +
+                  f" ({','.join(ok[n][0]['weights'])})" if seen else
+                  'train.py --dtype=bfloat16' if cfg.trl_dtype == 'bfloat16' else 'float32')
         ratios = ''.join(f"{med(wall[t]) / med(wall[n]):.2f}x ({med(cpu[t]) / med(cpu[n]):.2f}x) | " for t in theirs)
         rows.append(f"| {n} | {ok[n][0]['version']} | {med(wall[n]):.2f} s ({min(wall[n]):.2f}–{max(wall[n]):.2f}) | "
                     f"{med(cpu[n]):.2f} s | {tokens_per_step(ok[n], mine)} | {dtypes} | {ratios}{by_name[n][2]} |")
