@@ -145,9 +145,10 @@ def ours_child(argv, report):
 
 
 def trl_child(spec, report):
-    """One TRL trainer run on the spec's models and prompts; step times, generated tokens, the dtypes
-    that both models' matmuls gave (what autocast made of them) and the student's weights to `report`. bfloat16: the student in fp32 under
-    TrainingArguments' bf16=True (accelerate's CPU autocast), the frozen teacher loaded in bf16, as ours."""
+    """One TRL trainer run on the spec's models and prompts; to `report`: step times, generated tokens,
+    the dtypes that both models' matmuls gave (what autocast made of them), the student's weights.
+    bfloat16: the student in fp32 under TrainingArguments' bf16=True (accelerate's CPU autocast), the
+    frozen teacher loaded in bf16, as ours. With spec['prompt_ids'], the trainer's prompt ids are checked."""
     sys.path[:0] = spec['paths']
     os.environ.setdefault('TRL_EXPERIMENTAL_SILENCE', '1')
     import datasets
@@ -156,12 +157,14 @@ def trl_child(spec, report):
     tok = transformers.AutoTokenizer.from_pretrained(spec['student'])
     tok.pad_token, tok.padding_side, tok.chat_template = tok.eos_token, 'left', CHAT_TEMPLATE
     prompts = [p for p, _ in spec['pairs']]
-    if spec.get('prompt_ids') is not None:  # TRL tokenizes the prompt text itself: it must give our ids
-        theirs = tok(prompts)['input_ids']
+
+    def check_ids(theirs):  # TRL tokenizes the prompt text itself: it must give our data's ids
         bad = [i for i, (a, b) in enumerate(zip(theirs, spec['prompt_ids'])) if list(a) != list(b)]
         if bad:
-            raise RuntimeError(f"prompt {bad[0]}: transformers' tokenizer gives {len(theirs[bad[0]])} ids, our data "
-                               f"{len(spec['prompt_ids'][bad[0]])}, not the same ids ({len(bad)} prompts differ)")
+            raise RuntimeError(f"prompt {bad[0]}: {spec['trainer']}'s tokenization gives {len(theirs[bad[0]])} ids, "
+                               f"our data {len(spec['prompt_ids'][bad[0]])}, not the same ids ({len(bad)} prompts differ)")
+    if spec.get('prompt_ids') is not None:
+        check_ids(tok(prompts)['input_ids'])  # what MiniLLMTrainer (GRPO's) and DistillationTrainer do
     bf16 = spec.get('dtype', 'float32') == 'bfloat16'
     student = transformers.AutoModelForCausalLM.from_pretrained(spec['student'], dtype=torch.float32)
     teacher = transformers.AutoModelForCausalLM.from_pretrained(spec['teacher'],
@@ -199,6 +202,9 @@ def trl_child(spec, report):
         messages = [[dict(role='user', content=p), dict(role='assistant', content=r)] for p, r in spec['pairs']]
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, processing_class=tok,
                              train_dataset=datasets.Dataset.from_dict({'messages': messages}))
+        if spec.get('prompt_ids') is not None:  # its collator's prompts, from the chat template's rendering
+            batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(messages))])
+            check_ids([row[m.bool()].tolist() for row, m in zip(batch['prompts'], batch['prompt_attention_mask'])])
     else:
         args = trl.DistillationConfig(beta=1.0, max_completion_length=spec['new_tokens'], temperature=1.0, top_k=0,
                                       top_p=1.0, **common)
