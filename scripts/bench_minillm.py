@@ -36,6 +36,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run as a script: the project's modules
 
+from configurator import UserError  # noqa: E402
+
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"   # GKD's collator needs one: the text as is
 
 # name: (trainer, what it is)
@@ -89,23 +91,36 @@ def build_setup(cfg, tmp):
     return dirs, pairs
 
 
+# the flags every timed train.py run of ours takes: no evaluation, no logging, no checkpoints, a constant rate
+QUIET_RUN = ['--device=cpu', '--eval_interval=1000000', '--eval_iters=1', '--eval_rouge_examples=0',
+             '--log_interval=1000000', '--warmup_iters=0', '--lr_schedule=constant', '--learning_rate=1e-5',
+             '--always_save_checkpoint=False']
+SAMPLING = ['--gen_temperature=1.0', '--gen_top_k=0', '--gen_top_p=1.0']  # τ = 1 over the full vocabulary, as TRL
+
+
+def check_dtype(dtype):
+    if dtype not in ('float32', 'bfloat16'):
+        raise UserError(f"trl_dtype={dtype!r}: pick float32 or bfloat16 (both sides: our dtype=bfloat16 autocast, "
+                        f"TRL's bf16=True, fp32 master weights and a bf16 teacher on both)")
+    return dtype
+
+
 def ours_argv(cfg, dirs, alpha, out_dir):
     return ['--method=minillm', f"--init_from={dirs['student']}", f"--teacher={dirs['teacher']}",
-            f"--data_dir={dirs['data']}", '--device=cpu', '--dtype=float32', f'--seed={cfg.seed}',
+            f"--data_dir={dirs['data']}", f'--dtype={check_dtype(cfg.trl_dtype)}', f'--seed={cfg.seed}',
             f'--rollout_size={cfg.trl_prompts}', f'--rollout_batch_size={cfg.trl_prompts}',
             f'--batch_size={cfg.trl_prompts}', '--ppo_epochs=1', f'--max_new_tokens={cfg.trl_new_tokens}',
-            f'--teacher_mix_alpha={alpha}', '--gen_temperature=1.0', '--gen_top_k=0', '--gen_top_p=1.0',
-            '--eval_interval=1000000', '--eval_iters=1', '--eval_rouge_examples=0', '--log_interval=1000000',
-            '--warmup_iters=0', '--lr_schedule=constant', '--learning_rate=1e-5', '--always_save_checkpoint=False',
-            f'--max_iters={cfg.trl_steps}', f'--out_dir={out_dir}', *shlex.split(cfg.trl_ours_args)]
+            f'--teacher_mix_alpha={alpha}', *SAMPLING, *QUIET_RUN, f'--max_iters={cfg.trl_steps}',
+            f'--out_dir={out_dir}', *shlex.split(cfg.trl_ours_args)]
 
 
-def trl_spec(cfg, trainer, dirs, pairs, out_dir):
-    """What a TRL child needs (JSON): its sys.path entries, trainer, models, prompts, step count."""
+def trl_spec(cfg, trainer, dirs, pairs, out_dir, steps, new_tokens, dtype, prompt_ids=None):
+    """What a TRL child needs (JSON): its sys.path entries, trainer, models, prompts, step count, dtype
+    and, when given, the prompt token ids of our data (the child checks that its tokenizer gives them)."""
     target = cfg.trl_minillm_dir if trainer == 'minillm' else cfg.trl_current_dir
     return dict(trainer=trainer, paths=[target] + [p for p in cfg.trl_deps_dirs.split(',') if p], seed=cfg.seed,
-                student=dirs['student'], teacher=dirs['teacher'], pairs=pairs, steps=cfg.trl_steps,
-                batch=cfg.trl_prompts, new_tokens=cfg.trl_new_tokens, out_dir=out_dir)
+                student=dirs['student'], teacher=dirs['teacher'], pairs=pairs, steps=steps, batch=len(pairs),
+                new_tokens=new_tokens, out_dir=out_dir, dtype=check_dtype(dtype), prompt_ids=prompt_ids)
 
 
 def step_clock():
@@ -130,7 +145,10 @@ def ours_child(argv, report):
 
 
 def trl_child(spec, report):
-    """One TRL trainer run on the spec's models and prompts; step times and generated tokens to `report`."""
+    """One TRL trainer run on the spec's models and prompts; to `report`: step times, generated tokens,
+    the dtypes that both models' matmuls gave (what autocast made of them), the student's weights.
+    bfloat16: the student in fp32 under TrainingArguments' bf16=True (accelerate's CPU autocast), the
+    frozen teacher loaded in bf16, as ours. With spec['prompt_ids'], the trainer's prompt ids are checked."""
     sys.path[:0] = spec['paths']
     os.environ.setdefault('TRL_EXPERIMENTAL_SILENCE', '1')
     import datasets
@@ -138,23 +156,40 @@ def trl_child(spec, report):
     import trl
     tok = transformers.AutoTokenizer.from_pretrained(spec['student'])
     tok.pad_token, tok.padding_side, tok.chat_template = tok.eos_token, 'left', CHAT_TEMPLATE
+    prompts = [p for p, _ in spec['pairs']]
+
+    def check_ids(theirs):  # TRL tokenizes the prompt text itself: it must give our data's ids
+        bad = [i for i, (a, b) in enumerate(zip(theirs, spec['prompt_ids'])) if list(a) != list(b)]
+        if bad:
+            raise RuntimeError(f"prompt {bad[0]}: {spec['trainer']}'s tokenization gives {len(theirs[bad[0]])} ids, "
+                               f"our data {len(spec['prompt_ids'][bad[0]])}, not the same ids ({len(bad)} prompts differ)")
+    if spec.get('prompt_ids') is not None:
+        check_ids(tok(prompts)['input_ids'])  # what MiniLLMTrainer (GRPO's) and DistillationTrainer do
+    bf16 = spec.get('dtype', 'float32') == 'bfloat16'
     student = transformers.AutoModelForCausalLM.from_pretrained(spec['student'], dtype=torch.float32)
-    teacher = transformers.AutoModelForCausalLM.from_pretrained(spec['teacher'], dtype=torch.float32)
+    teacher = transformers.AutoModelForCausalLM.from_pretrained(spec['teacher'],
+                                                                dtype=torch.bfloat16 if bf16 else torch.float32)
+    matmuls = {'student': set(), 'teacher': set()}  # the output dtype of each model's first Linear (block 0)
+    for name, m in (('student', student), ('teacher', teacher)):
+        next(x for x in m.modules() if isinstance(x, torch.nn.Linear)).register_forward_hook(
+            lambda mod, args, out, name=name: matmuls[name].add(str(out.dtype).removeprefix('torch.')))
     generated = []
     original = transformers.GenerationMixin.generate
 
-    def counting_generate(self, *args, **kwargs):
+    def counting_generate(self, *args, **kwargs):  # sampled tokens, each row's up to its first eos (included)
         out = original(self, *args, **kwargs)
         seqs = out if torch.is_tensor(out) else out.sequences
         prompt = kwargs.get('input_ids', args[0] if args else None)
-        generated.append(int(seqs.shape[0] * (seqs.shape[1] - (prompt.shape[1] if prompt is not None else 0))))
+        new = seqs[:, prompt.shape[1] if prompt is not None else 0:]
+        is_eos = (new == tok.eos_token_id).int()
+        ended = is_eos.any(1)
+        generated.append(int(torch.where(ended, is_eos.argmax(1) + 1, new.shape[1]).sum()))
         return out
     transformers.GenerationMixin.generate = counting_generate
     common = dict(output_dir=spec['out_dir'], per_device_train_batch_size=spec['batch'], learning_rate=1e-5,
                   lr_scheduler_type='constant', max_steps=spec['steps'], logging_steps=10 ** 6, save_strategy='no',
-                  report_to=[], use_cpu=True, bf16=False, seed=spec['seed'], dataloader_num_workers=0,
+                  report_to=[], use_cpu=True, bf16=bf16, seed=spec['seed'], dataloader_num_workers=0,
                   disable_tqdm=True)
-    prompts = [p for p, _ in spec['pairs']]
     if spec['trainer'] == 'minillm':
         from trl.experimental.minillm import MiniLLMConfig, MiniLLMTrainer
         args = MiniLLMConfig(num_generations=1, max_completion_length=spec['new_tokens'], temperature=1.0, top_k=0,
@@ -167,6 +202,9 @@ def trl_child(spec, report):
         messages = [[dict(role='user', content=p), dict(role='assistant', content=r)] for p, r in spec['pairs']]
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, processing_class=tok,
                              train_dataset=datasets.Dataset.from_dict({'messages': messages}))
+        if spec.get('prompt_ids') is not None:  # its collator's prompts, from the chat template's rendering
+            batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(messages))])
+            check_ids([row[m.bool()].tolist() for row, m in zip(batch['prompts'], batch['prompt_attention_mask'])])
     else:
         args = trl.DistillationConfig(beta=1.0, max_completion_length=spec['new_tokens'], temperature=1.0, top_k=0,
                                       top_p=1.0, **common)
@@ -176,17 +214,20 @@ def trl_child(spec, report):
     trainer.train()
     with open(report, 'w') as f:
         json.dump(dict(steps=intervals(marks), version=f'trl {trl.__version__} (transformers {transformers.__version__})',
-                       generated=generated, threads=torch.get_num_threads()), f)
+                       generated=generated, threads=torch.get_num_threads(),
+                       matmuls={k: sorted(v) for k, v in matmuls.items()},
+                       weights=sorted({str(p.dtype).removeprefix('torch.') for p in student.parameters()})), f)
 
 
-def run_child(cfg, kind, payload, tmp, tag):
-    """A fresh process for one run; returns its report or the last error line."""
+def run_child(threads, kind, payload, tmp, tag):
+    """A fresh process for one run (`threads` per process; 0 = torch's default); returns its report
+    or the last error line."""
     report = os.path.join(tmp, f'{tag}.json')
     code = (f"import sys; sys.path.insert(0, {ROOT!r}); from scripts import bench_minillm; import json; "
             f"bench_minillm.{kind}_child(json.loads(sys.argv[1]), sys.argv[2])")
     env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE='1', TOKENIZERS_PARALLELISM='false')
-    if cfg.trl_threads:
-        env['OMP_NUM_THREADS'] = str(cfg.trl_threads)
+    if threads:
+        env['OMP_NUM_THREADS'] = str(threads)
     else:  # torch's default: as many threads as cores
         env.pop('OMP_NUM_THREADS', None)
     res = subprocess.run([sys.executable, '-c', code, json.dumps(payload), report], cwd=ROOT, env=env,
@@ -198,30 +239,71 @@ def run_child(cfg, kind, payload, tmp, tag):
         return json.load(f)
 
 
+def run_rounds(names, repeats, launch):
+    """Rounds A B C .., .. C B A, ..: launch(name, round) -> a child's report, each a fresh process.
+    {name: [report]}; every run's median step is printed as it ends."""
+    from scripts.timing import med
+    results = {n: [] for n in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            rep = launch(name, r)
+            results[name].append(rep)
+            shown = rep.get('error') or f"{med([s['wall'] for s in rep['steps']]):.2f} s/step"
+            print(f"  round {r} {name}: {shown}", flush=True)
+    return results
+
+
+def step_times(results):
+    """The runs that ended, and their steps' wall and CPU seconds pooled per variant."""
+    ok = {n: [x for x in runs if 'steps' in x] for n, runs in results.items()}
+    wall = {n: [s['wall'] for x in runs for s in x['steps']] for n, runs in ok.items() if runs}
+    cpu = {n: [s['cpu'] for x in runs for s in x['steps']] for n, runs in ok.items() if runs}
+    return ok, wall, cpu
+
+
+def tokens_per_step(report_runs, ours):
+    """Tokens sampled per step, each row's up to its first eos (included): our rollout's or sampler's
+    count (timing.StepClock), TRL's from its generate calls (per call: the first step's included)."""
+    from scripts.timing import med
+    if ours:
+        return f"{med([s.get('rollout tokens', s.get('sample tokens', 0)) for x in report_runs for s in x['steps']]):.0f}"
+    gen = report_runs[0].get('generated')
+    return f"{med(gen):.0f}" if gen else ''
+
+
+def phase_line(name, runs):
+    """Where one of our variant's steps goes (timing.StepClock's spans), or None."""
+    from scripts.timing import med
+    steps = [s for x in runs for s in x['steps']]
+    if not steps:
+        return None
+    parts = {k: med([s[k][0] for s in steps if k in s]) for k in ('generate', 'rollout', 'update') if
+             any(k in s for s in steps)}
+    if 'rollout' not in parts:  # gkd / distillm: sampling, then the divergence step
+        return f"- {name}: generation {parts.get('generate', 0):.2f} s of the step (wall, median)"
+    return (f"- {name}: generation {parts.get('generate', 0):.2f} s, scoring "
+            f"{parts.get('rollout', 0) - parts.get('generate', 0):.2f} s, update (policy loss, "
+            f"backward, AdamW) {parts.get('update', 0):.2f} s of the step (wall, medians)")
+
+
 def bench_trl(cfg):
     """The `trl` section of BENCHMARKS.md."""
     from scripts.timing import VERDICT, med
     names = [n for n in VARIANTS if VARIANTS[n][0] in cfg.trl_variants.split(',') or n in cfg.trl_variants.split(',')]
-    results = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix='bench_trl_') as tmp:
         dirs, pairs = build_setup(cfg, tmp)
-        for r in range(cfg.trl_repeats):
-            for name in (names if r % 2 == 0 else names[::-1]):
-                kind, tag = VARIANTS[name][0], f"{VARIANTS[name][0]}{name[-1]}_{r}"
-                out = os.path.join(tmp, tag)
-                if kind == 'ours':
-                    alpha = name.split('= ')[1]
-                    rep = run_child(cfg, 'ours', ours_argv(cfg, dirs, alpha, out), tmp, tag)
-                else:
-                    rep = run_child(cfg, 'trl', trl_spec(cfg, kind, dirs, pairs, out), tmp, tag)
-                results[name].append(rep)
-                shown = rep.get('error') or f"{med([s['wall'] for s in rep['steps']]):.2f} s/step"
-                print(f"  round {r} {name}: {shown}", flush=True)
+
+        def launch(name, r):
+            kind, tag = VARIANTS[name][0], f"{VARIANTS[name][0]}{name[-1]}_{r}"
+            out = os.path.join(tmp, tag)
+            if kind == 'ours':
+                return run_child(cfg.trl_threads, 'ours', ours_argv(cfg, dirs, name.split('= ')[1], out), tmp, tag)
+            spec = trl_spec(cfg, kind, dirs, pairs, out, cfg.trl_steps, cfg.trl_new_tokens, cfg.trl_dtype)
+            return run_child(cfg.trl_threads, 'trl', spec, tmp, tag)
+        results = run_rounds(names, cfg.trl_repeats, launch)
     from components.tokenizer import get_encoding
     lengths = [len(get_encoding('gpt2').encode_ordinary(p)) for p, _ in pairs]
-    ok = {n: [x for x in runs if 'steps' in x] for n, runs in results.items()}
-    wall = {n: [s['wall'] for x in runs for s in x['steps']] for n, runs in ok.items() if runs}
-    cpu = {n: [s['cpu'] for x in runs for s in x['steps']] for n, runs in ok.items() if runs}
+    ok, wall, cpu = step_times(results)
     base = 'TRL MiniLLMTrainer'
     rows = ['| trainer | version | s / step, wall: median (min–max) | CPU s / step | tokens generated / step | '
             f'vs {base}: wall (CPU) | what runs |', '|---|---|---|---|---|---|---|']
@@ -230,13 +312,9 @@ def bench_trl(cfg):
             err = next((x['error'] for x in results[n] if 'error' in x), 'no run')
             rows.append(f"| {n} | | not measured: {err.replace('|', '/')} | | | | {VARIANTS[n][1]} |")
             continue
-        version = ok[n][0]['version']
-        gen = ok[n][0].get('generated')
-        per_step = (f"{med(gen):.0f}" if gen else '') if VARIANTS[n][0] != 'ours' else \
-            f"{med([s.get('rollout tokens', 0) for x in ok[n] for s in x['steps'] if 'rollout' in s]):.0f}"
         vs = (f"{med(wall[base]) / med(wall[n]):.2f}x ({med(cpu[base]) / med(cpu[n]):.2f}x)" if base in wall else '')
-        rows.append(f"| {n} | {version} | {med(wall[n]):.2f} s ({min(wall[n]):.2f}–{max(wall[n]):.2f}) | "
-                    f"{med(cpu[n]):.2f} s | {per_step} | {vs} | {VARIANTS[n][1]} |")
+        rows.append(f"| {n} | {ok[n][0]['version']} | {med(wall[n]):.2f} s ({min(wall[n]):.2f}–{max(wall[n]):.2f}) | "
+                    f"{med(cpu[n]):.2f} s | {tokens_per_step(ok[n], VARIANTS[n][0] == 'ours')} | {vs} | {VARIANTS[n][1]} |")
     verdicts = []
     for ours, theirs, target in (('ours, α = 0', base, 2.5), ('ours, α = 0.2', base, 2.0),
                                  ('ours, α = 0', 'TRL GKDTrainer', 2.0)):
@@ -244,19 +322,11 @@ def bench_trl(cfg):
             ratio = med(wall[theirs]) / med(wall[ours])
             verdicts.append(f"- {ours} vs {theirs}: {ratio:.2f}x per step, wall (target ≥ {target:g}x): "
                             f"{VERDICT[ratio >= target]}")
-    phases = []
-    for n in ('ours, α = 0', 'ours, α = 0.2'):
-        steps = [s for x in ok.get(n, []) for s in x['steps']]
-        if steps:
-            parts = {k: med([s[k][0] for s in steps if k in s]) for k in ('generate', 'rollout', 'update') if
-                     any(k in s for s in steps)}
-            phases.append(f"- {n}: generation {parts.get('generate', 0):.2f} s, scoring "
-                          f"{parts.get('rollout', 0) - parts.get('generate', 0):.2f} s, update (policy loss, "
-                          f"backward, AdamW) {parts.get('update', 0):.2f} s of the step (wall, medians)")
+    phases = [line for n in ('ours, α = 0', 'ours, α = 0.2') if (line := phase_line(n, ok.get(n, [])))]
     threads = '/'.join(map(str, sorted({x.get('threads') for runs in ok.values() for x in runs})))
     return '\n'.join([
         f'Student {cfg.trl_student.replace(",", "/")} (layers/heads/d), teacher {cfg.trl_teacher.replace(",", "/")}, '
-        f'GPT-2 vocabulary 50257, block {cfg.trl_block_size}, random weights, fp32 on CPU, {threads} thread(s) per '
+        f'GPT-2 vocabulary 50257, block {cfg.trl_block_size}, random weights, {cfg.trl_dtype} on CPU, {threads} thread(s) per '
         f'process ({"set" if cfg.trl_threads else "torch default"}); {cfg.trl_prompts} prompts of '
         f'{min(lengths)}–{max(lengths)} tokens (mean {statistics.mean(lengths):.1f}), up to {cfg.trl_new_tokens} new '
         f'tokens each at τ = 1, top-k 0, top-p 1, one optimizer step per batch. {cfg.trl_steps} steps per run, the '

@@ -70,6 +70,7 @@ class StepClock:
         from torch.optim.optimizer import register_optimizer_step_post_hook
         self._undo.append(register_optimizer_step_post_hook(lambda *_: self.steps.append(now())).remove)
         self._wrap(rollout, 'collect_rollouts', 'rollout', lambda args, out: out['mask'].sum().item())
+        self._wrap(onpolicy, 'sample_responses', 'sample', lambda args, out: sum(len(r) for r in out))  # gkd, distillm
         for module in (rollout, onpolicy, validation):  # sampling.generate, where each looks it up
             self._wrap(module, 'generate', 'generate', lambda args, out: 0)
         self._wrap(rollout, 'minillm_micro_loss', 'update', lambda args, out: float(out[1]))
