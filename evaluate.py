@@ -10,6 +10,7 @@ eval_main_*.sh, evaluate_main.py, arguments.py):
     Rouge-L     F-measure with stemming, max over references, x100 (rouge_metric.py), averaged over
                 prompts; mean ± std over the seeds
     Dist-4      distinct 4-grams / all 4-grams over the sampled responses (whitespace words)
+    length      mean sampled response length in tokens (eot not counted)
     teacher NLL mean per-token -log p(y_t | y_<t, x) of the student's own samples (eot included)
     ECE         ece='token' (default): next-token calibration on the gold responses, teacher-forced:
                 at every gold response position (eot included) confidence = max_v q(v | y_<t, x),
@@ -227,6 +228,13 @@ def sample_rollouts(model, data, indices, seed, max_new_tokens=0, batch_size=256
     return rollouts
 
 
+def mean_length(rollouts, eot):
+    """Mean sampled response length in tokens, the eot that ends a response not counted."""
+    lengths = [len(r) - (len(r) > 0 and r[-1] == eot) for b in rollouts
+               for r in split_responses(b['seq'], b['prompt_mask'].shape[1], eot)]
+    return sum(lengths) / max(len(lengths), 1)
+
+
 def _scored_positions(batch, eot, device):
     """A rollout batch on `device`: (seq, attention mask, response tokens [B, n], rows, cols, Tp) where
     (rows, cols) run over c = 0..n with no eot among the row's first c response tokens: the logits at
@@ -324,7 +332,7 @@ def evaluate_model(model, data, indices, enc, teacher=None, task=None, seeds=(10
                    device='cpu', teacher_rollouts=None, ctx=nullcontext(), ece='token', ece_labels=None, **gen):
     """Every metric of one model on data[indices]; `gen`: sample_rollouts' max_new_tokens, cap,
     temperature, top_p, no_repeat_ngram_size. Keys holding a list have one value per seed:
-    rouge_l, dist4, (teacher) teacher_nll, (task) validity, validity_single, validity_multi.
+    rouge_l, dist4, length, (teacher) teacher_nll, (task) validity, validity_single, validity_multi.
     Single values: ece, accuracy, confidence, (task) distinct_valid; with a teacher, 'exposure'
     holds the R / eps / ExAccErr curves for l = 1..L, pooled over all seeds (not for the teacher
     itself). `teacher_rollouts` (one sample_rollouts list per seed, sampled with `seeds`) saves
@@ -348,6 +356,7 @@ def evaluate_model(model, data, indices, enc, teacher=None, task=None, seeds=(10
         answers_by_seed.append(texts)
         res['rouge_l'].append(_mean(rouge_l(t, r) for t, r in zip(texts, refs)))
         res['dist4'].append(dist_n(texts, 4))
+        res.setdefault('length', []).append(mean_length(rollouts, data.eot))
         if teacher is not None:
             st = rollout_stats(None if is_teacher else model, teacher, rollouts, data.eot, horizon, device, ctx)
             res.setdefault('teacher_nll', []).append(st['nll_sum'] / max(st['tokens'], 1))

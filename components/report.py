@@ -15,7 +15,7 @@ SET_TITLES = dict(dolly='Dolly', self_inst='SelfInst', vicuna='Vicuna', sni='S-N
 # (key, column title, scale, decimals)
 COLUMNS = [('rouge_l', 'Rouge-L', 1, 1), ('validity', 'valid %', 100, 1), ('validity_single', 'valid 1-ans %', 100, 1),
            ('validity_multi', 'valid n-ans %', 100, 1), ('distinct_valid', 'distinct valid', 1, 2),
-           ('dist4', 'Dist-4', 1, 3), ('teacher_nll', 'teacher NLL', 1, 3), ('ece', 'ECE', 1, 3)]
+           ('dist4', 'Dist-4', 1, 3), ('length', 'length', 1, 1), ('teacher_nll', 'teacher NLL', 1, 3), ('ece', 'ECE', 1, 3)]
 
 
 def summarize(values):

@@ -77,6 +77,14 @@ def test_dist_n_hand_case():
     assert ev.dist_n(["42", "a b"], 4) is None
 
 
+def test_mean_length_hand_case():
+    # prompts of 2 (left-padded), eot = 9: responses [5, 6, 9] -> 2, [7, 7, 7] (no eot) -> 3, [9, 4, 4] -> 0
+    seq = torch.tensor([[1, 2, 5, 6, 9], [0, 3, 7, 7, 7], [1, 1, 9, 4, 4]])
+    batch = dict(seq=seq, prompt_mask=torch.ones(3, 2, dtype=torch.long))
+    assert ev.mean_length([batch], 9) == pytest.approx(5 / 3)
+    assert ev.mean_length([batch, dict(batch, seq=seq[:1])], 9) == pytest.approx(7 / 4)
+
+
 def test_ece_hand_case():
     # bin 9: conf .95 .95, acc 1/2 -> |0.5 - 0.95| * 2; bin 1: |0 - 0.15| * 1; bin 5: |1 - 0.565| * 2
     conf = [0.95, 0.95, 0.15, 0.55, 0.58]
