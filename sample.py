@@ -121,8 +121,6 @@ def read_prompts(cfg, enc):
 def main(argv):
     cfg = configure(DEFAULTS, argv)
     check_device(cfg.device, cfg.dtype)
-    if cfg.dtype not in ('float32', 'bfloat16', 'float16'):
-        raise UserError(f"dtype must be float32, bfloat16 or float16 (got '{cfg.dtype}')")
     torch.manual_seed(cfg.seed)
     enable_tf32(cfg.device)  # a checkpoint's fp32 weights: TF32 matmuls on CUDA
     expect = load_meta(cfg.data_dir) if cfg.data_dir else None

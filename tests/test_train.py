@@ -95,6 +95,20 @@ def test_seqkd_trains_on_teacher_samples(tiny_instruct, teacher, tmp_path):
             assert sum(1 for _ in f) == n
 
 
+def test_sample_dtype(tiny_instruct, teacher, tmp_path):
+    import sample
+    bad = str(tmp_path / 'bad')
+    with pytest.raises(UserError, match="unknown dtype 'float64'"):
+        sample.main([f'--init_from={teacher}', f'--data_dir={tiny_instruct}', f'--seqkd_out={bad}', '--device=cpu',
+                     '--dtype=float64'])
+    assert not os.path.exists(bad)
+    out = str(tmp_path / 'bf16')  # bf16 autocast: the same prompts, responses sampled in bf16
+    sample.main([f'--init_from={teacher}', f'--data_dir={tiny_instruct}', f'--seqkd_out={out}', '--max_new_tokens=6',
+                 '--device=cpu', '--dtype=bfloat16', '--seqkd_max_train=4'])
+    with open(os.path.join(out, 'train.jsonl')) as f, open(os.path.join(tiny_instruct, 'train.jsonl')) as g:
+        assert [json.loads(r)['prompt'] for r in f] == [json.loads(next(g))['prompt'] for _ in range(4)]
+
+
 def test_minillm_reduces_per_token_reverse_kl(tiny_instruct, teacher, tmp_path):
     out = run_train(tmp_path, 'minillm', f'--data_dir={tiny_instruct}', '--method=minillm',
                     f'--teacher={teacher}', f'--pt_data_dir={tiny_instruct}', '--rollout_size=32',
