@@ -67,8 +67,7 @@ def head_grads(hidden, head_weight, chunk_grad, chunk_size, want_grads, mm_dtype
     want_hidden, want_weight = want_grads
     weight = head_weight.detach().to(mm_dtype)
     grad_hidden = torch.empty_like(hidden) if want_hidden else None
-    grad_weight = (torch.zeros(head_weight.shape, dtype=loss_dtype(hidden), device=head_weight.device)
-                   if want_weight else None)
+    grad_weight = None  # [V, d] in loss_dtype, made by the first chunk: no zero-filled [V, d] to add it to
     n = hidden.shape[0]
     with torch.autocast(hidden.device.type, enabled=False):
         for start in range(0, n, chunk_size):
@@ -81,10 +80,14 @@ def head_grads(hidden, head_weight, chunk_grad, chunk_size, want_grads, mm_dtype
             grad = grad.to(mm_dtype)
             if want_hidden:
                 grad_hidden[rows] = grad @ weight
-            if want_weight and grad_weight.dtype == mm_dtype:
+            if want_weight and grad_weight is None:
+                grad_weight = (grad.T @ h).to(loss_dtype(hidden))
+            elif want_weight and grad_weight.dtype == mm_dtype:
                 grad_weight.addmm_(grad.T, h)  # in place: no [V, d] temporary per chunk
             elif want_weight:
                 grad_weight += grad.T @ h
+    if want_weight and grad_weight is None:  # no chunk had a gradient
+        grad_weight = torch.zeros(head_weight.shape, dtype=loss_dtype(hidden), device=head_weight.device)
     return grad_hidden, grad_weight.to(head_weight.dtype) if want_weight else None
 
 

@@ -49,7 +49,7 @@ from components.rundir import check_writable
 from configurator import UserError, check_device, configure, defaults_from, run
 from dataset import InstructSet, split_responses
 from sampling import generate
-from components.precision import autocast, enable_tf32
+from components.precision import autocast, enable_tf32, keep_freed_memory
 from components.progress import GenerationProgress
 from components.report import format_stat, summarize, write_report
 from components.tokenizer import get_encoding
@@ -451,6 +451,7 @@ def main(argv):
                top_p=cfg.top_p, no_repeat_ngram_size=cfg.no_repeat_ngram_size)
     labels = [s.strip() for s in cfg.ece_labels.split(',') if s.strip()] or None
     enable_tf32(cfg.device)  # fp32 checkpoints and the fp32 parts of bf16 ones: TF32 matmuls on CUDA
+    keep_freed_memory(cfg.device)
     ctx = autocast(cfg.device, cfg.dtype)  # CUDA or CPU (bfloat16; float16 on CPU is refused by configure)
     load = functools.partial(load_model, device=cfg.device, expect_vocab=meta['vocab_size'],
                              expect_tokenizer=meta['tokenizer'])

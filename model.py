@@ -188,19 +188,41 @@ def apply_rope(x, cos, sin):
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-def single_query_attention(q, k, v, mask=None):
-    """softmax(q Kᵀ / sqrt(d) + mask) V (Vaswani et al. §3.2.1, Eq. 1) for one query per row, q [B, H, 1, d],
-    k / v [B, H_kv, S, d], mask None or bool [B, 1, 1, S] (True: attend): the n_head / n_kv_head query heads
-    of each key/value head are the rows of one matmul (grouped-query attention without repeating the
-    cache, Ainslie et al. §2.2); softmax in fp32. Two small batched matmuls: on CPU SDPA's flash kernel
-    (tiled for long queries) took 26% of a SmolLM2-135M decoding step at batch 16 in bf16, these 4%."""
-    B, H, _, d = q.shape
-    n_kv = k.shape[1]
-    scores = q.reshape(B, n_kv, H // n_kv, d) @ k.transpose(-1, -2)
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * (1.0 / math.sqrt(d))  # bf16: fp32
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float('-inf'))
-    return (scores.softmax(-1).to(v.dtype) @ v).reshape(B, H, 1, d)
+def grouped_attention(q, k, v, mask=None):
+    """softmax(q Kᵀ / sqrt(d) + mask) V (Vaswani et al. §3.2.1, Eq. 1) as two batched matmuls, q [B, H, T, d],
+    k / v [B, H_kv, S, d]; mask None or 'none' (every key), 'causal' (query t attends keys up to S - T + t)
+    or bool broadcastable to [B, 1, T, S] (True: attend; no row empty). The n_head / n_kv_head query heads
+    of each key/value head are the rows of one matmul (grouped-query attention without repeating k and v,
+    Ainslie et al. §2.2, query head h reading key/value head h // (n_head / n_kv_head)); scores and softmax
+    in fp32. On CPU in bf16 SDPA's flash kernel runs far below the matmuls' rate (SmolLM2-135M's shape,
+    8 x 127 tokens: 25.5 ms forward + backward per layer, these 6.0 ms; a decoding step at batch 16: 26%
+    of the step, these 4%); the [B, H, T, S] scores exist, so callers keep this to small T x S."""
+    B, H, T, d = q.shape
+    n_kv, S = k.shape[1], k.shape[2]
+    scores = (q.reshape(B, n_kv, H // n_kv * T, d) @ k.transpose(-1, -2)).view(B, n_kv, H // n_kv, T, S)
+    dtype = torch.promote_types(scores.dtype, torch.float32)  # bf16 scores: softmax in fp32
+    if isinstance(mask, str) and mask == 'causal':
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    elif mask is not None and not isinstance(mask, str):
+        mask = mask.unsqueeze(2)  # [B, 1, T, S] -> [B, 1, 1, T, S]: the same for every head of a group
+    if mask is None or isinstance(mask, str):
+        scores = scores.to(dtype) * (1.0 / math.sqrt(d))
+    else:  # bias + scores / sqrt(d) in one pass over the scores, promoted to fp32 on the way
+        bias = torch.zeros(mask.shape, dtype=dtype, device=q.device).masked_fill_(~mask, float('-inf'))
+        scores = torch.add(bias, scores, alpha=1.0 / math.sqrt(d))
+    probs = scores.softmax(-1).to(v.dtype)
+    return (probs.view(B, n_kv, H // n_kv * T, S) @ v).view(B, H, T, d)
+
+
+# grouped_attention in place of SDPA for whole sequences: on CPU, in a reduced-precision compute dtype,
+# while the fp32 scores of one layer ([B, H, T, S]) stay under this many bytes (backward keeps ~1.5x that
+# per layer; longer sequences keep SDPA's flash kernel, whose memory grows with T, not T x S)
+GROUPED_ATTENTION_BYTES = 64 * 2 ** 20
+
+
+def use_grouped_attention(q, S, dropout):
+    return (q.device.type == 'cpu' and q.dtype in (torch.bfloat16, torch.float16) and not dropout
+            and q.shape[0] * q.shape[1] * q.shape[2] * S * 4 <= GROUPED_ATTENTION_BYTES)
 
 
 class CausalSelfAttention(nn.Module):
@@ -244,8 +266,8 @@ class CausalSelfAttention(nn.Module):
         gqa = self.n_kv_head != self.n_head  # query head i reads key/value head i // (n_head / n_kv_head)
         if slot is not None:  # one query per row: the math kernel's scores are [B, H, 1, S], no need to expand k/v
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        elif cache is not None and T == 1 and not dropout:  # a decoding step: SDPA's CPU flash kernel tiles for long queries
-            y = single_query_attention(q, k, v, None if isinstance(mask, str) else mask)
+        elif (cache is not None and T == 1 and not dropout) or use_grouped_attention(q, k.shape[2], dropout):
+            y = grouped_attention(q, k, v, mask)  # a decoding step (SDPA's CPU flash kernel tiles for long queries), or CPU bf16
         elif isinstance(mask, str):  # 'causal' or 'none': let SDPA pick its fastest kernel
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=mask == 'causal', enable_gqa=gqa)
         else:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from components.checkpoint import load_model
-from components.precision import autocast, enable_tf32
+from components.precision import autocast, enable_tf32, keep_freed_memory
 from components.rundir import check_writable
 from configurator import UserError, check_device, configure, defaults_from, run
 from dataset import InstructSet, left_pad, load_meta, split_responses
@@ -123,6 +123,7 @@ def main(argv):
     check_device(cfg.device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     enable_tf32(cfg.device)  # a checkpoint's fp32 weights: TF32 matmuls on CUDA
+    keep_freed_memory(cfg.device)
     expect = load_meta(cfg.data_dir) if cfg.data_dir else None
     model, tok = load_model(cfg.init_from, cfg.device, expect_vocab=expect and expect['vocab_size'],
                             expect_tokenizer=expect and expect['tokenizer'])

@@ -32,7 +32,7 @@ from components import cluster, memory
 from components.checkpoint import BEST_NAME, CKPT_NAME, DCP_DIR, CheckpointManager, build_models
 from components.rundir import append_log, claim_out_dir
 from components.parallel import on_rank0, rank_mean, runtime, setup_distributed, wrap
-from components.precision import enable_tf32
+from components.precision import enable_tf32, keep_freed_memory
 from components.progress import Speedometer
 from components.tokenizer import get_encoding
 from components.validation import SELECT_METRICS, improves, rouge_subset, selection_metric, validation_rouge_l
@@ -363,6 +363,7 @@ def run_training(cfg, stop, own_group=False):
     the name of the stop signal that ended the run, or None."""
     torch.manual_seed(cfg.seed)
     enable_tf32(cfg.device)  # fp32 matmuls (the fp32 parts of bf16 runs too) on TF32 tensor cores
+    keep_freed_memory(cfg.device)  # CPU: no page faults for the buffers every step frees and makes again
     meta = load_meta(cfg.data_dir)
     rt = runtime(cfg, meta, own_group)
     run, iter_num, best = setup(cfg, rt, meta)

@@ -5,8 +5,12 @@ The precision a run computes in, in one place for train.py, sample.py and evalua
   the same code path: on a CPU the GPU's bf16 path runs and is tested);
 - `enable_tf32`: fp32 matmuls and convolutions on TF32 tensor cores (Ampere and later), for fp32
   runs and the fp32 parts of mixed-precision ones;
-- `cpu_has_bf16_matmul`: whether dtype='bfloat16' pays on this CPU (README "bf16 on the CPU").
+- `cpu_has_bf16_matmul`: whether dtype='bfloat16' pays on this CPU (README "bf16 on the CPU");
+- `keep_freed_memory`: on a CPU, freed memory stays in the process for the next allocation, as
+  CUDA's caching allocator keeps it on a GPU.
 """
+import ctypes
+import os
 from contextlib import nullcontext
 
 import torch
@@ -40,6 +44,31 @@ def enable_tf32(device):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return True
+
+
+# glibc's mallopt parameters (malloc.h), and the same two settings as environment variables (for a
+# process that does not call keep_freed_memory itself: the benchmarks give them to TRL's runs)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+KEEP_FREED_ENV = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': str(2 ** 31 - 1)}
+
+
+def keep_freed_memory(device):
+    """On a CPU, keep freed blocks in the process's heap for the next allocation, as CUDA's caching
+    allocator does on a GPU. glibc hands every block over 32 MiB back to the system when it is freed
+    (mmap / munmap), and the next allocation faults its pages in again, 4 KiB at a time: a training
+    step frees and re-allocates its [V, d] head buffers and [rows, V] logits every time (~110k page
+    faults per SFT step of the SmolLM2 pair at 8 x 128 tokens, about a fifth of its CPU time,
+    BENCHMARKS.md section 9). After this call large blocks come from the heap (M_MMAP_MAX 0) and the
+    heap is never trimmed (M_TRIM_THRESHOLD): the resident set stays at the process's peak, which is
+    unchanged (1.87 GB either way for that step). Left alone where the environment sets glibc's malloc
+    tunables itself (MALLOC_*, GLIBC_TUNABLES: the memory benchmarks do, and it is how a user opts
+    out), off a CPU, and off glibc. Returns whether it changed anything."""
+    if device_type(device) != 'cpu' or any(k.startswith('MALLOC_') or k == 'GLIBC_TUNABLES' for k in os.environ):
+        return False
+    mallopt = getattr(ctypes.CDLL(None), 'mallopt', None)  # None: not glibc (macOS)
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, int(KEEP_FREED_ENV['MALLOC_TRIM_THRESHOLD_'])))
 
 
 def cpu_has_bf16_matmul():

@@ -225,7 +225,9 @@ def run_child(threads, kind, payload, tmp, tag):
     report = os.path.join(tmp, f'{tag}.json')
     code = (f"import sys; sys.path.insert(0, {ROOT!r}); from scripts import bench_minillm; import json; "
             f"bench_minillm.{kind}_child(json.loads(sys.argv[1]), sys.argv[2])")
-    env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE='1', TOKENIZERS_PARALLELISM='false')
+    from components.precision import KEEP_FREED_ENV
+    # both sides keep freed memory for reuse (what train.py does itself on a CPU: precision.keep_freed_memory)
+    env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE='1', TOKENIZERS_PARALLELISM='false', **KEEP_FREED_ENV)
     if threads:
         env['OMP_NUM_THREADS'] = str(threads)
     else:  # torch's default: as many threads as cores

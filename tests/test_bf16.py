@@ -112,18 +112,103 @@ def test_cpu_bf16_detection_reads_the_cpu_flags():
     assert cpu_has_bf16_matmul() == ('avx512_bf16' in flags or 'amx_bf16' in flags)
 
 
-@pytest.mark.parametrize('masked', [False, True])
-def test_single_query_attention_equals_sdpa(masked):
-    """model.single_query_attention (decoding steps) against SDPA with the key/value heads repeated."""
+@pytest.mark.parametrize('T,S,mask_kind', [(1, 11, None), (1, 11, 'bool'), (7, 7, 'causal'), (7, 7, 'bool'),
+                                             (4, 9, 'causal'), (4, 9, 'bool')])
+@pytest.mark.parametrize('Hkv', [2, 6])
+def test_grouped_attention_equals_sdpa(T, S, mask_kind, Hkv):
+    """model.grouped_attention (decoding steps; whole sequences on CPU in bf16) against SDPA with the
+    key/value heads repeated, in fp64: outputs and the gradients of q, k, v. 'causal' with T < S is
+    bottom-right aligned (the T new queries are the last positions)."""
     import torch.nn.functional as F
-    from model import single_query_attention
-    g = torch.Generator().manual_seed(0)
-    B, H, Hkv, S, d = 3, 6, 2, 11, 8
-    q, k, v = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in
-               ((B, H, 1, d), (B, Hkv, S, d), (B, Hkv, S, d)))
-    mask = torch.rand(B, 1, 1, S, generator=g) < 0.6 if masked else None
-    if masked:
-        mask[..., -1] = True  # a row's own key
-    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1),
-                                         attn_mask=mask)
-    torch.testing.assert_close(single_query_attention(q, k, v, mask), ref, rtol=1e-12, atol=1e-12)
+    from model import grouped_attention
+    g = torch.Generator().manual_seed(T * 100 + S + Hkv)
+    B, H, d = 3, 6, 8
+    q, k, v = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True) for shape in
+               ((B, H, T, d), (B, Hkv, S, d), (B, Hkv, S, d)))
+    own = torch.ones(T, S, dtype=torch.bool).tril(S - T)
+    if mask_kind == 'bool':
+        mask = (torch.rand(B, 1, T, S, generator=g) < 0.6) | (own & ~own.tril(S - T - 1))  # own key kept
+        ref_mask = mask
+    else:
+        mask, ref_mask = mask_kind, (own if mask_kind == 'causal' else None)
+    reps = H // Hkv
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(reps, 1), v.repeat_interleave(reps, 1), attn_mask=ref_mask)
+    out = grouped_attention(q, k, v, mask)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_grouped_attention_is_used_on_cpu_bf16_only():
+    """The model takes grouped_attention for whole sequences only on CPU in bf16/fp16, without dropout and
+    while one layer's fp32 scores fit model.GROUPED_ATTENTION_BYTES; and a CPU bf16 forward + backward
+    through it matches the same model in fp32 within bf16's rounding."""
+    import model as model_lib
+    q = torch.zeros(8, 9, 127, 64, dtype=torch.bfloat16)
+    assert model_lib.use_grouped_attention(q, 127, 0.0)
+    assert not model_lib.use_grouped_attention(q.float(), 127, 0.0)          # fp32: SDPA's flash kernel is as fast
+    assert not model_lib.use_grouped_attention(q, 127, 0.1)                  # dropout: SDPA
+    big = torch.zeros(8, 9, 1024, 64, dtype=torch.bfloat16)                  # 302 MB of fp32 scores: SDPA
+    assert 8 * 9 * 1024 * 1024 * 4 > model_lib.GROUPED_ATTENTION_BYTES and not model_lib.use_grouped_attention(big, 1024, 0.0)
+    from components.presets import preset_config
+    torch.manual_seed(0)
+    cfg = preset_config('smollm2-135m', n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=128,
+                        vocab_size=97, block_size=32)
+    m = model_lib.GPT(cfg)
+    idx = torch.randint(0, 97, (2, 24))
+    calls = []
+    real = model_lib.grouped_attention
+    model_lib.grouped_attention = lambda *a: calls.append(a[0].shape) or real(*a)
+    try:
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            loss_bf16 = m(idx, targets=idx)[1]
+        loss_bf16.backward()
+    finally:
+        model_lib.grouped_attention = real
+    assert calls == [(2, 4, 24, 16)] * 2                                     # both blocks, whole sequences
+    grad_bf16 = m.transformer.h[0].attn.c_attn.weight.grad.clone()
+    m.zero_grad()
+    loss = m(idx, targets=idx)[1]
+    loss.backward()
+    assert abs(loss_bf16.item() - loss.item()) < 0.02
+    rel = (grad_bf16 - m.transformer.h[0].attn.c_attn.weight.grad).norm() / m.transformer.h[0].attn.c_attn.weight.grad.norm()
+    assert rel < 0.05, rel
+
+
+KEEP_FREED_CHILD = r'''
+import resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+from components.precision import keep_freed_memory
+
+def faults(mib=64):  # minor page faults of allocating and filling `mib` MiB, freed after
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(mib * 2 ** 18)
+    n = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del x
+    return n
+
+first = faults()
+did = keep_freed_memory(sys.argv[2])
+faults()
+print(first, did, faults(60))  # a smaller block: fits in the freed one (the same size may not, by alignment)
+'''
+
+
+@pytest.mark.parametrize('env,device,kept', [({}, 'cpu', True), ({'MALLOC_MMAP_THRESHOLD_': '131072'}, 'cpu', False),
+                                             ({}, 'cuda:0', False)])
+def test_keep_freed_memory_reuses_big_blocks_on_cpu(env, device, kept):
+    """precision.keep_freed_memory: after it, a freed 64 MiB block is reused by the next 60 MiB (no page
+    faults; glibc's default unmaps the block and faults all 15,360 4 KiB pages of the next one in again);
+    a user's own malloc settings (MALLOC_* in the environment) and non-CPU devices are left alone."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    clean = {k: v for k, v in os.environ.items() if not (k.startswith('MALLOC_') or k == 'GLIBC_TUNABLES')}
+    out = subprocess.run([sys.executable, '-c', KEEP_FREED_CHILD, root, device], env={**clean, **env},
+                         capture_output=True, text=True, check=True).stdout.split()
+    first, did, again = int(out[0]), out[1] == 'True', int(out[2])
+    assert first >= 16384 and did == kept
+    assert (again < 100) if kept else (again >= 15360)

@@ -148,8 +148,12 @@ def saved_bytes_per_token(config, B=2, T=16):
             seen[s.data_ptr()] = s.nbytes()
         return t
     x = torch.randn(B, T, config.n_embd, dtype=torch.bfloat16, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        net.transformer.h[0](x, 'causal', rope)
+    limit, model.GROUPED_ATTENTION_BYTES = model.GROUPED_ATTENTION_BYTES, 0  # SDPA, as on a GPU (the estimate's
+    try:                                                                      # case): not CPU bf16's grouped_attention
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net.transformer.h[0](x, 'causal', rope)
+    finally:
+        model.GROUPED_ATTENTION_BYTES = limit
     return sum(seen.values()) / (B * T)
 
 
