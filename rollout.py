@@ -132,10 +132,14 @@ def collect_rollouts(cfg, rt, model, teacher, prompts, prompt_order, sample_gen)
     rows, parts = [], []
     cache = new_teacher_cache(cfg, rt, per_rank, unwrap(teacher).config.logit_vocab,
                               next(teacher.parameters()).dtype, cfg.device)
-    # in fp32 a decoding step's logits are a full forward's up to rounding (1e-6): the rollout's scores are
-    # read off the decoding loop; under bf16 / fp16 they are recomputed by a forward, as the reference
-    # does "because of the fp16 loss" (LMOps minillm/minillm/sampler.py)
+    # log q_old(y_t) is the denominator of the update's ratio q_θ / q_old, which must start at 1: in fp32 a
+    # decoding step's logits are a full forward's up to rounding (1e-6) and it is read off the decoding loop;
+    # under bf16 / fp16 a forward recomputes it, as the reference does "because of the fp16 loss" (LMOps
+    # minillm/minillm/sampler.py, which recomputes the teacher's too). The teacher's scores are in no ratio:
+    # when the teacher decodes (α > 0) they are read off the decoding loop in every dtype (one teacher pass
+    # over the rows, not two: README "Rollout scores under bf16")
     from_decoding = cfg.dtype == 'float32'
+    record = from_decoding or cfg.teacher_mix_alpha > 0
     bar = GenerationProgress(per_rank, 'rollouts', enabled=cfg.rank == 0)  # rank 0's share, on a terminal
     for s in range(0, per_rank, cfg.rollout_batch_size):
         ids = chosen[s:s + cfg.rollout_batch_size]
@@ -147,16 +151,16 @@ def collect_rollouts(cfg, rt, model, teacher, prompts, prompt_order, sample_gen)
                 top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=prompts.eot,
                 attention_mask=p_mask.to(cfg.device), generator=sample_gen,
                 mix_model=teacher, mix_alpha=cfg.teacher_mix_alpha, all_done=rt.all_done, decode=cfg.gen_decode,
-                on_logits=decoding_scores(cfg, recorder, len(ids), cache, s) if from_decoding else None,
+                on_logits=decoding_scores(cfg, recorder, len(ids), cache, s) if record else None,
                 kv_dtype=rt.ptdtype if cfg.parallel == 'fsdp' else None)  # FSDP2 computes in ptdtype
         chunk = list(zip([prompts.prompt(i) for i in ids], split_responses(out.cpu(), p_idx.shape[1], prompts.eot)))
         seq, amask, Tp, rmask = rollout_batch(chunk, prompts.eot, cfg.device)
         Tr, tokens = rmask.shape[1], seq[:, Tp:]
-        if from_decoding:  # log q_old(y_t) as sampled, and with mixing the teacher's, read off the decoding loop
+        if from_decoding:  # log q_old(y_t) as sampled, read off the decoding loop
             lq = recorder['lq'][:, :Tr]
         else:
             lq = response_scores(cfg, rt, model, seq, amask, Tp, tokens)[1]
-        if from_decoding and 'lp' in recorder:
+        if 'lp' in recorder:  # the teacher decoded (mixing): its scores and logits off the decoding loop
             lp, lp_sampled = recorder['lp'][:, :Tr], recorder['lp_sampled'][:, :Tr]
         else:  # log p(y_t) of the teacher itself, and of the teacher as sampled; its logits into the cache
             lp, lp_sampled = response_scores(cfg, rt, teacher, seq, amask, Tp, tokens, cache=cache, first_row=s)
@@ -218,6 +222,7 @@ def decoding_scores(cfg, recorder, n_rows, cache, first_row):
     ['lp_sampled'] with log p(y_t) of the teacher itself and as sampled, and the cache's rows
     first_row.. with its logits."""
     def record(rows, t, logits, tokens):
+        logits = [upcast_half(z) for z in logits]  # log-probs in fp32 (bf16 / fp16 decoding), as response_scores
         if not recorder:
             for key in ('lq', 'lp', 'lp_sampled')[:1 + 2 * (len(logits) > 1)]:
                 recorder[key] = torch.zeros(n_rows, cfg.max_new_tokens, dtype=logits[0].dtype, device=tokens.device)

@@ -445,8 +445,9 @@ def test_minillm_update_chunked_and_with_cached_teacher_equals_the_plain_update(
 @pytest.mark.parametrize('alpha', ['0.0', '0.2'])
 def test_rollout_scores_off_the_decoding_loop_equal_a_forward(tiny_instruct, teacher, alpha):
     """In fp32 collect_rollouts reads log q_old, log p, log p~ and the teacher-logit cache off the
-    decoding loop; under bf16 / fp16 (dtype != float32) it recomputes them with a forward, as the
-    reference does. Same samples (same generator), same buffer up to float rounding."""
+    decoding loop; under bf16 / fp16 (dtype != float32) it recomputes log q_old with a forward, as the
+    reference does, and the teacher's scores too when the teacher did not decode (α = 0). Same samples
+    (same generator), same buffer up to float rounding."""
     from dataset import InstructSet
     from rollout import TEACHER_CACHE, PromptOrder
     data = InstructSet(tiny_instruct, 'train')
@@ -465,6 +466,39 @@ def test_rollout_scores_off_the_decoding_loop_equal_a_forward(tiny_instruct, tea
         assert torch.allclose(a[key], b[key], atol=1e-5), key
     valid = F.pad(a['mask'], (0, 7 - a['mask'].shape[1]))           # the cache positions an update reads
     assert torch.allclose(a[TEACHER_CACHE][valid], b[TEACHER_CACHE][valid], atol=1e-5)
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.2])
+def test_bf16_rollout_runs_the_teacher_once(tiny_instruct, teacher, alpha, monkeypatch):
+    """Under CPU bf16 autocast a rollout scores with forwards only what decoding did not give: log
+    q_old always (the update's ratio starts at 1 only against a forward's), the teacher only at α = 0;
+    at α > 0 its log p and cached logits are the decoding loop's, within bf16 rounding of a bf16
+    forward's on the same rows."""
+    import rollout
+    from dataset import InstructSet
+    from rollout import TEACHER_CACHE, PromptOrder, rollout_batch
+    data = InstructSet(tiny_instruct, 'train')
+    student, teach = perturbed_student_and_teacher(teacher)
+    scored = []
+    real = rollout.response_scores
+    monkeypatch.setattr(rollout, 'response_scores',
+                        lambda cfg, rt, model, *a, **k: scored.append(model is teach) or real(cfg, rt, model, *a, **k))
+    cfg = configure(train.DEFAULTS, SMALL + ['--method=minillm', '--rollout_size=6', '--rollout_batch_size=3',
+                                             '--max_new_tokens=7', f'--teacher_mix_alpha={alpha}', '--dtype=bfloat16'])
+    cfg.rank, cfg.world_size = 0, 1
+    rt = Runtime(eot=data.eot, ptdtype=torch.bfloat16, ctx=torch.autocast('cpu', dtype=torch.bfloat16))
+    buf = collect_rollouts(cfg, rt, student, teach, data, PromptOrder(len(data), 0), torch.Generator().manual_seed(2))
+    assert scored == ([False, True] * 2 if alpha == 0 else [False] * 2), scored  # 2 batches of 3 rows
+    assert buf['logp_teacher'].dtype == torch.float32 and buf[TEACHER_CACHE].dtype == torch.bfloat16
+    for s in (0, 3):  # the teacher's forward on the buffer's rows, batch by batch
+        seq, amask, Tp, rmask = rollout_batch(buf['rows'][s:s + 3], rt.eot, cfg.device)
+        forward_cache = torch.zeros(3, 7, buf[TEACHER_CACHE].shape[-1], dtype=torch.bfloat16)
+        lp = real(cfg, rt, teach, seq, amask, Tp, seq[:, Tp:], cache=forward_cache)[0]
+        Tr = rmask.shape[1]
+        got = buf['logp_teacher'][s:s + 3, :Tr]
+        assert torch.allclose(got[rmask], lp[rmask], atol=0.05, rtol=0.02), (got[rmask] - lp[rmask]).abs().max()
+        cached = buf[TEACHER_CACHE][s:s + 3, :Tr][rmask].float()
+        assert torch.allclose(cached, forward_cache[:, :Tr][rmask].float(), atol=0.05, rtol=0.02)
 
 
 def test_the_config_holds_the_settings_only(tiny_instruct, teacher, tmp_path):
