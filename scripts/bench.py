@@ -99,6 +99,8 @@ trl_steps = 5                     # per run; the first is not timed
 trl_repeats = 2
 trl_threads = 0                   # threads of each run, both sides; 0 = torch's default, as the issue measured
 trl_ours_args = ''                # more train.py flags for our runs (sections trl and trl_real)
+trl_keep_freed = True             # sections trl, trl_real: every child with glibc keeping freed memory (precision.KEEP_FREED_ENV);
+#                                   False: TRL under glibc's defaults, ours as it ships (train.py keeps it itself)
 trl_dtype = 'float32'             # both sides, sections trl and trl_real: float32, or bfloat16 (fp32 master weights;
 #                                   ours --dtype=bfloat16 autocast, TRL bf16=True; the frozen teacher in bf16 on both)
 # 7. the MiniLLM update loss, plain vs chunked (bench_minillm.py), at GPT-2 124M head shapes (loss_vocab)

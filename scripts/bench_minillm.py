@@ -219,15 +219,17 @@ def trl_child(spec, report):
                        weights=sorted({str(p.dtype).removeprefix('torch.') for p in student.parameters()})), f)
 
 
-def run_child(threads, kind, payload, tmp, tag):
+def run_child(threads, kind, payload, tmp, tag, keep_freed=True):
     """A fresh process for one run (`threads` per process; 0 = torch's default); returns its report
-    or the last error line."""
+    or the last error line. keep_freed: glibc keeps freed memory for reuse in the child, ours or TRL's
+    (precision.KEEP_FREED_ENV, what train.py does itself on a CPU: precision.keep_freed_memory); False:
+    glibc's defaults for TRL, ours as it ships."""
+    from components.precision import KEEP_FREED_ENV
     report = os.path.join(tmp, f'{tag}.json')
     code = (f"import sys; sys.path.insert(0, {ROOT!r}); from scripts import bench_minillm; import json; "
             f"bench_minillm.{kind}_child(json.loads(sys.argv[1]), sys.argv[2])")
-    from components.precision import KEEP_FREED_ENV
-    # both sides keep freed memory for reuse (what train.py does itself on a CPU: precision.keep_freed_memory)
-    env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE='1', TOKENIZERS_PARALLELISM='false', **KEEP_FREED_ENV)
+    env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE='1', TOKENIZERS_PARALLELISM='false',
+               **(KEEP_FREED_ENV if keep_freed else {}))
     if threads:
         env['OMP_NUM_THREADS'] = str(threads)
     else:  # torch's default: as many threads as cores
@@ -239,6 +241,13 @@ def run_child(threads, kind, payload, tmp, tag):
         return dict(error=next((ln for ln in reversed(lines) if 'Error' in ln), lines[-1] if lines else '?')[:300])
     with open(report) as f:
         return json.load(f)
+
+
+def malloc_note(keep_freed):
+    """How the children's glibc treats freed memory (run_child), for the tables' set-up line."""
+    from components.precision import KEEP_FREED_ENV
+    return (f"glibc keeps freed memory in every child ({' '.join(f'{k}={v}' for k, v in KEEP_FREED_ENV.items())})"
+            if keep_freed else "TRL under glibc's default malloc, ours as it ships (train.py keeps freed memory itself)")
 
 
 def run_rounds(names, repeats, launch):
@@ -299,9 +308,9 @@ def bench_trl(cfg):
             kind, tag = VARIANTS[name][0], f"{VARIANTS[name][0]}{name[-1]}_{r}"
             out = os.path.join(tmp, tag)
             if kind == 'ours':
-                return run_child(cfg.trl_threads, 'ours', ours_argv(cfg, dirs, name.split('= ')[1], out), tmp, tag)
+                return run_child(cfg.trl_threads, 'ours', ours_argv(cfg, dirs, name.split('= ')[1], out), tmp, tag, cfg.trl_keep_freed)
             spec = trl_spec(cfg, kind, dirs, pairs, out, cfg.trl_steps, cfg.trl_new_tokens, cfg.trl_dtype)
-            return run_child(cfg.trl_threads, 'trl', spec, tmp, tag)
+            return run_child(cfg.trl_threads, 'trl', spec, tmp, tag, cfg.trl_keep_freed)
         results = run_rounds(names, cfg.trl_repeats, launch)
     from components.tokenizer import get_encoding
     lengths = [len(get_encoding('gpt2').encode_ordinary(p)) for p, _ in pairs]
@@ -329,7 +338,7 @@ def bench_trl(cfg):
     return '\n'.join([
         f'Student {cfg.trl_student.replace(",", "/")} (layers/heads/d), teacher {cfg.trl_teacher.replace(",", "/")}, '
         f'GPT-2 vocabulary 50257, block {cfg.trl_block_size}, random weights, {cfg.trl_dtype} on CPU, {threads} thread(s) per '
-        f'process ({"set" if cfg.trl_threads else "torch default"}); {cfg.trl_prompts} prompts of '
+        f'process ({"set" if cfg.trl_threads else "torch default"}); {malloc_note(cfg.trl_keep_freed)}; {cfg.trl_prompts} prompts of '
         f'{min(lengths)}–{max(lengths)} tokens (mean {statistics.mean(lengths):.1f}), up to {cfg.trl_new_tokens} new '
         f'tokens each at τ = 1, top-k 0, top-p 1, one optimizer step per batch. {cfg.trl_steps} steps per run, the '
         f'first not timed; {cfg.trl_repeats} interleaved rounds, a fresh process per run; medians over '

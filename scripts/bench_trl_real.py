@@ -43,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run as a script: the project's modules
 
 from configurator import UserError  # noqa: E402
-from scripts.bench_minillm import (QUIET_RUN, SAMPLING, check_dtype, phase_line, run_child, run_rounds,  # noqa: E402
+from scripts.bench_minillm import (QUIET_RUN, SAMPLING, check_dtype, phase_line, malloc_note, run_child, run_rounds,  # noqa: E402
                                    step_times, tokens_per_step, trl_spec)
 
 # key: (name, 'ours' and train.py's flags, or TRL's trainer, what it is)
@@ -157,9 +157,9 @@ def bench_trl_real(cfg):
             (kind, what), tag = by_name[name][1], f"{keys[names.index(name)]}_{r}"
             out = os.path.join(tmp, tag)
             if kind == 'ours':
-                return run_child(cfg.trl_real_threads, 'ours', ours_argv(cfg, dirs, what, out), tmp, tag)
+                return run_child(cfg.trl_real_threads, 'ours', ours_argv(cfg, dirs, what, out), tmp, tag, cfg.trl_keep_freed)
             spec = trl_spec(cfg, what, dirs, pairs, out, steps, new_tokens, cfg.trl_dtype, prompt_ids)
-            return run_child(cfg.trl_real_threads, 'trl', spec, tmp, tag)
+            return run_child(cfg.trl_real_threads, 'trl', spec, tmp, tag, cfg.trl_keep_freed)
         results = run_rounds(names, repeats, launch)
     ok, wall, cpu = step_times(results)
     theirs = [n for n in names if by_name[n][1][0] == 'trl' and n in wall]
@@ -196,7 +196,7 @@ def bench_trl_real(cfg):
     return '\n'.join([
         f"Teacher {pair}; student its blocks {','.join(map(str, layers))} ({selection}), the rest shared "
         f"(embeddings, final norm, tied head), both exported with hf.export_hf and loaded by both sides; "
-        f"{cfg.trl_dtype} on both sides; {threads} thread(s) per process. {cfg.trl_real_prompts} chitchat prompts "
+        f"{cfg.trl_dtype} on both sides; {threads} thread(s) per process; {malloc_note(cfg.trl_keep_freed)}. {cfg.trl_real_prompts} chitchat prompts "
         f"of {min(lengths)}–{max(lengths)} tokens (mean {statistics.mean(lengths):.1f}; the same ids on both sides), "
         f"up to {new_tokens} new tokens each at τ = 1, top-k 0, top-p 1, one optimizer step per batch of "
         f"{cfg.trl_real_prompts}. {steps} steps per run, the first not timed; {repeats} interleaved round(s), a fresh "
