@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import pytest
@@ -393,6 +394,25 @@ def test_finished_rows_leave_the_batch_and_change_no_token(family):
         assert eager_sizes == [int((first_eos >= t).sum()) for t in range(len(eager_sizes))], kw
     for row in out['eager'][:, idx.shape[1]:].tolist():                  # after eos, only eos
         assert eos not in row or set(row[row.index(eos):]) == {eos}
+
+
+@families
+def test_bf16_decoding_on_prepacked_weights_samples_what_f_linear_does(family, monkeypatch):
+    """sampling.cpu_prepacked: bf16 weights on CPU multiply through oneDNN-prepacked copies during a generation,
+    which samples the same tokens as plain F.linear (generate without its decorators), eager and static; every
+    nn.Linear is its own again afterwards."""
+    m = tiny(12, family=family).to(torch.bfloat16)
+    idx, mask = left_pad([[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40]])
+    calls, packed_linear = [], sampling.packed_linear
+    monkeypatch.setattr(sampling, 'packed_linear', lambda x, **kw: calls.append(x.shape) or packed_linear(x, **kw))
+    plain = torch.no_grad()(inspect.unwrap(generate))
+    for decode in ('eager', 'static'):
+        kw = dict(attention_mask=mask, decode=decode)
+        packed = generate(m, idx, 12, generator=torch.Generator().manual_seed(3), **kw)
+        assert torch.equal(packed, plain(m, idx, 12, generator=torch.Generator().manual_seed(3), **kw))
+    assert not any('forward' in vars(module) for module in m.modules())
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert calls
 
 
 @families
