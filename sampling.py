@@ -182,13 +182,16 @@ def cpu_prepacked(generate_fn):
     matmuls of a few rows are bound by reading the weights, and packed ones run 1.3-2x faster (SmolLM2-135M's block shapes at batch 16 / 1, one
     core). The same bits as F.linear; one more copy of the block weights in memory while generating. The head
     is left as it is: it is no module call (GPT.forward reads head_weight()), and at batch 16 packing it
-    costs about what its matmuls gain. Not under autocast (its weights are fp32), torch.compile
+    costs about what its matmuls gain. Under bf16 autocast only the models held in bf16 (a frozen teacher
+    that mixes into MiniLLM's sampling; fp32 master weights are not packed); not under torch.compile
     (decode='compile') or FSDP (sharded DTensor weights; fsdp_gathered's gathered ones are packed)."""
     @functools.wraps(generate_fn)
     def wrapper(model, idx, *args, **kwargs):
         linears = []
-        if (idx.device.type == 'cpu' and kwargs.get('decode', 'eager') != 'compile' and not torch.is_autocast_enabled('cpu')
-                and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        bf16_compute = not torch.is_autocast_enabled('cpu') or torch.get_autocast_dtype('cpu') == torch.bfloat16
+        if (idx.device.type == 'cpu' and kwargs.get('decode', 'eager') != 'compile' and bf16_compute
+                and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_reorder_linear_weight')
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
             linears = [m for root in (model, kwargs.get('mix_model')) if root is not None for m in root.modules()
                        if isinstance(m, nn.Linear) and m is not root.lm_head and m.weight.dtype == torch.bfloat16
                        and type(m.weight.data) is torch.Tensor]
@@ -205,8 +208,9 @@ def cpu_prepacked(generate_fn):
 
 
 def packed_linear(x, weight, bias=None):
-    """F.linear(x, W, bias) for W prepacked by torch.ops.mkldnn._reorder_linear_weight (cpu_prepacked)."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+    """F.linear(x, W, bias) for bf16 W prepacked by torch.ops.mkldnn._reorder_linear_weight (cpu_prepacked);
+    under bf16 autocast x comes in bf16 (as autocast's F.linear would cast it)."""
+    return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), weight, bias, 'none', [], '')
 
 
 def cache_dtype(model, device_type):

@@ -415,6 +415,24 @@ def test_bf16_decoding_on_prepacked_weights_samples_what_f_linear_does(family, m
         assert calls
 
 
+def test_bf16_teacher_mixed_under_autocast_is_packed_and_samples_the_same(monkeypatch):
+    """Under CPU bf16 autocast (MiniLLM's bf16 rollouts: fp32 student, bf16 frozen teacher mixed into the
+    sampling), cpu_prepacked packs the teacher's linears only; the tokens equal plain generate's."""
+    student, teacher = tiny(12, family='qwen2'), tiny(13, family='qwen2').to(torch.bfloat16)  # q/k/v biases too
+    idx, mask = left_pad([[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40]])
+    calls, packed_linear = [], sampling.packed_linear
+    monkeypatch.setattr(sampling, 'packed_linear', lambda x, **kw: calls.append(kw['weight'].dtype) or packed_linear(x, **kw))
+    plain = torch.no_grad()(inspect.unwrap(generate))
+    kw = dict(attention_mask=mask, mix_model=teacher, mix_alpha=0.5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        packed = generate(student, idx, 12, generator=torch.Generator().manual_seed(3), **kw)
+        assert torch.equal(packed, plain(student, idx, 12, generator=torch.Generator().manual_seed(3), **kw))
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        n_teacher = sum(isinstance(m, torch.nn.Linear) for m in teacher.transformer.h.modules())
+        assert calls and set(calls) == {torch.bfloat16} and len(calls) % n_teacher == 0  # every call: a teacher step
+    assert not any('forward' in vars(module) for module in [*student.modules(), *teacher.modules()])
+
+
 @families
 def test_static_decode_step_gives_the_eager_greedy_tokens(family):
     """sampling.decode_step (the static-shape step torch.compile captures: decode='compile') with left
