@@ -182,8 +182,8 @@ def cpu_prepacked(generate_fn):
     matmuls of a few rows are bound by reading the weights, and packed ones run 1.3-2x faster (SmolLM2-135M's block shapes at batch 16 / 1, one
     core). The same bits as F.linear; one more copy of the block weights in memory while generating. The head
     is left as it is: it is no module call (GPT.forward reads head_weight()), and at batch 16 packing it
-    costs about what its matmuls gain. Under bf16 autocast only the models held in bf16 (a frozen teacher
-    that mixes into MiniLLM's sampling; fp32 master weights are not packed); not under torch.compile
+    costs about what its matmuls gain. Under bf16 autocast fp32 weights are packed from their bf16 copy
+    (what autocast's F.linear multiplies by: a MiniLLM rollout's student, and its bf16 teacher); not under torch.compile
     (decode='compile') or FSDP (sharded DTensor weights; fsdp_gathered's gathered ones are packed)."""
     @functools.wraps(generate_fn)
     def wrapper(model, idx, *args, **kwargs):
@@ -192,13 +192,15 @@ def cpu_prepacked(generate_fn):
         if (idx.device.type == 'cpu' and kwargs.get('decode', 'eager') != 'compile' and bf16_compute
                 and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_reorder_linear_weight')
                 and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            # bf16 weights, and under bf16 autocast fp32 ones too, packed from the bf16 copy autocast would make
+            dtypes = (torch.bfloat16, torch.float32) if torch.is_autocast_enabled('cpu') else (torch.bfloat16,)
             linears = [m for root in (model, kwargs.get('mix_model')) if root is not None for m in root.modules()
-                       if isinstance(m, nn.Linear) and m is not root.lm_head and m.weight.dtype == torch.bfloat16
+                       if isinstance(m, nn.Linear) and m is not root.lm_head and m.weight.dtype in dtypes
                        and type(m.weight.data) is torch.Tensor]
         hint = idx.numel()  # rows of the prompt's matmuls; a hint above 1 suits the decoding steps as well
         for m in linears:
             m.forward = functools.partial(packed_linear, weight=torch.ops.mkldnn._reorder_linear_weight(
-                m.weight.detach(), hint), bias=m.bias)
+                m.weight.detach().to(torch.bfloat16), hint), bias=None if m.bias is None else m.bias.detach().to(torch.bfloat16))
         try:
             return generate_fn(model, idx, *args, **kwargs)
         finally:

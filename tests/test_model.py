@@ -417,7 +417,8 @@ def test_bf16_decoding_on_prepacked_weights_samples_what_f_linear_does(family, m
 
 def test_bf16_teacher_mixed_under_autocast_is_packed_and_samples_the_same(monkeypatch):
     """Under CPU bf16 autocast (MiniLLM's bf16 rollouts: fp32 student, bf16 frozen teacher mixed into the
-    sampling), cpu_prepacked packs the teacher's linears only; the tokens equal plain generate's."""
+    sampling), cpu_prepacked packs both models' linears (the student's from the bf16 copy autocast makes);
+    the tokens equal plain generate's."""
     student, teacher = tiny(12, family='qwen2'), tiny(13, family='qwen2').to(torch.bfloat16)  # q/k/v biases too
     idx, mask = left_pad([[5, 9, 3], [1, 2, 3, 4, 5, 6, 7, 8], [40]])
     calls, packed_linear = [], sampling.packed_linear
@@ -428,8 +429,8 @@ def test_bf16_teacher_mixed_under_autocast_is_packed_and_samples_the_same(monkey
         packed = generate(student, idx, 12, generator=torch.Generator().manual_seed(3), **kw)
         assert torch.equal(packed, plain(student, idx, 12, generator=torch.Generator().manual_seed(3), **kw))
     if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        n_teacher = sum(isinstance(m, torch.nn.Linear) for m in teacher.transformer.h.modules())
-        assert calls and set(calls) == {torch.bfloat16} and len(calls) % n_teacher == 0  # every call: a teacher step
+        n_linear = sum(isinstance(m, torch.nn.Linear) for m in teacher.transformer.h.modules())  # the same per model
+        assert calls and set(calls) == {torch.bfloat16} and len(calls) % (2 * n_linear) == 0  # every step: both models
     assert not any('forward' in vars(module) for module in [*student.modules(), *teacher.modules()])
 
 
