@@ -151,7 +151,7 @@ def collect_rollouts(cfg, rt, model, teacher, prompts, prompt_order, sample_gen)
                 top_k=cfg.gen_top_k or None, top_p=cfg.gen_top_p, eos_id=prompts.eot,
                 attention_mask=p_mask.to(cfg.device), generator=sample_gen,
                 mix_model=teacher, mix_alpha=cfg.teacher_mix_alpha, all_done=rt.all_done, decode=cfg.gen_decode,
-                on_logits=decoding_scores(cfg, recorder, len(ids), cache, s) if record else None,
+                on_logits=decoding_scores(cfg, recorder, len(ids), cache, s, student=from_decoding) if record else None,
                 kv_dtype=rt.ptdtype if cfg.parallel == 'fsdp' else None)  # FSDP2 computes in ptdtype
         chunk = list(zip([prompts.prompt(i) for i in ids], split_responses(out.cpu(), p_idx.shape[1], prompts.eot)))
         seq, amask, Tp, rmask = rollout_batch(chunk, prompts.eot, cfg.device)
@@ -216,21 +216,24 @@ def teacher_cache(cfg, rt, teacher, buf):
     return cache
 
 
-def decoding_scores(cfg, recorder, n_rows, cache, first_row):
+def decoding_scores(cfg, recorder, n_rows, cache, first_row, student=True):
     """GPT.generate's on_logits for one rollout batch: fills recorder['lq'] [n_rows, max_new_tokens]
-    with log q_old(y_t) as sampled and, when the teacher decodes too (mixing), recorder['lp'] and
-    ['lp_sampled'] with log p(y_t) of the teacher itself and as sampled, and the cache's rows
-    first_row.. with its logits."""
+    with log q_old(y_t) as sampled (unless `student` is false: a forward recomputes it) and, when the
+    teacher decodes too (mixing), recorder['lp'] and ['lp_sampled'] with log p(y_t) of the teacher itself
+    and as sampled, and the cache's rows first_row.. with its logits. Log-probs in fp32 under bf16 / fp16
+    decoding, as response_scores computes them."""
     def record(rows, t, logits, tokens):
-        logits = [upcast_half(z) for z in logits]  # log-probs in fp32 (bf16 / fp16 decoding), as response_scores
         if not recorder:
-            for key in ('lq', 'lp', 'lp_sampled')[:1 + 2 * (len(logits) > 1)]:
-                recorder[key] = torch.zeros(n_rows, cfg.max_new_tokens, dtype=logits[0].dtype, device=tokens.device)
-        recorder['lq'][rows, t] = gather_logp(sampling_logits(cfg, logits[0]), tokens)
+            keys = ('lq',) * student + ('lp', 'lp_sampled') * (len(logits) > 1)
+            for key in keys:
+                recorder[key] = torch.zeros(n_rows, cfg.max_new_tokens, device=tokens.device,
+                                            dtype=torch.promote_types(logits[0].dtype, torch.float32))
+        if student:
+            recorder['lq'][rows, t] = gather_logp(sampling_logits(cfg, upcast_half(logits[0])), tokens)
         if len(logits) > 1:
-            recorder['lp'][rows, t] = lp = gather_logp(logits[1], tokens)
-            recorder['lp_sampled'][rows, t] = lp if plain_sampling(cfg) else gather_logp(
-                sampling_logits(cfg, logits[1]), tokens)
+            z = upcast_half(logits[1])
+            recorder['lp'][rows, t] = lp = gather_logp(z, tokens)
+            recorder['lp_sampled'][rows, t] = lp if plain_sampling(cfg) else gather_logp(sampling_logits(cfg, z), tokens)
             if cache is not None:
                 cache[first_row + rows, t] = logits[1].to(cache.dtype)
     return record

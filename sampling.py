@@ -175,16 +175,17 @@ def fsdp_gathered(generate_fn):
 
 
 def cpu_prepacked(generate_fn):
-    """generate with each bf16 nn.Linear of model and mix_model on CPU multiplying by a copy of its weight
-    that oneDNN prepacked (torch.ops.mkldnn._reorder_linear_weight, as inductor's weight freezing does), made
-    when the generation starts and dropped when it ends. F.linear hands oneDNN the plain [out, in] weight
-    (reordered into its blocked layout at every call, judging by the time: same kernel, same bits); decoding's
-    matmuls of a few rows are bound by reading the weights, and packed ones run 1.3-2x faster (SmolLM2-135M's block shapes at batch 16 / 1, one
-    core). The same bits as F.linear; one more copy of the block weights in memory while generating. The head
-    is left as it is: it is no module call (GPT.forward reads head_weight()), and at batch 16 packing it
-    costs about what its matmuls gain. Under bf16 autocast fp32 weights are packed from their bf16 copy
-    (what autocast's F.linear multiplies by: a MiniLLM rollout's student, and its bf16 teacher); not under torch.compile
-    (decode='compile') or FSDP (sharded DTensor weights; fsdp_gathered's gathered ones are packed)."""
+    """generate with each block nn.Linear of model and mix_model on CPU multiplying by a copy of its weight
+    in bf16 that oneDNN prepacked (torch.ops.mkldnn._reorder_linear_weight, as inductor's weight freezing
+    does), made when the generation starts and dropped when it ends. F.linear hands oneDNN the plain
+    [out, in] weight (reordered into its blocked layout at every call, judging by the time: same kernel,
+    same bits); decoding's matmuls of a few rows are bound by reading the weights, and packed ones run
+    1.3-2x faster (SmolLM2-135M's block shapes at batch 16 / 1, one core). One more copy of the block
+    weights in memory while generating. Packed: bf16 weights, and under bf16 autocast fp32 ones too, from
+    the bf16 copy autocast's F.linear would multiply by (a MiniLLM rollout's student; its teacher is held
+    in bf16). The head is left as it is: it is no module call (GPT.forward reads head_weight()), and at
+    batch 16 packing it costs about what its matmuls gain. Not under torch.compile (decode='compile') or
+    FSDP (sharded DTensor weights; fsdp_gathered's gathered ones are packed)."""
     @functools.wraps(generate_fn)
     def wrapper(model, idx, *args, **kwargs):
         linears = []
@@ -199,8 +200,9 @@ def cpu_prepacked(generate_fn):
                        and type(m.weight.data) is torch.Tensor]
         hint = idx.numel()  # rows of the prompt's matmuls; a hint above 1 suits the decoding steps as well
         for m in linears:
-            m.forward = functools.partial(packed_linear, weight=torch.ops.mkldnn._reorder_linear_weight(
-                m.weight.detach().to(torch.bfloat16), hint), bias=None if m.bias is None else m.bias.detach().to(torch.bfloat16))
+            bias = None if m.bias is None else m.bias.detach().to(torch.bfloat16)
+            weight = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach().to(torch.bfloat16), hint)
+            m.forward = functools.partial(packed_linear, weight=weight, bias=bias)
         try:
             return generate_fn(model, idx, *args, **kwargs)
         finally:
@@ -389,7 +391,8 @@ def last_position_logits(hidden, weight, rows=None):
     # batch sizes (MKL's kernel for that layout; bench.py's trl section); the [B, V] copy back is small. In bf16
     # it is the other way round (oneDNN): F.linear 5.3 ms vs 9.4 ms for SmolLM2's [49152, 576] head at batch 16
     # on one core, the same logits bit for bit
-    fp32_cpu = h.device.type == 'cpu' and h.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled('cpu')
+    fp32_cpu = (h.device.type == 'cpu' and h.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled('cpu'))
     z = (weight @ h.T).T.contiguous() if fp32_cpu else F.linear(h, weight)
     return z if z.dtype == torch.float64 else z.float()
 

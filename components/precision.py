@@ -49,7 +49,8 @@ def enable_tf32(device):
 # glibc's mallopt parameters (malloc.h), and the same two settings as environment variables (for a
 # process that does not call keep_freed_memory itself: the benchmarks give them to TRL's runs)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-KEEP_FREED_ENV = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': str(2 ** 31 - 1)}
+NEVER_TRIM = 2 ** 31 - 1  # bytes: the largest value mallopt takes (an int)
+KEEP_FREED_ENV = {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': str(NEVER_TRIM)}
 
 
 def keep_freed_memory(device):
@@ -60,16 +61,17 @@ def keep_freed_memory(device):
     faults per SFT step of the SmolLM2 pair at 8 x 128 tokens, about a fifth of its CPU time,
     BENCHMARKS.md section 9). After this call large blocks come from the heap (M_MMAP_MAX 0) and the
     heap is never trimmed (M_TRIM_THRESHOLD): the resident set stays at the process's peak, which for a
-    training run is unchanged (1.87 GB either way for that step: the same shapes reuse the same blocks; a
-    process of many different shapes fragments more: the test suite in one process 2.75 GB, not 2.30). Left alone where the environment sets glibc's malloc
-    tunables itself (MALLOC_*, GLIBC_TUNABLES: the memory benchmarks do, and it is how a user opts
-    out), off a CPU, and off glibc. Returns whether it changed anything."""
+    training run is unchanged (1.87 GB either way for that step: the same shapes reuse the same blocks;
+    a process of many different shapes fragments more: the test suite in one process 2.75 GB, not 2.30).
+    Left alone where the environment sets glibc's malloc tunables itself (MALLOC_*, GLIBC_TUNABLES: the
+    memory benchmarks do, and it is how a user opts out), off a CPU, and off glibc. Returns whether it
+    changed anything."""
     if device_type(device) != 'cpu' or any(k.startswith('MALLOC_') or k == 'GLIBC_TUNABLES' for k in os.environ):
         return False
     mallopt = getattr(ctypes.CDLL(None), 'mallopt', None)  # None: not glibc (macOS)
     if mallopt is None:
         return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, int(KEEP_FREED_ENV['MALLOC_TRIM_THRESHOLD_'])))
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
 
 
 def cpu_has_bf16_matmul():
